@@ -1,0 +1,6 @@
+"""The contract between Athena and the inference workers.
+
+This package is deliberately light (pydantic only): payload and result types,
+the exception family and the task/queue table. Workers and callers both import
+it; it imports nothing from the workers.
+"""

@@ -1,0 +1,43 @@
+"""Task names and the queue each one runs on.
+
+Callers send tasks by these names and never import worker code; the Celery
+configuration builds its routing table from the same mapping.
+"""
+
+from enum import Enum
+
+
+class Queue(str, Enum):
+    EMBEDDINGS = "embeddings"
+    REASONING = "reasoning"
+    COMPRESSION = "compression"
+    CONSOLIDATION = "consolidation"
+
+
+class TaskName(str, Enum):
+    EMBED = "athena.embed"
+    EMBED_BATCH = "athena.embed_batch"
+    REASON = "athena.reason"
+    COMPRESS_PROMPT = "athena.compress_prompt"
+    CONSOLIDATE = "athena.consolidate"
+
+
+TASK_QUEUES: dict[TaskName, Queue] = {
+    TaskName.EMBED: Queue.EMBEDDINGS,
+    TaskName.EMBED_BATCH: Queue.EMBEDDINGS,
+    TaskName.REASON: Queue.REASONING,
+    TaskName.COMPRESS_PROMPT: Queue.COMPRESSION,
+    TaskName.CONSOLIDATE: Queue.CONSOLIDATION,
+}
+
+# Set by the publisher (see config.celery) so the worker can report queue wait.
+ENQUEUED_AT_HEADER = "athena_enqueued_at"
+
+
+def queue_for(task_name: str) -> Queue:
+    """The queue a task runs on; unknown names are a caller's mistake, not a default."""
+    try:
+        return TASK_QUEUES[TaskName(task_name)]
+    except ValueError:
+        known = ", ".join(t.value for t in TaskName)
+        raise KeyError(f"unknown task {task_name!r}; known tasks: {known}") from None

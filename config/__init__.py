@@ -1,0 +1,1 @@
+"""What can be set: settings, the Celery app and its queues."""

@@ -1,0 +1,174 @@
+"""Every setting, typed, read once from the environment.
+
+Athena's existing names (`LLAMACPP_*`) are kept so its deployment carries over;
+everything new is prefixed `ATHENA_`. With nothing set, the values describe the
+embedded default stack that `athena-inference up` brings up on this machine.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from athena_client.errors import ConfigurationError
+
+ENV_PREFIX = "ATHENA_"
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+RESULT_SCHEMES = ("redis", "rediss")
+
+
+def _athena_name(name: str) -> AliasChoices:
+    """Keep Athena's own variable name as the one this setting is read from."""
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True)
+
+    # --- model servers (Athena's names) ---
+    embeddings_url: str = Field("http://127.0.0.1:8001", validation_alias=_athena_name("LLAMACPP_EMBEDDINGS_URL"))
+    reasoning_url: str = Field("http://127.0.0.1:8002", validation_alias=_athena_name("LLAMACPP_REASONING_URL"))
+    # The embedded default embeds with all-MiniLM-L6-v2 (384-d); Athena's production
+    # nomic-embed-text-v1.5 is 768-d and sets this to 768.
+    embedding_dim: int = Field(384, ge=1, le=65536, validation_alias=_athena_name("LLAMACPP_EMBEDDING_DIM"))
+    # Threads for each llama-server this project starts. One each on a 2-core
+    # machine keeps the embedding server from fighting the reasoning server.
+    n_threads: int = Field(1, ge=1, le=512, validation_alias=_athena_name("LLAMACPP_N_THREADS"))
+
+    # --- server slots = worker concurrency ---
+    # A worker takes only as many tasks as its server has slots, so the backlog
+    # waits in the broker (visible to Flower), not inside llama-server.
+    embeddings_slots: int = Field(2, ge=1, le=64)
+    reasoning_slots: int = Field(1, ge=1, le=64)
+    # Longest text, in tokens, one embedding input may have: the server runs with
+    # -b = -ub = this, and a longer text is refused with InputTooLong.
+    embedding_max_tokens: int = Field(512, ge=8, le=131072)
+    # Context per reasoning slot.
+    reasoning_ctx: int = Field(4096, ge=256, le=1048576)
+
+    # --- embedded default stack ---
+    embeddings_model_path: Optional[Path] = None
+    reasoning_model_path: Optional[Path] = None
+    llama_server_bin: Optional[Path] = None
+    cache_dir: Path = Path("~/.cache/athena-inference").expanduser()
+    flower_port: int = Field(5555, ge=1, le=65535)
+    # "user:password"; when unset, `up` makes a random password and keeps it in cache_dir.
+    flower_basic_auth: Optional[SecretStr] = None
+
+    # --- broker, results, metrics ---
+    broker_url: str = "redis://127.0.0.1:6380/0"
+    result_backend: str = "redis://127.0.0.1:6380/1"
+    # Defaults to the result backend's Redis.
+    metrics_url: Optional[str] = None
+    metrics_window: int = Field(10000, ge=10, le=1_000_000)
+    result_expires_s: int = Field(86400, ge=60)
+
+    # --- HTTP to the servers, and retries ---
+    connect_timeout_s: float = Field(5.0, gt=0)
+    embed_timeout_s: float = Field(60.0, gt=0)
+    reason_timeout_s: float = Field(600.0, gt=0)
+    # Attempts in all (1 = no retry) on connection errors and 503 while loading.
+    retry_attempts: int = Field(5, ge=1, le=50)
+    retry_backoff_s: float = Field(0.5, ge=0)
+    retry_backoff_max_s: float = Field(8.0, ge=0)
+
+    # --- per-kind hard time limits (a soft limit fires 10% earlier) ---
+    embed_time_limit_s: int = Field(300, ge=1)
+    reason_time_limit_s: int = Field(1200, ge=1)
+    compression_time_limit_s: int = Field(600, ge=1)
+    consolidation_time_limit_s: int = Field(1800, ge=1)
+    # Redis redelivers an unacknowledged task after this long. With acks_late, a
+    # task still running then would run twice, so it must outlast every time limit.
+    visibility_timeout_s: int = Field(7200, ge=60)
+
+    @field_validator("embeddings_url", "reasoning_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http(s)://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        return _check_scheme(value, BROKER_SCHEMES)
+
+    @field_validator("result_backend", "metrics_url")
+    @classmethod
+    def _redis_url(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else _check_scheme(value, RESULT_SCHEMES)
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        if value is not None:
+            user, _, password = value.get_secret_value().partition(":")
+            if not user or not password:
+                raise ValueError("expected user:password")
+        return value
+
+    @field_validator("cache_dir", "embeddings_model_path", "reasoning_model_path", "llama_server_bin")
+    @classmethod
+    def _expand(cls, value: Optional[Path]) -> Optional[Path]:
+        return None if value is None else value.expanduser()
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_tasks(self) -> "Settings":
+        longest = max(
+            self.embed_time_limit_s,
+            self.reason_time_limit_s,
+            self.compression_time_limit_s,
+            self.consolidation_time_limit_s,
+        )
+        if self.visibility_timeout_s <= longest:
+            raise ValueError(
+                f"ATHENA_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed the longest task "
+                f"time limit ({longest} s), or a long task is delivered twice"
+            )
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise ValueError("ATHENA_RETRY_BACKOFF_MAX_S must be at least ATHENA_RETRY_BACKOFF_S")
+        return self
+
+    @property
+    def metrics_redis_url(self) -> str:
+        return self.metrics_url or self.result_backend
+
+
+def _check_scheme(value: str, schemes: tuple[str, ...]) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise ValueError(f"scheme {scheme or '(none)'!r} is not one of {', '.join(schemes)}")
+    return value
+
+
+def env_name(field: str) -> str:
+    """The environment variable a field is read from, for error messages and docs."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings, turning pydantic's report into one message that names each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = env_name(field) if field in Settings.model_fields else "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()

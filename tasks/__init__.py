@@ -1,0 +1,1 @@
+"""Typed Celery tasks, one module per queue."""

@@ -1,0 +1,28 @@
+"""The `reasoning` queue: one chat completion on the local instruct model."""
+
+from __future__ import annotations
+
+from athena_client.payloads import ReasoningResult, ReasonRequest
+from athena_client.routes import Queue, TaskName
+from athena_inference.tasks import resources
+from athena_inference.tasks.base import TaskClock, inference_task
+
+
+@inference_task(TaskName.REASON, ReasonRequest)
+def reason(request: ReasonRequest, clock: TaskClock) -> ReasoningResult:
+    """Prompt (and optional system message) to text, through the model's chat template."""
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages.append({"role": "user", "content": request.prompt})
+    out = resources.llama(Queue.REASONING).chat(
+        messages,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stop=list(request.stop),
+    )
+    return ReasoningResult(
+        text=out.text,
+        finish_reason=out.finish_reason,
+        model=out.model,
+        timing=clock.finish(out.model, out.timing),
+    )

@@ -1,0 +1,111 @@
+"""Real processes for integration tests: redis-server, llama-server, Celery workers.
+
+Each process is started on a free port with its own settings, through the same
+`athena-inference` commands the Procfile uses, and its output goes to a log
+file that a failing test can print.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import httpx
+import redis
+
+CLI = [sys.executable, "-m", "athena_inference.workers.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 120, proc: Optional["Proc"] = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}\n{proc.log_tail()}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout} s" + (f"\n{proc.log_tail()}" if proc else ""))
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen = field(init=False)
+
+    def start(self) -> "Proc":
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"--- {self.name} log ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+class Stack:
+    """Settings (as environment variables) plus the processes started with them."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs = logs
+        self.env = env
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], extra_env: Optional[dict[str, str]] = None) -> Proc:
+        env = dict(self.env, **(extra_env or {}))
+        proc = Proc(name, argv, env, self.logs / f"{name}.log").start()
+        self.procs.append(proc)
+        return proc
+
+    def redis(self, port: int) -> Proc:
+        binary = subprocess.run(
+            [*CLI[:1], "-c", "from athena_inference.workers.provision import redis_server_binary as r; print(r())"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        proc = self.start(f"redis-{port}", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        client = redis.Redis(port=port)
+        wait_for(lambda: client.ping(), f"redis on {port}", 30, proc)
+        return proc
+
+    def llama(self, kind: str, url: str, extra_env: Optional[dict[str, str]] = None) -> Proc:
+        proc = self.start(f"{kind}-server-{url.rsplit(':', 1)[-1]}", [*CLI, "serve", kind], extra_env)
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, f"{kind} server {url}", 180, proc)
+        return proc
+
+    def worker(self, queue: str, node: str, extra_env: Optional[dict[str, str]] = None) -> Proc:
+        proc = self.start(f"{queue}-worker-{node}", [*CLI, "worker", queue, "--node-suffix", node], extra_env)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def tails(self) -> str:
+        return "\n".join(proc.log_tail() for proc in self.procs)

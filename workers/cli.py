@@ -1,0 +1,140 @@
+"""The `athena-inference` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from athena_client.errors import AthenaError
+from athena_client.routes import Queue
+from athena_inference.config.settings import get_settings
+from athena_inference.workers import processes, provision
+from athena_inference.workers.metrics import KindStats, MetricsStore
+
+SERVED = {"embeddings": Queue.EMBEDDINGS, "reasoning": Queue.REASONING}
+
+
+def _exec(argv: list[str]) -> None:
+    # Replace this process, so the process manager's signals reach the server itself.
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from athena_inference.workers.stack import up
+
+    return up(get_settings(), check_only=args.check)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    done = provision.provision(get_settings())
+    for name, path in done.model_dump().items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.what == "redis":
+        _exec(processes.redis_argv(settings, provision.redis_server_binary()))
+    queue = SERVED[args.what]
+    model = provision.embedding_model(settings) if queue is Queue.EMBEDDINGS else provision.reasoning_model(settings)
+    _exec(processes.llama_server_argv(queue, settings, provision.llama_server_binary(settings), model))
+    return 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _exec(processes.worker_argv(Queue(args.queue), get_settings(), node_suffix=args.node_suffix))
+    return 1
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if settings.flower_basic_auth is None:
+        print("error: set ATHENA_FLOWER_BASIC_AUTH=user:password (`up` sets one for you)", file=sys.stderr)
+        return 2
+    _exec(processes.flower_argv(settings, settings.flower_basic_auth.get_secret_value()))
+    return 1
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else (f"{value:.1f}" if isinstance(value, float) else str(value))
+
+
+def format_stats(stats: dict[str, KindStats]) -> str:
+    header = ("kind", "count", "ok", "fail", "min", "avg", "p50", "p95", "max", "tok/s", "calls/s")
+    rows = [header]
+    for kind, s in stats.items():
+        lat = s.latency_ms
+        rows.append(
+            (kind, s.count, s.success, s.failures, lat.min, lat.avg, lat.p50, lat.p95, lat.max,
+             s.tokens_per_second, s.rate_per_s)
+        )
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    return "\n".join(lines) + "\n(latencies in ms over the last {} successful calls per kind)".format(
+        next(iter(stats.values())).window if stats else "N"
+    )
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    store = MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window)
+    if args.reset:
+        store.reset()
+        print("metrics reset")
+        return 0
+    stats = store.get_all_stats()
+    if args.json:
+        print(json.dumps({kind: s.model_dump() for kind, s in stats.items()}, indent=2))
+    elif not stats:
+        print("no calls recorded yet")
+    else:
+        print(format_stats(stats))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="athena-inference", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="provision and run the whole stack, then show a job through every queue")
+    p.add_argument("--check", action="store_true", help="stop everything after the demo and exit 0 if it worked")
+    p.set_defaults(run=cmd_up)
+
+    p = sub.add_parser("provision", help="build llama-server and prepare the default models (cached)")
+    p.set_defaults(run=cmd_provision)
+
+    p = sub.add_parser("serve", help="run one server of the stack in the foreground (used by the Procfile)")
+    p.add_argument("what", choices=["redis", *SERVED])
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("worker", help="run the Celery worker of one queue, concurrency = its server's slots")
+    p.add_argument("queue", choices=[q.value for q in Queue])
+    p.add_argument("--node-suffix", default="%h", help="worker node name after '<queue>@' (default: host name)")
+    p.set_defaults(run=cmd_worker)
+
+    p = sub.add_parser("flower", help="run Flower with basic auth from ATHENA_FLOWER_BASIC_AUTH")
+    p.set_defaults(run=cmd_flower)
+
+    p = sub.add_parser("metrics", help="per-kind counts, failures, latency percentiles and tokens/s from Redis")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reset", action="store_true")
+    p.set_defaults(run=cmd_metrics)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except AthenaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

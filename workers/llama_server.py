@@ -1,0 +1,274 @@
+"""The seam to one llama.cpp server: embeddings, chat completions, health.
+
+One `LlamaServer` per worker process holds one pooled httpx client. Foreign
+errors are translated here, once, into the project's exception family; the
+retry policy (connection errors and 503 while the model loads) also lives here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from athena_client.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
+from athena_client.payloads import ServerTiming
+
+_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts in all, with exponential backoff between them."""
+
+    attempts: int = 5
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+
+    def delay(self, failed_attempts: int) -> float:
+        return min(self.backoff_max_s, self.backoff_s * 2 ** (failed_attempts - 1))
+
+
+class Embeddings(BaseModel):
+    vectors: list[list[float]]
+    model: str
+    timing: ServerTiming
+
+
+class Completion(BaseModel):
+    text: str
+    finish_reason: Optional[str]
+    model: str
+    timing: ServerTiming
+
+
+class Health(BaseModel):
+    ready: bool
+    detail: str
+
+
+class _Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _OpenAIEmbeddingItem(BaseModel):
+    index: int
+    embedding: list[float]
+
+
+class _OpenAIEmbeddings(BaseModel):
+    model: str = "unknown"
+    data: list[_OpenAIEmbeddingItem]
+    usage: _Usage = _Usage()
+
+
+class _Timings(BaseModel):
+    prompt_n: int = 0
+    prompt_ms: Optional[float] = None
+    predicted_n: int = 0
+    predicted_ms: Optional[float] = None
+    predicted_per_second: Optional[float] = None
+    cache_n: Optional[int] = None
+
+
+class _Message(BaseModel):
+    content: Optional[str] = ""
+
+
+class _Choice(BaseModel):
+    message: _Message
+    finish_reason: Optional[str] = None
+
+
+class _ChatCompletion(BaseModel):
+    model: str = "unknown"
+    choices: list[_Choice]
+    usage: Optional[_Usage] = None
+    timings: Optional[_Timings] = None
+
+
+class LlamaServer:
+    """A llama.cpp server at `base_url`; `transport` lets tests answer in its place."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: Optional[httpx.BaseTransport] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url
+        self._retry = retry
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- calls ---
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        """All `texts` in one request; vectors come back in input order."""
+        started = time.perf_counter()
+        try:
+            response = self._post("/v1/embeddings", {"input": texts})
+        except (ServerError, InvalidInput) as exc:
+            too_large = _TOO_LARGE.search(str(exc))
+            if too_large:
+                raise self._which_too_long(texts, int(too_large.group(1))) from None
+            raise
+        request_ms = (time.perf_counter() - started) * 1000
+        body = _parse(_OpenAIEmbeddings, response)
+        if len(body.data) != len(texts):
+            raise ServerError(f"{self.base_url} returned {len(body.data)} embeddings for {len(texts)} texts")
+        vectors = [item.embedding for item in sorted(body.data, key=lambda item: item.index)]
+        prompt_tokens = body.usage.prompt_tokens
+        return Embeddings(
+            vectors=vectors,
+            model=body.model,
+            timing=ServerTiming(
+                prompt_tokens=prompt_tokens,
+                request_ms=request_ms,
+                tokens_per_second=prompt_tokens / request_ms * 1000 if request_ms > 0 else None,
+            ),
+        )
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: list[str],
+        response_format: Optional[dict[str, Any]] = None,
+    ) -> Completion:
+        """One chat completion; the server applies the model's own chat template."""
+        payload: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if stop:
+            payload["stop"] = stop
+        if response_format is not None:
+            payload["response_format"] = response_format
+        started = time.perf_counter()
+        response = self._post("/v1/chat/completions", payload)
+        request_ms = (time.perf_counter() - started) * 1000
+        body = _parse(_ChatCompletion, response)
+        if not body.choices:
+            raise ServerError(f"{self.base_url} returned no choices")
+        timings = body.timings or _Timings()
+        return Completion(
+            text=body.choices[0].message.content or "",
+            finish_reason=body.choices[0].finish_reason,
+            model=body.model,
+            timing=ServerTiming(
+                prompt_tokens=body.usage.prompt_tokens if body.usage else timings.prompt_n,
+                generated_tokens=body.usage.completion_tokens if body.usage else timings.predicted_n,
+                prompt_ms=timings.prompt_ms,
+                generated_ms=timings.predicted_ms,
+                request_ms=request_ms,
+                tokens_per_second=timings.predicted_per_second,
+                cached_tokens=timings.cache_n,
+            ),
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        response = self._post("/tokenize", {"content": text, "add_special": True})
+        try:
+            return list(response.json()["tokens"])
+        except (ValueError, KeyError, TypeError):
+            raise ServerError(f"{self.base_url}/tokenize returned an unreadable reply") from None
+
+    def health(self) -> Health:
+        """One look, no retries: 503 while loading counts as not ready."""
+        try:
+            response = self._client.get("/health")
+        except httpx.HTTPError as exc:
+            return Health(ready=False, detail=f"unreachable: {exc.__class__.__name__}: {exc}")
+        if response.status_code == 200:
+            return Health(ready=True, detail="ok")
+        if response.status_code == 503:
+            return Health(ready=False, detail="loading model (503)")
+        return Health(ready=False, detail=f"HTTP {response.status_code}: {response.text[:200]}")
+
+    # --- transport, retries and error mapping ---
+
+    def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+        last_problem = ""
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                response = self._client.post(path, json=payload)
+            except httpx.TimeoutException as exc:
+                if not isinstance(exc, httpx.ConnectTimeout):
+                    # The server got the request and is busy with it: retrying would double its load.
+                    raise ServerTimeout(f"{self.base_url}{path} did not answer in time ({exc.__class__.__name__})") from None
+                last_problem = f"connect timeout: {exc}"
+            except httpx.TransportError as exc:
+                last_problem = f"{exc.__class__.__name__}: {exc}"
+            else:
+                if response.status_code == 503:
+                    last_problem = "503: model still loading"
+                elif response.is_success:
+                    return response
+                else:
+                    raise _status_error(self.base_url, path, response)
+            if attempt < self._retry.attempts:
+                self._sleep(self._retry.delay(attempt))
+        raise ServerUnavailable(
+            f"{self.base_url}{path} unavailable after {self._retry.attempts} attempts ({last_problem})"
+        )
+
+    def _which_too_long(self, texts: list[str], tokens: int) -> InputTooLong:
+        # Only on this rare path do we tokenize text by text, to name the culprits.
+        limit_hint = f"the server refused an input of {tokens} tokens"
+        try:
+            lengths = [len(self.tokenize(text)) for text in texts]
+        except ServerError:
+            return InputTooLong(f"{limit_hint}; shorten or split the texts")
+        culprits = [i for i, n in enumerate(lengths) if n >= tokens] or [lengths.index(max(lengths))]
+        return InputTooLong(
+            f"{limit_hint} (the server's batch, ATHENA_EMBEDDING_MAX_TOKENS for the embedded server); "
+            f"texts at positions {culprits} have {[lengths[i] for i in culprits]} tokens; split them before embedding"
+        )
+
+
+def _status_error(base_url: str, path: str, response: httpx.Response) -> Exception:
+    message = _error_message(response)
+    where = f"{base_url}{path}"
+    if response.status_code == 400:
+        return InvalidInput(f"{where} refused the request: {message}")
+    return ServerError(f"{where} answered HTTP {response.status_code}: {message}")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    except (ValueError, AttributeError):
+        pass
+    return response.text[:500]
+
+
+def _parse(model: type[BaseModel], response: httpx.Response):
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ServerError(f"unreadable reply from {response.request.url}: {exc.errors()[0]['msg']}") from None

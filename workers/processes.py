@@ -1,0 +1,74 @@
+"""The command line of every process in the stack, built from settings.
+
+The Procfile names these through `athena-inference serve ...` and
+`athena-inference worker ...`, so one place decides threads, slots and ports.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from athena_client.routes import Queue
+from athena_inference.config.settings import Settings
+
+MODEL_ALIASES = {Queue.EMBEDDINGS: "all-MiniLM-L6-v2", Queue.REASONING: "SmolLM2-135M-Instruct"}
+
+
+def host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Path) -> list[str]:
+    url = settings.embeddings_url if queue is Queue.EMBEDDINGS else settings.reasoning_url
+    host, port = host_port(url, 80)
+    argv = [str(binary), "-m", str(model), "--host", host, "--port", str(port)]
+    argv += ["-t", str(settings.n_threads), "--metrics"]
+    # A custom model keeps its own name; the defaults get a readable one.
+    if queue is Queue.EMBEDDINGS:
+        if settings.embeddings_model_path is None:
+            argv += ["--alias", MODEL_ALIASES[queue]]
+        slots, batch = settings.embeddings_slots, settings.embedding_max_tokens
+        # Each input must fit one physical batch, so -b = -ub = the longest text allowed.
+        argv += ["--embedding", "--pooling", "mean", "-np", str(slots), "-b", str(batch), "-ub", str(batch)]
+        argv += ["-c", str(batch * slots)]
+    else:
+        if settings.reasoning_model_path is None:
+            argv += ["--alias", MODEL_ALIASES[queue]]
+        slots = settings.reasoning_slots
+        argv += ["-np", str(slots), "-c", str(settings.reasoning_ctx * slots)]
+    return argv
+
+
+def worker_concurrency(queue: Queue, settings: Settings) -> int:
+    return {Queue.EMBEDDINGS: settings.embeddings_slots, Queue.REASONING: settings.reasoning_slots}.get(queue, 1)
+
+
+def worker_argv(queue: Queue, settings: Settings, *, node_suffix: str = "%h") -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "athena_inference.config.celery", "worker",
+        "-Q", queue.value,
+        "-c", str(worker_concurrency(queue, settings)),
+        "-n", f"{queue.value}@{node_suffix}",
+        # Task events, so Flower shows each queue's tasks.
+        "-E",
+        "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle",
+    ]
+
+
+def redis_argv(settings: Settings, binary: Path) -> list[str]:
+    host, port = host_port(settings.result_backend, 6379)
+    data = settings.cache_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    # Append-only persistence: a restart of the embedded stack keeps queued tasks.
+    return [str(binary), "--bind", host, "--port", str(port), "--dir", str(data), "--appendonly", "yes", "--save", ""]
+
+
+def flower_argv(settings: Settings, basic_auth: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "athena_inference.config.celery", "flower",
+        f"--port={settings.flower_port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}",
+    ]

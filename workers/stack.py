@@ -1,0 +1,181 @@
+"""`athena-inference up`: provision, run the Procfile, show a job through every queue.
+
+The Procfile is run by honcho, which starts each process, prefixes its output,
+and on Ctrl-C (or when one process dies) stops them all.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import urlsplit
+
+import httpx
+import redis
+
+from athena_client.errors import AthenaError, ConfigurationError
+from athena_client.payloads import EmbedBatchRequest, EmbedRequest, ReasonRequest, TaskTiming
+from athena_client.routes import Queue, TaskName
+from athena_client.sender import TaskSender
+from athena_inference.config.settings import Settings
+from athena_inference.workers.processes import host_port
+from athena_inference.workers.provision import provision, say
+
+PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Queues whose tasks exist so far; the others' workers run but have nothing to do yet.
+DEMO_QUEUES = (Queue.EMBEDDINGS, Queue.REASONING)
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _managed(url: str, default_port: int, what: str) -> bool:
+    """Run our own copy only for a loopback address where nothing listens yet."""
+    host, port = host_port(url, default_port)
+    if host not in LOOPBACK:
+        say(f"using the {what} at {url}")
+        return False
+    if port_open(host, port):
+        say(f"something already listens at {host}:{port}; using it as the {what}")
+        return False
+    return True
+
+
+def flower_auth(settings: Settings) -> str:
+    if settings.flower_basic_auth is not None:
+        return settings.flower_basic_auth.get_secret_value()
+    path = settings.cache_dir / "flower-auth"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"athena:{secrets.token_urlsafe(12)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def process_names(settings: Settings) -> list[str]:
+    names = []
+    if _managed(settings.result_backend, 6379, "Redis"):
+        names.append("redis")
+    if _managed(settings.embeddings_url, 80, "embeddings server"):
+        names.append("embeddings-server")
+    if _managed(settings.reasoning_url, 80, "reasoning server"):
+        names.append("reasoning-server")
+    names += [f"{q.value}-worker" for q in Queue]
+    names.append("flower")
+    return names
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float, alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise ConfigurationError(f"the stack stopped while waiting for {what}; see the output above")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet is every kind of error
+            pass
+        time.sleep(0.5)
+    raise ConfigurationError(f"{what} was not ready after {timeout:.0f} s")
+
+
+def wait_ready(settings: Settings, sender: TaskSender, alive: Callable[[], bool], timeout: float = 180) -> None:
+    client = redis.Redis.from_url(settings.result_backend)
+    wait_until(lambda: bool(client.ping()), "Redis", timeout, alive)
+    for name, url in (("embeddings server", settings.embeddings_url), ("reasoning server", settings.reasoning_url)):
+        wait_until(lambda url=url: httpx.get(f"{url}/health", timeout=2).status_code == 200, name, timeout, alive)
+    wanted = {q.value for q in Queue}
+
+    def workers_online() -> bool:
+        replies = sender.app.control.inspect(timeout=1.0).active_queues() or {}
+        serving = {queue["name"] for queues in replies.values() for queue in queues}
+        return wanted <= serving
+
+    wait_until(workers_online, "a worker on every queue", timeout, alive)
+
+
+def describe(timing: TaskTiming) -> str:
+    server = timing.server
+    parts = [
+        f"queue wait {timing.queue_wait_ms:.1f} ms" if timing.queue_wait_ms is not None else "queue wait n/a",
+        f"run {timing.run_ms:.1f} ms",
+        f"server {server.request_ms:.1f} ms",
+        f"prompt {server.prompt_tokens} tok" + (f" in {server.prompt_ms:.1f} ms" if server.prompt_ms else ""),
+    ]
+    if server.generated_tokens:
+        parts.append(f"generated {server.generated_tokens} tok in {server.generated_ms or 0:.1f} ms")
+    if server.tokens_per_second:
+        parts.append(f"{server.tokens_per_second:.1f} tok/s")
+    return f"model {timing.model}; " + ", ".join(parts)
+
+
+def demo(sender: TaskSender, timeout: float = 120) -> None:
+    """One short job through every queue that has tasks, printed with its timing."""
+    jobs = [
+        (TaskName.EMBED, EmbedRequest(text="Athena remembers what matters.")),
+        (TaskName.EMBED_BATCH, EmbedBatchRequest(texts=["The deploy failed at 3am.", "We rolled back to v2.3."])),
+        (TaskName.REASON, ReasonRequest(prompt="In one sentence: why keep a backlog in a queue?", max_tokens=48, temperature=0.2)),
+    ]
+    pending = [(task, sender.send(task, request)) for task, request in jobs]
+    for task, result in pending:
+        out = sender.wait(task, result, timeout)
+        if task is TaskName.EMBED:
+            summary = f"{out.dimension}-d vector, first values {[round(v, 4) for v in out.embedding[:3]]}"
+        elif task is TaskName.EMBED_BATCH:
+            summary = f"{len(out.embeddings)} vectors of {out.dimension} dimensions"
+        else:
+            summary = repr(out.text.strip()[:200])
+        print(f"\n{task.value} on '{out.timing.queue}': {summary}\n    {describe(out.timing)}", flush=True)
+
+
+def up(settings: Settings, *, check_only: bool = False) -> int:
+    if not PROCFILE.exists():
+        raise ConfigurationError(f"no Procfile at {PROCFILE}; run `up` from a checkout of the project")
+    provision(settings)
+    names = process_names(settings)
+    auth = flower_auth(settings)
+    env = dict(os.environ, ATHENA_FLOWER_BASIC_AUTH=auth, PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    honcho = [str(Path(sys.executable).parent / "honcho"), "start", "-f", str(PROCFILE), "-d", str(PROCFILE.parent), *names]
+    say("starting: " + ", ".join(names))
+    stack = subprocess.Popen(honcho, env=env, start_new_session=check_only)
+    sender = TaskSender(settings.broker_url, settings.result_backend)
+    try:
+        wait_ready(settings, sender, alive=lambda: stack.poll() is None)
+        demo(sender)
+        user, _, password = auth.partition(":")
+        say(f"stack is up. Flower: http://127.0.0.1:{settings.flower_port} (user {user}, password {password})")
+        say("metrics: athena-inference metrics    stop: Ctrl-C")
+        if check_only:
+            return 0
+        return stack.wait()
+    except KeyboardInterrupt:
+        say("stopping every process of the stack")
+        return 0
+    except AthenaError as exc:
+        say(f"error: {exc}")
+        return 1
+    finally:
+        sender.close()
+        _stop(stack)
+
+
+def _stop(stack: subprocess.Popen, grace: float = 20) -> None:
+    if stack.poll() is None:
+        stack.send_signal(signal.SIGTERM)
+    try:
+        stack.wait(grace)
+    except subprocess.TimeoutExpired:
+        stack.kill()
+        stack.wait()
