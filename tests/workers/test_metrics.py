@@ -1,0 +1,229 @@
+"""MetricsStore on fakeredis, and the pure percentile / latency_stats helpers."""
+
+import fakeredis
+import pytest
+
+from athena_inference.workers.metrics import LatencyStats, MetricsStore, latency_stats, percentile
+
+KIND = "athena.embed"
+
+
+@pytest.fixture
+def redis_client():
+    # A server of its own per test: FakeRedis instances otherwise share state.
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+@pytest.fixture
+def store(redis_client):
+    return MetricsStore(redis_client, window=1000)
+
+
+# --- pure functions ---
+
+
+def test_percentile_of_empty_values_raises_value_error():
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.50) == 50.0
+    assert percentile(values, 0.95) == 95.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 1.0) == 100.0
+
+
+def test_percentile_rounds_rank_up():
+    values = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0]
+    # 0.95 * 10 = 9.5 -> rank 10; 0.5 * 10 = 5 -> rank 5; 0.51 * 10 = 5.1 -> rank 6
+    assert percentile(values, 0.95) == 100.0
+    assert percentile(values, 0.50) == 50.0
+    assert percentile(values, 0.51) == 60.0
+
+
+def test_percentile_of_zero_fraction_is_the_smallest_value():
+    assert percentile([3.0, 7.0, 9.0], 0.0) == 3.0
+
+
+def test_percentile_of_single_value_is_that_value():
+    assert percentile([42.0], 0.5) == 42.0
+    assert percentile([42.0], 0.95) == 42.0
+
+
+def test_latency_stats_of_no_values_is_all_none():
+    assert latency_stats([]) == LatencyStats()
+    assert latency_stats([]).p95 is None
+
+
+def test_latency_stats_arithmetic_on_unsorted_values():
+    stats = latency_stats([50.0, 10.0, 40.0, 20.0, 30.0])
+    assert stats.min == 10.0
+    assert stats.max == 50.0
+    assert stats.avg == pytest.approx(30.0)
+    assert stats.p50 == 30.0
+    assert stats.p95 == 50.0
+
+
+def test_latency_stats_p95_of_twenty_values_is_the_nineteenth():
+    stats = latency_stats([float(v) for v in range(20, 0, -1)])
+    assert stats.p50 == 10.0
+    assert stats.p95 == 19.0
+    assert stats.avg == pytest.approx(10.5)
+
+
+# --- MetricsStore ---
+
+
+def test_unknown_kind_has_zero_counts_and_no_rates(store):
+    stats = store.stats("athena.nothing")
+    assert stats.count == 0
+    assert stats.success == 0
+    assert stats.failures == 0
+    assert stats.success_rate is None
+    assert stats.rate_per_s is None
+    assert stats.tokens_per_second is None
+    assert stats.latency_ms == LatencyStats()
+
+
+def test_record_counts_successes_and_failures(store):
+    for _ in range(3):
+        store.record(KIND, ok=True, latency_ms=10.0)
+    store.record(KIND, ok=False, latency_ms=1.0)
+    stats = store.stats(KIND)
+    assert stats.count == 4
+    assert stats.success == 3
+    assert stats.failures == 1
+
+
+def test_success_rate_is_successes_over_count(store):
+    for ok in (True, True, True, False):
+        store.record(KIND, ok=ok, latency_ms=5.0)
+    assert store.stats(KIND).success_rate == pytest.approx(0.75)
+
+
+def test_only_failures_gives_zero_success_rate_and_no_latency(store):
+    store.record(KIND, ok=False, latency_ms=3.0)
+    stats = store.stats(KIND)
+    assert stats.success_rate == 0.0
+    assert stats.latency_ms.min is None
+
+
+def test_failed_call_latency_is_kept_out_of_the_distribution(store):
+    store.record(KIND, ok=True, latency_ms=100.0)
+    store.record(KIND, ok=False, latency_ms=0.1)
+    latency = store.stats(KIND).latency_ms
+    assert latency.min == 100.0
+    assert latency.max == 100.0
+
+
+def test_latency_min_avg_p50_p95_max_on_known_values(store):
+    for value in [30.0, 10.0, 100.0, 50.0, 20.0, 90.0, 40.0, 80.0, 60.0, 70.0]:
+        store.record(KIND, ok=True, latency_ms=value)
+    latency = store.stats(KIND).latency_ms
+    assert latency.min == 10.0
+    assert latency.avg == pytest.approx(55.0)
+    assert latency.p50 == 50.0
+    assert latency.p95 == 100.0
+    assert latency.max == 100.0
+
+
+def test_window_keeps_only_the_last_calls_latencies(redis_client):
+    store = MetricsStore(redis_client, window=10)
+    for value in range(1, 16):
+        store.record(KIND, ok=True, latency_ms=float(value), tokens_per_second=float(value))
+    stats = store.stats(KIND)
+    assert stats.window == 10
+    assert stats.count == 15
+    assert stats.latency_ms.min == 6.0
+    assert stats.latency_ms.max == 15.0
+    assert stats.latency_ms.avg == pytest.approx(10.5)
+    assert stats.tokens_per_second == pytest.approx(10.5)
+    assert redis_client.llen("athena:metrics:athena.embed:latency") == 10
+
+
+def test_tokens_are_summed_over_successful_calls_only(store):
+    store.record(KIND, ok=True, latency_ms=1.0, tokens=12)
+    store.record(KIND, ok=True, latency_ms=1.0, tokens=30)
+    store.record(KIND, ok=False, latency_ms=1.0, tokens=99)
+    assert store.stats(KIND).tokens == 42
+
+
+def test_tokens_per_second_is_average_of_reported_values(store):
+    store.record(KIND, ok=True, latency_ms=1.0, tokens_per_second=100.0)
+    store.record(KIND, ok=True, latency_ms=1.0, tokens_per_second=200.0)
+    store.record(KIND, ok=True, latency_ms=1.0)  # no rate reported: not averaged in
+    assert store.stats(KIND).tokens_per_second == pytest.approx(150.0)
+
+
+def test_no_reported_tokens_per_second_gives_none(store):
+    store.record(KIND, ok=True, latency_ms=1.0)
+    assert store.stats(KIND).tokens_per_second is None
+
+
+def test_rate_per_s_is_calls_between_first_and_last_timestamp(store):
+    for at in (1000.0, 1001.0, 1002.0, 1004.0):
+        store.record(KIND, ok=True, latency_ms=1.0, at=at)
+    # 4 calls -> 3 intervals over 4 seconds
+    assert store.stats(KIND).rate_per_s == pytest.approx(0.75)
+
+
+def test_rate_per_s_counts_failed_calls(store):
+    store.record(KIND, ok=True, latency_ms=1.0, at=50.0)
+    store.record(KIND, ok=False, latency_ms=1.0, at=52.0)
+    assert store.stats(KIND).rate_per_s == pytest.approx(0.5)
+
+
+def test_rate_per_s_of_a_single_call_is_none(store):
+    store.record(KIND, ok=True, latency_ms=1.0, at=1000.0)
+    assert store.stats(KIND).rate_per_s is None
+
+
+def test_rate_per_s_with_zero_time_span_is_none(store):
+    store.record(KIND, ok=True, latency_ms=1.0, at=1000.0)
+    store.record(KIND, ok=True, latency_ms=1.0, at=1000.0)
+    assert store.stats(KIND).rate_per_s is None
+
+
+def test_kinds_are_kept_apart(store):
+    store.record("athena.embed", ok=True, latency_ms=1.0)
+    store.record("athena.reason", ok=True, latency_ms=500.0)
+    store.record("athena.reason", ok=False, latency_ms=2.0)
+    assert store.stats("athena.embed").count == 1
+    assert store.stats("athena.reason").count == 2
+    assert store.stats("athena.embed").latency_ms.max == 1.0
+
+
+def test_get_all_stats_is_keyed_by_every_recorded_kind(store):
+    store.record("athena.reason", ok=True, latency_ms=1.0)
+    store.record("athena.embed", ok=True, latency_ms=1.0)
+    store.record("athena.embed_batch", ok=False, latency_ms=1.0)
+    all_stats = store.get_all_stats()
+    assert set(all_stats) == {"athena.embed", "athena.embed_batch", "athena.reason"}
+    assert all(all_stats[kind].kind == kind for kind in all_stats)
+    assert store.kinds() == ["athena.embed", "athena.embed_batch", "athena.reason"]
+
+
+def test_get_all_stats_of_empty_store_is_empty(store):
+    assert store.get_all_stats() == {}
+
+
+def test_reset_removes_every_kind_and_its_figures(store, redis_client):
+    store.record("athena.embed", ok=True, latency_ms=1.0, tokens_per_second=5.0)
+    store.record("athena.reason", ok=False, latency_ms=1.0)
+    store.reset()
+    assert store.get_all_stats() == {}
+    assert store.stats("athena.embed").count == 0
+    assert redis_client.keys("athena:metrics*") == []
+
+
+def test_stores_with_the_same_redis_share_figures(redis_client):
+    MetricsStore(redis_client).record(KIND, ok=True, latency_ms=1.0)
+    MetricsStore(redis_client).record(KIND, ok=True, latency_ms=3.0)
+    assert MetricsStore(redis_client).stats(KIND).count == 2
+
+
+def test_prefix_separates_stores_on_one_redis(redis_client):
+    MetricsStore(redis_client, prefix="a").record(KIND, ok=True, latency_ms=1.0)
+    assert MetricsStore(redis_client, prefix="b").get_all_stats() == {}
