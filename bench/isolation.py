@@ -1,0 +1,148 @@
+"""Does a reasoning backlog slow down embeddings? Separate queues vs one shared queue.
+
+Starts its own redis-server and the two default llama-servers (one thread each,
+`LLAMACPP_N_THREADS`), then for each layout:
+
+  idle    embed one short text at a time, nothing else running;
+  loaded  fill the queue with long generations, then send the same embeds at a
+          fixed pace while the backlog runs.
+
+Layouts:
+  separate  embeddings and reasoning on their own queues and workers
+            (concurrency = each server's slots), as the stack runs;
+  shared    every task on one queue, consumed by one worker whose concurrency
+            is the sum of both servers' slots.
+
+Latency is end to end as the tasks' own timing records it: from the moment the
+client stamped the message (enqueued_at) to the worker's finish (finished_at).
+
+    .venv/bin/python bench/isolation.py [--embeds 40] [--backlog 8] [--gen-tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from athena_client.payloads import EmbedRequest, ReasonRequest  # noqa: E402
+from athena_client.routes import ENQUEUED_AT_HEADER, TaskName  # noqa: E402
+from athena_client.sender import TaskSender  # noqa: E402
+from athena_inference.config.settings import load_settings  # noqa: E402
+from athena_inference.workers.metrics import latency_stats  # noqa: E402
+from athena_inference.workers.processes import worker_argv  # noqa: E402
+from athena_inference.workers.provision import provision  # noqa: E402
+from athena_client.routes import Queue  # noqa: E402
+from tests.harness import Stack, free_port, wait_for  # noqa: E402
+
+STORY = (
+    "Write a long, detailed story about a lighthouse keeper who keeps a diary of every ship "
+    "that passes, with many chapters, names, dates and dialogue."
+)
+
+
+def send(sender: TaskSender, task: TaskName, request, queue: str):
+    return sender.app.send_task(
+        task.value, kwargs=request.model_dump(mode="json"), queue=queue, headers={ENQUEUED_AT_HEADER: time.time()}
+    )
+
+
+def e2e_ms(result: dict) -> float:
+    from datetime import datetime
+
+    timing = result["timing"]
+    return (datetime.fromisoformat(timing["finished_at"]) - datetime.fromisoformat(timing["enqueued_at"])).total_seconds() * 1000
+
+
+def measure_embeds(sender: TaskSender, queue: str, count: int, pace_s: float) -> list[float]:
+    pending = []
+    for i in range(count):
+        pending.append(send(sender, TaskName.EMBED, EmbedRequest(text=f"memory number {i}: the build broke after the merge"), queue))
+        time.sleep(pace_s)
+    return [e2e_ms(p.get(timeout=600)) for p in pending]
+
+
+def run_layout(stack: Stack, sender: TaskSender, layout: str, args, settings) -> dict:
+    if layout == "separate":
+        queues = {"embed": "embeddings", "reason": "reasoning"}
+        workers = [
+            stack.start(f"bench-{layout}-embeddings", worker_argv(Queue.EMBEDDINGS, settings, node_suffix=layout)),
+            stack.start(f"bench-{layout}-reasoning", worker_argv(Queue.REASONING, settings, node_suffix=layout)),
+        ]
+    else:
+        queues = {"embed": "shared", "reason": "shared"}
+        argv = worker_argv(Queue.EMBEDDINGS, settings, node_suffix=layout)
+        argv[argv.index("-Q") + 1] = "shared"
+        argv[argv.index("-c") + 1] = str(settings.embeddings_slots + settings.reasoning_slots)
+        workers = [stack.start(f"bench-{layout}-shared", argv)]
+    wait_for(lambda: len(sender.app.control.ping(timeout=1.0) or []) >= len(workers), f"{layout} workers", 60)
+
+    # Warm up both servers and every worker process.
+    measure_embeds(sender, queues["embed"], 6, 0.05)
+    send(sender, TaskName.REASON, ReasonRequest(prompt="hi", max_tokens=4), queues["reason"]).get(timeout=120)
+
+    idle = measure_embeds(sender, queues["embed"], args.embeds, args.pace)
+    backlog = [
+        send(sender, TaskName.REASON, ReasonRequest(prompt=STORY, max_tokens=args.gen_tokens, temperature=0.8), queues["reason"])
+        for _ in range(args.backlog)
+    ]
+    time.sleep(1.0)
+    loaded = measure_embeds(sender, queues["embed"], args.embeds, args.pace)
+    generated = [p.get(timeout=1800)["timing"]["server"]["generated_tokens"] for p in backlog]
+    for worker in workers:
+        worker.stop()
+    return {"idle": latency_stats(idle), "loaded": latency_stats(loaded), "generated": sum(generated)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embeds", type=int, default=40, help="embeds per phase")
+    parser.add_argument("--pace", type=float, default=0.25, help="seconds between embeds")
+    parser.add_argument("--backlog", type=int, default=8, help="long generations queued")
+    parser.add_argument("--gen-tokens", type=int, default=256, help="max_tokens of each generation")
+    args = parser.parse_args()
+
+    redis_port, embed_port, reason_port = free_port(), free_port(), free_port()
+    env = dict(
+        os.environ,
+        ATHENA_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
+        ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
+        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{embed_port}",
+        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{reason_port}",
+        LLAMACPP_N_THREADS=os.environ.get("LLAMACPP_N_THREADS", "1"),
+    )
+    os.environ.update(env)
+    settings = load_settings()
+    provision(settings)
+    stack = Stack(Path(tempfile.mkdtemp(prefix="athena-bench-")), env)
+    results = {}
+    try:
+        stack.redis(redis_port)
+        stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
+        stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
+        sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
+        for layout in ("separate", "shared"):
+            print(f"[bench] layout {layout} ...", flush=True)
+            results[layout] = run_layout(stack, sender, layout, args, settings)
+        sender.close()
+    finally:
+        stack.stop_all()
+
+    print(f"\nembedding latency, enqueue to finish, ms ({args.embeds} embeds per phase, "
+          f"backlog {args.backlog} x {args.gen_tokens} tokens, {settings.n_threads} thread(s) per server)\n")
+    print("| layout | idle p50 | idle p95 | loaded p50 | loaded p95 | p50 ratio | p95 ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for layout, r in results.items():
+        idle, loaded = r["idle"], r["loaded"]
+        print(f"| {layout} | {idle.p50:.1f} | {idle.p95:.1f} | {loaded.p50:.1f} | {loaded.p95:.1f} "
+              f"| {loaded.p50 / idle.p50:.2f}x | {loaded.p95 / idle.p95:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
