@@ -105,6 +105,7 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=0.25, help="seconds between embeds")
     parser.add_argument("--backlog", type=int, default=8, help="long generations queued")
     parser.add_argument("--gen-tokens", type=int, default=256, help="max_tokens of each generation")
+    parser.add_argument("--layouts", default="separate,shared", help="comma-separated: separate, shared")
     args = parser.parse_args()
 
     redis_port, embed_port, reason_port = free_port(), free_port(), free_port()
@@ -126,7 +127,7 @@ def main() -> int:
         stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
         stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
         sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-        for layout in ("separate", "shared"):
+        for layout in args.layouts.split(","):
             print(f"[bench] layout {layout} ...", flush=True)
             results[layout] = run_layout(stack, sender, layout, args, settings)
         sender.close()

@@ -41,7 +41,7 @@ def celery_config(settings: Settings) -> dict:
         "task_queues": [KombuQueue(q.value, routing_key=q.value) for q in Queue],
         "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
         "task_annotations": {
-            name.value: {"time_limit": limits[queue], "soft_time_limit": max(1, int(limits[queue] * 0.9))}
+            name.value: {"time_limit": limits[queue], "soft_time_limit": round(limits[queue] * 0.9, 3)}
             for name, queue in TASK_QUEUES.items()
         },
         # A task is acknowledged only when it has finished, and one whose worker

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # waits in the broker (visible to Flower), not inside llama-server.
     embeddings_slots: int = Field(2, ge=1, le=64)
     reasoning_slots: int = Field(1, ge=1, le=64)
+    # CPU priority (nice) of each llama-server the stack starts. Generation is bulk
+    # work; the embedding server answers interactive calls, so on a small machine
+    # the reasoning server yields the CPU to it.
+    embeddings_nice: int = Field(0, ge=0, le=19)
+    reasoning_nice: int = Field(10, ge=0, le=19)
     # Longest text, in tokens, one embedding input may have: the server runs with
     # -b = -ub = this, and a longer text is refused with InputTooLong.
     embedding_max_tokens: int = Field(512, ge=8, le=131072)
@@ -167,11 +172,13 @@ def load_settings(**overrides) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
+        # pydantic reports an aliased field (Athena's LLAMACPP_* names) under its alias.
+        names = {field: env_name(field) for field in Settings.model_fields}
+        names.update({name: name for name in names.values()})
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            name = env_name(field) if field in Settings.model_fields else "settings"
-            problems.append(f"{name}: {error['msg']}")
+            where = str(error["loc"][0]) if error["loc"] else ""
+            problems.append(f"{names.get(where, 'settings')}: {error['msg']}")
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from None
 
 

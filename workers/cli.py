@@ -41,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _exec(processes.redis_argv(settings, provision.redis_server_binary()))
     queue = SERVED[args.what]
     model = provision.embedding_model(settings) if queue is Queue.EMBEDDINGS else provision.reasoning_model(settings)
+    os.nice(settings.embeddings_nice if queue is Queue.EMBEDDINGS else settings.reasoning_nice)
     _exec(processes.llama_server_argv(queue, settings, provision.llama_server_binary(settings), model))
     return 1
 
