@@ -16,7 +16,7 @@ Layouts:
 Latency is end to end as the tasks' own timing records it: from the moment the
 client stamped the message (enqueued_at) to the worker's finish (finished_at).
 
-    .venv/bin/python bench/isolation.py [--embeds 40] [--backlog 8] [--gen-tokens 256]
+    .venv/bin/python bench/isolation.py [--embeds 100] [--backlog 12] [--gen-tokens 256] [--layouts separate,shared]
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def run_layout(stack: Stack, sender: TaskSender, layout: str, args, settings) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--embeds", type=int, default=40, help="embeds per phase")
+    parser.add_argument("--embeds", type=int, default=100, help="embeds per phase")
     parser.add_argument("--pace", type=float, default=0.25, help="seconds between embeds")
-    parser.add_argument("--backlog", type=int, default=8, help="long generations queued")
+    parser.add_argument("--backlog", type=int, default=12, help="long generations queued")
     parser.add_argument("--gen-tokens", type=int, default=256, help="max_tokens of each generation")
     parser.add_argument("--layouts", default="separate,shared", help="comma-separated: separate, shared")
     args = parser.parse_args()

@@ -59,8 +59,15 @@ def use_metrics(store: MetricsStore) -> None:
     _metrics = store
 
 
-@worker_process_shutdown.connect
-def _close(**_):
+def reset() -> None:
+    """Close and forget every seam; the next task makes new ones."""
+    global _metrics
     for server in _servers.values():
         server.close()
     _servers.clear()
+    _metrics = None
+
+
+@worker_process_shutdown.connect
+def _close(**_):
+    reset()

@@ -7,10 +7,13 @@ import json
 import os
 import sys
 
+import httpx
+
 from athena_client.errors import AthenaError
 from athena_client.routes import Queue
-from athena_inference.config.settings import get_settings
+from athena_inference.config.settings import Settings, get_settings
 from athena_inference.workers import processes, provision
+from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.metrics import KindStats, MetricsStore
 
 SERVED = {"embeddings": Queue.EMBEDDINGS, "reasoning": Queue.REASONING}
@@ -41,14 +44,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _exec(processes.redis_argv(settings, provision.redis_server_binary()))
     queue = SERVED[args.what]
     model = provision.embedding_model(settings) if queue is Queue.EMBEDDINGS else provision.reasoning_model(settings)
-    os.nice(settings.embeddings_nice if queue is Queue.EMBEDDINGS else settings.reasoning_nice)
+    embeddings = queue is Queue.EMBEDDINGS
+    os.nice(settings.embeddings_nice if embeddings else settings.reasoning_nice)
+    cpus = processes.server_cpus(queue, settings, sorted(os.sched_getaffinity(0)))
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     _exec(processes.llama_server_argv(queue, settings, provision.llama_server_binary(settings), model))
     return 1
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    _exec(processes.worker_argv(Queue(args.queue), get_settings(), node_suffix=args.node_suffix))
+    settings, queue = get_settings(), Queue(args.queue)
+    _warn_if_slots_differ(queue, settings)
+    _exec(processes.worker_argv(queue, settings, node_suffix=args.node_suffix))
     return 1
+
+
+def _warn_if_slots_differ(queue: Queue, settings: Settings) -> None:
+    urls = {Queue.EMBEDDINGS: settings.embeddings_url, Queue.REASONING: settings.reasoning_url}
+    if queue not in urls:
+        return
+    server = LlamaServer(urls[queue], timeout=httpx.Timeout(2.0))
+    slots = server.slots()
+    server.close()
+    concurrency = processes.worker_concurrency(queue, settings)
+    if slots is not None and slots != concurrency:
+        setting = "ATHENA_EMBEDDINGS_SLOTS" if queue is Queue.EMBEDDINGS else "ATHENA_REASONING_SLOTS"
+        print(
+            f"warning: {urls[queue]} has {slots} slots but the {queue.value} worker runs {concurrency} "
+            f"processes; set {setting}={slots} so the backlog waits in the queue, not in the server",
+            file=sys.stderr,
+        )
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
@@ -69,16 +95,16 @@ def format_stats(stats: dict[str, KindStats]) -> str:
     rows = [header]
     for kind, s in stats.items():
         lat = s.latency_ms
-        rows.append(
-            (kind, s.count, s.success, s.failures, lat.min, lat.avg, lat.p50, lat.p95, lat.max,
-             s.tokens_per_second, s.rate_per_s)
-        )
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
-    return "\n".join(lines) + "\n(latencies in ms over the last {} successful calls per kind)".format(
-        next(iter(stats.values())).window if stats else "N"
-    )
+        row = (kind, s.count, s.success, s.failures, lat.min, lat.avg, lat.p50, lat.p95, lat.max,
+               s.tokens_per_second, s.rate_per_s)
+        rows.append(tuple(_fmt(v) for v in row))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)])
+        for row in rows
+    ]
+    window = next(iter(stats.values())).window
+    return "\n".join(lines) + f"\n(latencies in ms over the last {window} successful calls per kind)"
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

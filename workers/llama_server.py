@@ -208,6 +208,13 @@ class LlamaServer:
             return Health(ready=False, detail="loading model (503)")
         return Health(ready=False, detail=f"HTTP {response.status_code}: {response.text[:200]}")
 
+    def slots(self) -> Optional[int]:
+        """The server's --parallel slots from /props, or None if it cannot say right now."""
+        try:
+            return int(self._client.get("/props").json()["total_slots"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+
     # --- transport, retries and error mapping ---
 
     def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:

@@ -42,6 +42,19 @@ def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Pat
     return argv
 
 
+def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[int]:
+    """The CPUs a llama-server is pinned to; empty means no pinning."""
+    wanted = settings.embeddings_cpus if queue is Queue.EMBEDDINGS else settings.reasoning_cpus
+    if wanted == "none":
+        return set()
+    if wanted != "auto":
+        return {int(cpu) for cpu in wanted.split(",")}
+    threads = settings.n_threads
+    if len(available) < 2 * threads:
+        return set()
+    return set(available[:threads] if queue is Queue.EMBEDDINGS else available[-threads:])
+
+
 def worker_concurrency(queue: Queue, settings: Settings) -> int:
     return {Queue.EMBEDDINGS: settings.embeddings_slots, Queue.REASONING: settings.reasoning_slots}.get(queue, 1)
 

@@ -14,8 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
-from urllib.parse import urlsplit
+from typing import Callable
 
 import httpx
 import redis

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from athena_client.errors import ConfigurationError
-from athena_inference.config.settings import Settings, env_name, load_settings
+from athena_inference.config.settings import env_name, load_settings
 
 
 @pytest.fixture(autouse=True)

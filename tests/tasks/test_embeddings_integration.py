@@ -44,7 +44,7 @@ def cosine(a, b) -> float:
 def test_embed_batch_matches_reference_model(sender, reference_vectors):
     out = sender.call(TaskName.EMBED_BATCH, EmbedBatchRequest(texts=SENTENCES))
     assert out.dimension == 384 and len(out.embeddings) == len(SENTENCES)
-    for vector, reference in zip(out.embeddings, reference_vectors):
+    for vector, reference in zip(out.embeddings, reference_vectors, strict=True):
         assert cosine(vector, reference) >= 0.999
 
 

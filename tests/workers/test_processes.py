@@ -9,6 +9,7 @@ import pytest
 from athena_client.routes import Queue
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.processes import (
+    server_cpus,
     MODEL_ALIASES,
     flower_argv,
     host_port,
@@ -184,3 +185,20 @@ def test_procfile_servers_serve_their_own_kind():
     entries = _procfile_entries()
     assert entries["embeddings-server"].endswith("serve embeddings")
     assert entries["reasoning-server"].endswith("serve reasoning")
+
+
+def test_auto_pins_the_two_servers_to_separate_cpus():
+    settings = load_settings()
+    assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1]) == {0}
+    assert server_cpus(Queue.REASONING, settings, [0, 1]) == {1}
+
+
+def test_auto_leaves_servers_unpinned_when_cpus_are_too_few():
+    settings = load_settings(n_threads=2)
+    assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1, 2]) == set()
+
+
+def test_explicit_cpu_lists_and_none_are_honoured():
+    settings = load_settings(embeddings_cpus="0,2", reasoning_cpus="none")
+    assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1, 2, 3]) == {0, 2}
+    assert server_cpus(Queue.REASONING, settings, [0, 1, 2, 3]) == set()
