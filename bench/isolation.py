@@ -38,7 +38,7 @@ from athena_inference.workers.metrics import latency_stats  # noqa: E402
 from athena_inference.workers.processes import worker_argv  # noqa: E402
 from athena_inference.workers.provision import provision  # noqa: E402
 from athena_client.routes import Queue  # noqa: E402
-from tests.harness import Stack, free_port, wait_for  # noqa: E402
+from tests.harness import Stack, local_stack_env, redis_port, wait_for  # noqa: E402
 
 STORY = (
     "Write a long, detailed story about a lighthouse keeper who keeps a diary of every ship "
@@ -108,22 +108,14 @@ def main() -> int:
     parser.add_argument("--layouts", default="separate,shared", help="comma-separated: separate, shared")
     args = parser.parse_args()
 
-    redis_port, embed_port, reason_port = free_port(), free_port(), free_port()
-    env = dict(
-        os.environ,
-        ATHENA_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
-        ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
-        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{embed_port}",
-        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{reason_port}",
-        LLAMACPP_N_THREADS=os.environ.get("LLAMACPP_N_THREADS", "1"),
-    )
+    env = local_stack_env(LLAMACPP_N_THREADS=os.environ.get("LLAMACPP_N_THREADS", "1"))
     os.environ.update(env)
     settings = load_settings()
     provision(settings)
     stack = Stack(Path(tempfile.mkdtemp(prefix="athena-bench-")), env)
     results = {}
     try:
-        stack.redis(redis_port)
+        stack.redis(redis_port(env))
         stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
         stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
         sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])

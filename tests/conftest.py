@@ -12,7 +12,15 @@ import pytest
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.provision import Provisioned, provision
-from tests.harness import Stack, free_port, wait_for
+from tests.harness import Stack, local_stack_env, redis_port, wait_for
+
+
+@pytest.fixture
+def clean_settings_env(monkeypatch):
+    """No ATHENA_* or LLAMACPP_* variable of the machine leaks into a settings test."""
+    for name in list(os.environ):
+        if name.startswith(("ATHENA_", "LLAMACPP_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")
@@ -25,22 +33,15 @@ def provisioned() -> Provisioned:
 @pytest.fixture(scope="session")
 def stack(provisioned, tmp_path_factory) -> Stack:
     logs = tmp_path_factory.mktemp("logs")
-    redis_port, embed_port, reason_port = free_port(), free_port(), free_port()
-    env = dict(
-        os.environ,
-        ATHENA_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
-        ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
-        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{embed_port}",
-        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{reason_port}",
+    env = local_stack_env(
         LLAMACPP_N_THREADS="1",
         ATHENA_RETRY_ATTEMPTS="4",
         ATHENA_RETRY_BACKOFF_S="0.2",
         ATHENA_RETRY_BACKOFF_MAX_S="1",
-        PYTHONUNBUFFERED="1",
     )
     stack = Stack(logs, env)
     try:
-        stack.redis(redis_port)
+        stack.redis(redis_port(env))
         stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
         stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
         for queue in ("embeddings", "reasoning"):

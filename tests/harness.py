@@ -70,6 +70,25 @@ class Proc:
         return f"--- {self.name} log ---\n" + "\n".join(text.splitlines()[-lines:])
 
 
+def local_stack_env(**extra: str) -> dict[str, str]:
+    """Settings, as environment variables, for a whole stack on free loopback ports."""
+    redis_port = free_port()
+    return dict(
+        os.environ,
+        ATHENA_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
+        ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
+        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{free_port()}",
+        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{free_port()}",
+        ATHENA_FLOWER_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+
+
+def redis_port(env: dict[str, str]) -> int:
+    return int(env["ATHENA_RESULT_BACKEND"].rsplit(":", 1)[1].split("/")[0])
+
+
 class Stack:
     """Settings (as environment variables) plus the processes started with them."""
 

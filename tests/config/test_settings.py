@@ -1,6 +1,5 @@
 """Settings / load_settings: defaults, Athena's env names, and refusals that name the variable."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,7 @@ from athena_client.errors import ConfigurationError
 from athena_inference.config.settings import env_name, load_settings
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    """No setting from the surrounding shell leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith(("ATHENA_", "LLAMACPP_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
 
 # --- defaults ---

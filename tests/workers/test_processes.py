@@ -1,6 +1,5 @@
 """The command lines of the stack's processes, and the Procfile that names them."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -23,11 +22,7 @@ BINARY = Path("/opt/llama/llama-server")
 MODEL = Path("/models/model.gguf")
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith(("ATHENA_", "LLAMACPP_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
 
 @pytest.fixture

@@ -7,18 +7,11 @@ import signal
 import subprocess
 import time
 
-from tests.harness import CLI, free_port
+from tests.harness import CLI, local_stack_env
 
 
 def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned):
-    env = dict(
-        os.environ,
-        ATHENA_BROKER_URL=f"redis://127.0.0.1:{(redis_port := free_port())}/0",
-        ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
-        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{free_port()}",
-        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{free_port()}",
-        ATHENA_FLOWER_PORT=str(free_port()),
-    )
+    env = local_stack_env()
     done = subprocess.run([*CLI, "up", "--check"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout
@@ -56,14 +49,7 @@ def alive(pid: int) -> bool:
 
 
 def test_ctrl_c_stops_every_process_up_started(provisioned):
-    env = dict(
-        os.environ,
-        ATHENA_BROKER_URL=f"redis://127.0.0.1:{(redis_port := free_port())}/0",
-        ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
-        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{free_port()}",
-        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{free_port()}",
-        ATHENA_FLOWER_PORT=str(free_port()),
-    )
+    env = local_stack_env()
     # Its own process group, like a shell's foreground job, so SIGINT reaches the group as Ctrl-C does.
     up = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
