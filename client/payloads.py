@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # A batch bigger than this is a bulk job, which belongs to the re-embed runner.
 MAX_BATCH_TEXTS = 512
@@ -47,6 +47,31 @@ class ReasonRequest(_Request):
     stop: list[str] = Field(default_factory=list, max_length=8)
 
 
+class CompressRequest(_Request):
+    """Compress `context`; `instruction` and `question` are kept as they are.
+
+    Give either `rate` (the share of tokens to keep, in (0, 1]) or
+    `target_tokens`; with neither, half the tokens are kept.
+    """
+
+    context: NonBlankText
+    instruction: str = ""
+    question: str = ""
+    rate: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    target_tokens: Optional[int] = Field(default=None, ge=1)
+    force_tokens: list[NonBlankText] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "CompressRequest":
+        if self.rate is not None and self.target_tokens is not None:
+            raise ValueError("give rate or target_tokens, not both")
+        return self
+
+    @property
+    def effective_rate(self) -> Optional[float]:
+        return 0.5 if self.rate is None and self.target_tokens is None else self.rate
+
+
 class ServerTiming(BaseModel):
     """What the model server reported (or, for embeddings, what we measured around it)."""
 
@@ -70,7 +95,8 @@ class TaskTiming(BaseModel):
     # None when the publisher did not stamp the message (see routes.ENQUEUED_AT_HEADER).
     queue_wait_ms: Optional[float] = None
     run_ms: float
-    server: ServerTiming
+    # None for work done inside the worker (compression) rather than by a server.
+    server: Optional[ServerTiming] = None
 
 
 class EmbeddingResult(BaseModel):
@@ -92,3 +118,41 @@ class ReasoningResult(BaseModel):
     finish_reason: Optional[str] = None
     model: str
     timing: TaskTiming
+
+
+class CompressionResult(BaseModel):
+    """The prompt to send: instruction, compressed context and question.
+
+    With `compressed` false, `compressed_prompt` is the original prompt and
+    `reason` says why (compression off, its model missing).
+    """
+
+    compressed_prompt: str
+    compressed: bool
+    reason: Optional[str] = None
+    original_tokens: int
+    compressed_tokens: int
+    # Achieved: compressed_tokens / original_tokens.
+    ratio: float
+    rate_requested: Optional[float] = None
+    target_tokens: Optional[int] = None
+    method: Optional[str] = None
+    model: Optional[str] = None
+    # Tokens are counted as the paid API counts them.
+    tokenizer: str
+    cache_hit: bool = False
+    latency_ms: float
+    tokens_saved: int
+    money_saved_usd: float
+    timing: TaskTiming
+
+    def metric_totals(self) -> dict[str, float]:
+        return {"tokens_saved": self.tokens_saved, "money_saved_usd": self.money_saved_usd}
+
+
+class CompressorStatus(BaseModel):
+    ready: bool
+    method: Optional[str] = None
+    model: Optional[str] = None
+    reason: Optional[str] = None
+    load_ms: Optional[float] = None

@@ -19,6 +19,7 @@ class TaskName(str, Enum):
     EMBED_BATCH = "athena.embed_batch"
     REASON = "athena.reason"
     COMPRESS_PROMPT = "athena.compress_prompt"
+    COMPRESSOR_STATUS = "athena.compressor_status"
     CONSOLIDATE = "athena.consolidate"
 
 
@@ -27,6 +28,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.EMBED_BATCH: Queue.EMBEDDINGS,
     TaskName.REASON: Queue.REASONING,
     TaskName.COMPRESS_PROMPT: Queue.COMPRESSION,
+    TaskName.COMPRESSOR_STATUS: Queue.COMPRESSION,
     TaskName.CONSOLIDATE: Queue.CONSOLIDATION,
 }
 

@@ -18,6 +18,7 @@ from athena_inference.config.settings import Settings, get_settings
 TASK_MODULES = [
     "athena_inference.tasks.embeddings",
     "athena_inference.tasks.reasoning",
+    "athena_inference.tasks.compression",
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from athena_client.errors import ConfigurationError
 
 ENV_PREFIX = "ATHENA_"
+LLMLINGUA2_MODEL = "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 RESULT_SCHEMES = ("redis", "rediss")
 
@@ -79,6 +80,20 @@ class Settings(BaseSettings):
     # "user:password"; when unset, `up` makes a random password and keeps it in cache_dir.
     flower_basic_auth: Optional[SecretStr] = None
 
+    # --- compression (LLMLingua, inside the compression worker) ---
+    compression_enabled: bool = True
+    # auto: LLMLingua-2 when its model is on disk, else the perplexity method.
+    compression_method: Literal["auto", "llmlingua2", "perplexity"] = "auto"
+    # Default: <cache_dir>/models/llmlingua-2-bert-base-multilingual-cased-meetingbank
+    compression_llmlingua2_model: Optional[Path] = None
+    # Causal LM for the perplexity method. Default: SmolLM2-135M-Instruct, made
+    # from its GGUF by `athena-inference provision`.
+    compression_lm_path: Optional[Path] = None
+    compression_device: str = "cpu"
+    compression_cache_ttl_s: int = Field(86400, ge=0)
+    # What the paid API charges per million input tokens, for the money-saved figure.
+    compression_price_per_million_usd: float = Field(3.0, ge=0)
+
     # --- broker, results, metrics ---
     broker_url: str = "redis://127.0.0.1:6380/0"
     result_backend: str = "redis://127.0.0.1:6380/1"
@@ -132,7 +147,14 @@ class Settings(BaseSettings):
                 raise ValueError("expected user:password")
         return value
 
-    @field_validator("cache_dir", "embeddings_model_path", "reasoning_model_path", "llama_server_bin")
+    @field_validator(
+        "cache_dir",
+        "embeddings_model_path",
+        "reasoning_model_path",
+        "llama_server_bin",
+        "compression_llmlingua2_model",
+        "compression_lm_path",
+    )
     @classmethod
     def _expand(cls, value: Optional[Path]) -> Optional[Path]:
         return None if value is None else value.expanduser()
@@ -157,6 +179,14 @@ class Settings(BaseSettings):
     @property
     def metrics_redis_url(self) -> str:
         return self.metrics_url or self.result_backend
+
+    @property
+    def llmlingua2_model_dir(self) -> Path:
+        return self.compression_llmlingua2_model or self.cache_dir / "models" / LLMLINGUA2_MODEL.split("/")[1]
+
+    @property
+    def compression_lm_dir(self) -> Path:
+        return self.compression_lm_path or self.cache_dir / "models" / "SmolLM2-135M-Instruct-hf"
 
 
 def _check_scheme(value: str, schemes: tuple[str, ...]) -> str:

@@ -40,7 +40,7 @@ class TaskClock:
     def start(cls, task: TaskName, enqueued_at: Optional[float]) -> "TaskClock":
         return cls(task, enqueued_at, time.time(), time.perf_counter())
 
-    def finish(self, model: str, server: ServerTiming) -> TaskTiming:
+    def finish(self, model: str, server: Optional[ServerTiming]) -> TaskTiming:
         run_ms = (time.perf_counter() - self.started_perf) * 1000
         wait_ms = None
         if self.enqueued_at is not None:
@@ -108,12 +108,15 @@ def _record(name: TaskName, clock: TaskClock, result: Optional[BaseModel]) -> No
                 name.value, ok=False, latency_ms=(time.perf_counter() - clock.started_perf) * 1000
             )
         else:
+            server = timing.server
+            totals = result.metric_totals() if hasattr(result, "metric_totals") else {}
             resources.metrics().record(
                 name.value,
                 ok=True,
                 latency_ms=timing.run_ms,
-                tokens=timing.server.prompt_tokens + timing.server.generated_tokens,
-                tokens_per_second=timing.server.tokens_per_second,
+                tokens=server.prompt_tokens + server.generated_tokens if server else 0,
+                tokens_per_second=server.tokens_per_second if server else None,
+                totals=totals,
             )
     except Exception:  # noqa: BLE001 - see above
         log.warning("could not record metrics for %s", name.value, exc_info=True)

@@ -8,21 +8,37 @@ built at import time: the first task in each child builds its client, and
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from typing import Optional
 
 import httpx
-from celery.signals import worker_process_shutdown
+import redis
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from athena_client.routes import Queue
 from athena_inference.config.settings import Settings, get_settings
+from athena_inference.workers.compression_cache import CompressionCache
+from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer, RetryPolicy
 from athena_inference.workers.metrics import MetricsStore
 
 # httpx logs every request at INFO, which would bury the worker's own log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+log = logging.getLogger(__name__)
+
+# Set by `athena-inference worker <queue>` for the worker's processes.
+WORKER_QUEUE_ENV = "ATHENA_WORKER_QUEUE"
+
 _servers: dict[Queue, LlamaServer] = {}
 _metrics: Optional[MetricsStore] = None
+_compressor: Optional[Compressor] = None
+_compressor_loaded = threading.Event()
+_compressor_lock = threading.Lock()
+_compressor_loader: Optional[threading.Thread] = None
+_compression_cache: Optional[CompressionCache] = None
 
 
 def llama_server_for(queue: Queue, settings: Optional[Settings] = None) -> LlamaServer:
@@ -50,6 +66,57 @@ def metrics() -> MetricsStore:
     return _metrics
 
 
+def start_loading_compressor() -> None:
+    """Load the compressor in the background; `compressor()` waits for it."""
+    global _compressor_loader
+    with _compressor_lock:
+        if _compressor is None and _compressor_loader is None:
+            _compressor_loader = threading.Thread(target=_load_compressor, name="compressor-load", daemon=True)
+            _compressor_loader.start()
+
+
+def _load_compressor() -> None:
+    global _compressor
+    started = time.perf_counter()
+    loaded = Compressor.load(get_settings())
+    _compressor = loaded
+    _compressor_loaded.set()
+    status = loaded.status
+    if status.ready:
+        log.warning("compressor ready: %s with %s, loaded in %.1f s", status.method, status.model, time.perf_counter() - started)
+    else:
+        log.warning("compressor NOT available: %s; tasks return prompts uncompressed", status.reason)
+
+
+def compressor(timeout: float = 600) -> Compressor:
+    if _compressor is None:
+        start_loading_compressor()
+        if not _compressor_loaded.wait(timeout):
+            raise TimeoutError(f"the compressor did not load within {timeout:.0f} s")
+    assert _compressor is not None
+    return _compressor
+
+
+def compression_cache() -> CompressionCache:
+    global _compression_cache
+    if _compression_cache is None:
+        settings = get_settings()
+        client = redis.Redis.from_url(settings.result_backend, socket_timeout=5, socket_connect_timeout=5)
+        _compression_cache = CompressionCache(client, ttl_s=settings.compression_cache_ttl_s)
+    return _compression_cache
+
+
+def use_compressor(engine: Compressor) -> None:
+    global _compressor
+    _compressor = engine
+    _compressor_loaded.set()
+
+
+def use_compression_cache(cache: CompressionCache) -> None:
+    global _compression_cache
+    _compression_cache = cache
+
+
 def use_llama(queue: Queue, server: LlamaServer) -> None:
     _servers[queue] = server
 
@@ -61,11 +128,23 @@ def use_metrics(store: MetricsStore) -> None:
 
 def reset() -> None:
     """Close and forget every seam; the next task makes new ones."""
-    global _metrics
+    global _metrics, _compressor, _compression_cache, _compressor_loader
     for server in _servers.values():
         server.close()
     _servers.clear()
     _metrics = None
+    _compressor = None
+    _compression_cache = None
+    _compressor_loaded.clear()
+    _compressor_loader = None
+
+
+@worker_process_init.connect
+def _load_at_start(**_):
+    # Loading takes seconds and worker_process_init must return within 4 s, so
+    # the compressor loads in a thread and the first task waits for it.
+    if os.environ.get(WORKER_QUEUE_ENV) == Queue.COMPRESSION.value:
+        start_loading_compressor()
 
 
 @worker_process_shutdown.connect

@@ -12,7 +12,7 @@ import httpx
 from athena_client.errors import AthenaError
 from athena_client.routes import Queue
 from athena_inference.config.settings import Settings, get_settings
-from athena_inference.workers import processes, provision
+from athena_inference.workers import compressor_models, processes, provision
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.metrics import KindStats, MetricsStore
 
@@ -32,7 +32,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    done = provision.provision(get_settings())
+    settings = get_settings()
+    if args.llmlingua2:
+        print(f"llmlingua2_model: {compressor_models.fetch_llmlingua2(settings)}")
+    done = provision.provision(settings)
     for name, path in done.model_dump().items():
         print(f"{name}: {path}")
     return 0
@@ -56,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings, queue = get_settings(), Queue(args.queue)
     _warn_if_slots_differ(queue, settings)
+    # Tells the worker's processes which queue they serve (the compression worker loads its model at start).
+    os.environ["ATHENA_WORKER_QUEUE"] = queue.value
     _exec(processes.worker_argv(queue, settings, node_suffix=args.node_suffix))
     return 1
 
@@ -104,7 +109,8 @@ def format_stats(stats: dict[str, KindStats]) -> str:
         for row in rows
     ]
     window = next(iter(stats.values())).window
-    return "\n".join(lines) + f"\n(latencies in ms over the last {window} successful calls per kind)"
+    totals = [f"{kind}: " + ", ".join(f"{k} {v:g}" for k, v in s.totals.items()) for kind, s in stats.items() if s.totals]
+    return "\n".join(lines + totals) + f"\n(latencies in ms over the last {window} successful calls per kind)"
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -133,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_up)
 
     p = sub.add_parser("provision", help="build llama-server and prepare the default models (cached)")
+    p.add_argument("--llmlingua2", action="store_true", help="also fetch the LLMLingua-2 model (needs the model hub)")
     p.set_defaults(run=cmd_provision)
 
     p = sub.add_parser("serve", help="run one server of the stack in the foreground (used by the Procfile)")

@@ -37,6 +37,8 @@ class KindStats(BaseModel):
     latency_ms: LatencyStats
     tokens_per_second: Optional[float]
     tokens: int
+    # Sums a kind adds of its own, e.g. compression's tokens_saved and money_saved_usd.
+    totals: dict[str, float] = {}
     window: int
 
 
@@ -84,6 +86,7 @@ class MetricsStore:
         latency_ms: float,
         tokens: int = 0,
         tokens_per_second: Optional[float] = None,
+        totals: Optional[dict[str, float]] = None,
         at: Optional[float] = None,
     ) -> None:
         at = time.time() if at is None else at
@@ -96,6 +99,8 @@ class MetricsStore:
         if ok:
             pipe.hincrby(counters, "success", 1)
             pipe.hincrby(counters, "tokens", tokens)
+            for name, amount in (totals or {}).items():
+                pipe.hincrbyfloat(counters, f"total:{name}", amount)
             pipe.lpush(self._key(kind, "latency"), latency_ms)
             pipe.ltrim(self._key(kind, "latency"), 0, self._window - 1)
             if tokens_per_second is not None:
@@ -129,6 +134,7 @@ class MetricsStore:
             latency_ms=latency_stats([float(v) for v in raw_latencies]),
             tokens_per_second=sum(tps) / len(tps) if tps else None,
             tokens=int(counters.get("tokens", 0)),
+            totals={k[len("total:"):]: v for k, v in counters.items() if k.startswith("total:")},
             window=self._window,
         )
 

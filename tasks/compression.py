@@ -1,0 +1,66 @@
+"""The `compression` queue: LLMLingua prompt compression, its model loaded once per worker process."""
+
+from __future__ import annotations
+
+import time
+
+from athena_client.payloads import CompressionResult, CompressRequest
+from athena_client.routes import TaskName
+from athena_inference.config.celery import app
+from athena_inference.config.settings import get_settings
+from athena_inference.tasks import resources
+from athena_inference.tasks.base import TaskClock, inference_task
+from athena_inference.workers.compressor import TOKENIZER, Compression, join_prompt
+
+
+@inference_task(TaskName.COMPRESS_PROMPT, CompressRequest)
+def compress_prompt(request: CompressRequest, clock: TaskClock) -> CompressionResult:
+    """Context to a shorter prompt; the original, marked uncompressed, when compression is unavailable."""
+    started = time.perf_counter()
+    compressor = resources.compressor()
+    status = compressor.status
+    hit = False
+    if status.ready:
+        cache = resources.compression_cache()
+        key = cache.key(request, status.method, status.model)
+        out = cache.get(key)
+        hit = out is not None
+        if out is None:
+            out = compressor.compress(
+                request.context,
+                instruction=request.instruction,
+                question=request.question,
+                rate=request.effective_rate,
+                target_tokens=request.target_tokens,
+                force_tokens=list(request.force_tokens),
+            )
+            cache.put(key, out)
+    else:
+        prompt = join_prompt(request.instruction, request.context, request.question)
+        tokens = compressor.count_tokens(prompt)
+        out = Compression(prompt=prompt, original_tokens=tokens, compressed_tokens=tokens)
+    saved = out.original_tokens - out.compressed_tokens
+    return CompressionResult(
+        compressed_prompt=out.prompt,
+        compressed=status.ready,
+        reason=status.reason,
+        original_tokens=out.original_tokens,
+        compressed_tokens=out.compressed_tokens,
+        ratio=out.compressed_tokens / max(out.original_tokens, 1),
+        rate_requested=request.effective_rate,
+        target_tokens=request.target_tokens,
+        method=status.method,
+        model=status.model,
+        tokenizer=TOKENIZER,
+        cache_hit=hit,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        tokens_saved=saved,
+        money_saved_usd=saved * get_settings().compression_price_per_million_usd / 1e6,
+        timing=clock.finish(status.model or "none", None),
+    )
+
+
+@app.task(name=TaskName.COMPRESSOR_STATUS.value)
+def compressor_status() -> dict:
+    """Whether this worker's compressor is ready, and if not, why."""
+    return resources.compressor().status.model_dump(mode="json")

@@ -1,0 +1,119 @@
+"""compress_prompt through real compression workers running LLMLingua on the default model."""
+
+from __future__ import annotations
+
+import pytest
+
+from athena_client.errors import InvalidInput
+from athena_client.payloads import CompressionResult, CompressorStatus, CompressRequest
+from athena_client.routes import TaskName
+from athena_client.sender import TaskSender
+from tests.harness import wait_for
+
+MEMORY = """On Monday the payments team noticed that the nightly reconciliation job had been failing silently for three days.
+The job reads settlement files from the bank's SFTP server, matches each line against the ledger in PostgreSQL, and
+writes mismatches to a review queue. Since the bank rotated its host key on Friday, the SFTP client refused to connect,
+and because the job caught every exception and logged it at debug level, nobody saw an error. Maria traced the problem
+by comparing the job's run times, which had dropped from twelve minutes to four seconds, a sign that it did no work.
+The team agreed on three changes. First, the job now fails loudly: any exception ends the run with a non-zero exit code,
+and the scheduler pages the on-call engineer. Second, host keys are pinned in configuration and a rotation is announced
+in the team channel a week ahead. Third, a freshness check alerts when no settlement file has been processed for
+twenty-six hours. Dev wrote a backfill script that replayed the three missing days in order; it found 214 mismatches,
+all of them refunds issued on Saturday that the bank settled on Monday. Finance reviewed them on Tuesday and closed
+the incident. In the retrospective the team noted that silent failure was the real defect, not the key rotation, and
+decided that every batch job must report its processed row count to the metrics store, so that a drop to zero is visible
+on the dashboard. The same review found two other jobs that swallowed exceptions: the invoice exporter and the
+currency-rate importer. Both now follow the new rule. Maria will present the incident at the Thursday engineering
+meeting, and Dev will add a section on batch job hygiene to the onboarding guide before the end of the month."""
+
+
+def compress(sender: TaskSender, request: CompressRequest, timeout: float = 300) -> CompressionResult:
+    pending = sender.app.send_task(TaskName.COMPRESS_PROMPT.value, kwargs=request.model_dump(mode="json"), queue="compression")
+    return CompressionResult.model_validate(pending.get(timeout=timeout))
+
+
+def test_compression_is_shorter_and_close_to_the_rate_asked(sender):
+    out = compress(sender, CompressRequest(context=MEMORY, instruction="Summarise the incident.", rate=0.5))
+    assert out.compressed and out.method == "perplexity" and out.tokenizer == "cl100k_base"
+    assert out.compressed_tokens < out.original_tokens
+    assert len(out.compressed_prompt) < len(MEMORY)
+    assert abs(out.ratio - 0.5) <= 0.15 * 0.5
+    assert out.tokens_saved == out.original_tokens - out.compressed_tokens > 0
+    assert out.money_saved_usd == pytest.approx(out.tokens_saved * 3.0 / 1e6)
+
+
+def test_second_identical_request_is_a_cache_hit(sender):
+    request = CompressRequest(context=MEMORY, instruction="Summarise the incident.", rate=0.5)
+    first = compress(sender, request)
+    second = compress(sender, request)
+    assert second.cache_hit
+    assert second.compressed_prompt == first.compressed_prompt
+    assert second.latency_ms < first.latency_ms or first.cache_hit
+
+
+def test_force_tokens_survive_compression(sender):
+    forced = ["PostgreSQL", "Maria", "214"]
+    out = compress(sender, CompressRequest(context=MEMORY, rate=0.3, force_tokens=forced))
+    assert out.compressed and out.ratio < 0.6
+    for token in forced:
+        assert out.compressed_prompt.count(token) == MEMORY.count(token)
+
+
+def test_compressor_reports_ready_with_its_method(sender):
+    pending = sender.app.send_task(TaskName.COMPRESSOR_STATUS.value, queue="compression")
+    status = CompressorStatus.model_validate(pending.get(timeout=120))
+    assert status.ready and status.method == "perplexity" and status.load_ms > 0
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ({"context": ""}, "context"),
+        ({"context": "text", "rate": 0}, "rate"),
+        ({"context": "text", "rate": 1.5}, "rate"),
+        ({"context": "text", "rate": 0.5, "target_tokens": 10}, "not both"),
+    ],
+)
+def test_bad_compression_input_fails_with_invalid_input(sender, payload, fragment):
+    pending = sender.app.send_task(TaskName.COMPRESS_PROMPT.value, kwargs=payload, queue="compression")
+    with pytest.raises(InvalidInput, match=fragment):
+        pending.get(timeout=120)
+
+
+def side_worker(stack, node: str, db: int, extra_env: dict[str, str]) -> TaskSender:
+    redis_url = stack.env["ATHENA_BROKER_URL"].rsplit("/", 1)[0]
+    env = {"ATHENA_BROKER_URL": f"{redis_url}/{db}", "ATHENA_RESULT_BACKEND": f"{redis_url}/{db + 1}", **extra_env}
+    stack.worker("compression", node, env)
+    sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
+    wait_for(lambda: sender.app.control.ping(timeout=1.0), f"compression worker {node}", 60)
+    return sender
+
+
+def test_compression_works_with_the_network_unreachable(stack):
+    nowhere = "http://127.0.0.1:9"
+    sender = side_worker(
+        stack, "offline", 4,
+        {"HTTP_PROXY": nowhere, "HTTPS_PROXY": nowhere, "ALL_PROXY": nowhere,
+         "http_proxy": nowhere, "https_proxy": nowhere, "NO_PROXY": "", "no_proxy": ""},
+    )
+    try:
+        out = compress(sender, CompressRequest(context=MEMORY, rate=0.5))
+        assert out.compressed and out.compressed_tokens < out.original_tokens
+    finally:
+        sender.close()
+
+
+def test_missing_model_shows_in_status_and_result_not_as_a_crash(stack, tmp_path):
+    missing = tmp_path / "no-such-model"
+    sender = side_worker(stack, "nomodel", 6, {"ATHENA_COMPRESSION_LM_PATH": str(missing)})
+    try:
+        status = CompressorStatus.model_validate(
+            sender.app.send_task(TaskName.COMPRESSOR_STATUS.value, queue="compression").get(timeout=60)
+        )
+        assert not status.ready and str(missing) in status.reason
+        out = compress(sender, CompressRequest(context=MEMORY, instruction="Summarise.", rate=0.5))
+        assert not out.compressed and str(missing) in out.reason
+        assert out.compressed_prompt == "Summarise.\n\n" + MEMORY
+        assert out.compressed_tokens == out.original_tokens and out.tokens_saved == 0
+    finally:
+        sender.close()
