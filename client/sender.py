@@ -9,13 +9,14 @@ from celery import Celery
 from celery.result import AsyncResult
 from pydantic import BaseModel
 
-from athena_client.payloads import EmbeddingBatchResult, EmbeddingResult, ReasoningResult
+from athena_client.payloads import CompressionResult, EmbeddingBatchResult, EmbeddingResult, ReasoningResult
 from athena_client.routes import ENQUEUED_AT_HEADER, TaskName, queue_for
 
 RESULT_TYPES: dict[TaskName, type[BaseModel]] = {
     TaskName.EMBED: EmbeddingResult,
     TaskName.EMBED_BATCH: EmbeddingBatchResult,
     TaskName.REASON: ReasoningResult,
+    TaskName.COMPRESS_PROMPT: CompressionResult,
 }
 
 

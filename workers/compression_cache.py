@@ -21,7 +21,7 @@ class CompressionCache:
         self._prefix = prefix
 
     def key(self, request: CompressRequest, method: Optional[str], model: Optional[str]) -> str:
-        identity = {"request": request.model_dump(mode="json"), "rate": request.effective_rate, "method": method, "model": model}
+        identity = {"request": request.model_dump(mode="json", exclude={"rate"}), "rate": request.effective_rate, "method": method, "model": model}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return f"{self._prefix}:{digest}"
 

@@ -29,6 +29,8 @@ MAX_PASSES = 4
 ITERATIVE_SIZE = 100
 # Private-use character standing in for "<", which LLMLingua's structured mode cannot carry.
 _LT = "\ue000"
+# llmlingua 0.2.2 picks its word-boundary rule from the model's path (utils.is_begin_of_new_word).
+LLMLINGUA2_FAMILIES = ("bert-base-multilingual-cased", "xlm-roberta-large")
 
 
 class Compression(BaseModel):
@@ -182,4 +184,9 @@ def _choose(settings: Settings) -> tuple[str, Path, Optional[str]]:
             else "run `athena-inference provision`"
         )
         return method, folder, f"{method} model not found at {folder}; {hint}"
+    if method == "llmlingua2" and not any(family in str(folder) for family in LLMLINGUA2_FAMILIES):
+        return method, folder, (
+            f"LLMLingua-2 tells its models' word boundaries apart by name: the folder {folder} "
+            f"must contain one of {', '.join(LLMLINGUA2_FAMILIES)}"
+        )
     return method, folder, None

@@ -20,7 +20,7 @@ import httpx
 import redis
 
 from athena_client.errors import AthenaError, ConfigurationError
-from athena_client.payloads import EmbedBatchRequest, EmbedRequest, ReasonRequest, TaskTiming
+from athena_client.payloads import CompressRequest, EmbedBatchRequest, EmbedRequest, ReasonRequest, TaskTiming
 from athena_client.routes import Queue, TaskName
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import Settings
@@ -29,8 +29,6 @@ from athena_inference.workers.provision import provision, say
 
 PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-# Queues whose tasks exist so far; the others' workers run but have nothing to do yet.
-DEMO_QUEUES = (Queue.EMBEDDINGS, Queue.REASONING)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -109,6 +107,10 @@ def describe(timing: TaskTiming) -> str:
     parts = [
         f"queue wait {timing.queue_wait_ms:.1f} ms" if timing.queue_wait_ms is not None else "queue wait n/a",
         f"run {timing.run_ms:.1f} ms",
+    ]
+    if server is None:
+        return f"model {timing.model}; " + ", ".join(parts)
+    parts += [
         f"server {server.request_ms:.1f} ms",
         f"prompt {server.prompt_tokens} tok" + (f" in {server.prompt_ms:.1f} ms" if server.prompt_ms else ""),
     ]
@@ -119,12 +121,22 @@ def describe(timing: TaskTiming) -> str:
     return f"model {timing.model}; " + ", ".join(parts)
 
 
-def demo(sender: TaskSender, timeout: float = 120) -> None:
+DEMO_MEMORY = (
+    "On Monday the payments team found that the nightly reconciliation job had failed silently for three days. "
+    "The bank had rotated its SFTP host key on Friday, the client refused to connect, and the job logged the "
+    "exception at debug level, so nobody saw it. Maria noticed that its run time had dropped from twelve minutes "
+    "to four seconds. The team decided that batch jobs must fail loudly, pin host keys in configuration, and "
+    "report their processed row count to the metrics store so that a drop to zero shows on the dashboard."
+)
+
+
+def demo(sender: TaskSender, timeout: float = 300) -> None:
     """One short job through every queue that has tasks, printed with its timing."""
     jobs = [
         (TaskName.EMBED, EmbedRequest(text="Athena remembers what matters.")),
         (TaskName.EMBED_BATCH, EmbedBatchRequest(texts=["The deploy failed at 3am.", "We rolled back to v2.3."])),
         (TaskName.REASON, ReasonRequest(prompt="In one sentence: why keep a backlog in a queue?", max_tokens=48, temperature=0.2)),
+        (TaskName.COMPRESS_PROMPT, CompressRequest(context=DEMO_MEMORY, instruction="Summarise the incident.", rate=0.5)),
     ]
     pending = [(task, sender.send(task, request)) for task, request in jobs]
     for task, result in pending:
@@ -133,8 +145,13 @@ def demo(sender: TaskSender, timeout: float = 120) -> None:
             summary = f"{out.dimension}-d vector, first values {[round(v, 4) for v in out.embedding[:3]]}"
         elif task is TaskName.EMBED_BATCH:
             summary = f"{len(out.embeddings)} vectors of {out.dimension} dimensions"
-        else:
+        elif task is TaskName.REASON:
             summary = repr(out.text.strip()[:200])
+        elif out.compressed:
+            summary = (f"{out.original_tokens} -> {out.compressed_tokens} tokens ({out.ratio:.0%} kept, {out.method}), "
+                       f"{out.compressed_prompt[:120]!r}...")
+        else:
+            summary = f"not compressed: {out.reason}"
         print(f"\n{task.value} on '{out.timing.queue}': {summary}\n    {describe(out.timing)}", flush=True)
 
 

@@ -8,6 +8,7 @@ from athena_client.errors import InvalidInput
 from athena_client.payloads import CompressionResult, CompressorStatus, CompressRequest
 from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
+from athena_inference.workers.metrics import MetricsStore
 from tests.harness import wait_for
 
 MEMORY = """On Monday the payments team noticed that the nightly reconciliation job had been failing silently for three days.
@@ -40,6 +41,13 @@ def test_compression_is_shorter_and_close_to_the_rate_asked(sender):
     assert abs(out.ratio - 0.5) <= 0.15 * 0.5
     assert out.tokens_saved == out.original_tokens - out.compressed_tokens > 0
     assert out.money_saved_usd == pytest.approx(out.tokens_saved * 3.0 / 1e6)
+
+
+def test_tokens_and_money_saved_go_into_the_shared_metrics(sender, stack):
+    compress(sender, CompressRequest(context=MEMORY, rate=0.5))
+    stats = MetricsStore.from_url(stack.env["ATHENA_RESULT_BACKEND"]).stats(TaskName.COMPRESS_PROMPT.value)
+    assert stats.success >= 1
+    assert stats.totals["tokens_saved"] > 0 and stats.totals["money_saved_usd"] > 0
 
 
 def test_second_identical_request_is_a_cache_hit(sender):

@@ -21,6 +21,7 @@ def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned)
     assert "athena.embed on 'embeddings': 384-d vector" in out
     assert "athena.embed_batch on 'embeddings': 2 vectors" in out
     assert "athena.reason on 'reasoning':" in out
+    assert "athena.compress_prompt on 'compression':" in out and "kept, perplexity" in out
     assert "tok/s" in out and "queue wait" in out
     assert "stack is up" in out
 
