@@ -23,14 +23,12 @@ from athena_inference.workers.compression_cache import CompressionCache
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer, RetryPolicy
 from athena_inference.workers.metrics import MetricsStore
+from athena_inference.workers.processes import WORKER_QUEUE_ENV
 
 # httpx logs every request at INFO, which would bury the worker's own log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 log = logging.getLogger(__name__)
-
-# Set by `athena-inference worker <queue>` for the worker's processes.
-WORKER_QUEUE_ENV = "ATHENA_WORKER_QUEUE"
 
 _servers: dict[Queue, LlamaServer] = {}
 _metrics: Optional[MetricsStore] = None
@@ -78,7 +76,11 @@ def start_loading_compressor() -> None:
 def _load_compressor() -> None:
     global _compressor
     started = time.perf_counter()
-    loaded = Compressor.load(get_settings())
+    try:
+        loaded = Compressor.load(get_settings())
+    except Exception as exc:  # noqa: BLE001 - a waiting task must get an answer, not hang
+        log.exception("loading the compressor failed")
+        loaded = Compressor.unusable(f"loading the compressor failed: {exc.__class__.__name__}: {exc}")
     _compressor = loaded
     _compressor_loaded.set()
     status = loaded.status

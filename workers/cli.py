@@ -59,8 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings, queue = get_settings(), Queue(args.queue)
     _warn_if_slots_differ(queue, settings)
-    # Tells the worker's processes which queue they serve (the compression worker loads its model at start).
-    os.environ["ATHENA_WORKER_QUEUE"] = queue.value
+    # The compression worker's processes load their model at start.
+    os.environ[processes.WORKER_QUEUE_ENV] = queue.value
     _exec(processes.worker_argv(queue, settings, node_suffix=args.node_suffix))
     return 1
 

@@ -56,6 +56,15 @@ class Compressor:
         self._engine = engine
 
     @classmethod
+    def unusable(cls, reason: str) -> "Compressor":
+        """Not even its tokenizer could be loaded: every call fails with CompressionUnavailable."""
+
+        def cannot_count(_: str) -> int:
+            raise CompressionUnavailable(reason)
+
+        return cls(CompressorStatus(ready=False, reason=reason), cannot_count)
+
+    @classmethod
     def load(cls, settings: Settings) -> "Compressor":
         started = time.perf_counter()
         # Nothing below may reach a network: tiktoken reads its cached file and
@@ -106,6 +115,8 @@ class Compressor:
         original = join_prompt(instruction, context, question)
         original_tokens = self.count_tokens(original)
         wanted = target_tokens if target_tokens is not None else round(original_tokens * (rate or 0.5))
+        if wanted >= original_tokens:
+            return Compression(prompt=original, original_tokens=original_tokens, compressed_tokens=original_tokens)
         aim = wanted / original_tokens
         tried: list[tuple[float, int]] = []
         best: Optional[Compression] = None
@@ -146,7 +157,7 @@ def _next_aim(tried: list[tuple[float, int]], wanted: int) -> float:
     lower the rate, so the response is not proportional: interpolate through the
     last two passes when they differ, else scale the last aim."""
     (aim, got), previous = tried[-1], tried[-2] if len(tried) > 1 else None
-    if previous is not None and previous[1] != got:
+    if previous is not None and previous[1] != got and previous[0] != aim:
         slope = (got - previous[1]) / (aim - previous[0])
         nxt = aim + (wanted - got) / slope if slope > 0 else aim * wanted / max(got, 1)
     else:

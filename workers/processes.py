@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 from athena_client.routes import Queue
 from athena_inference.config.settings import Settings
 
+# Set by `athena-inference worker <queue>`, so the worker's processes know what they serve.
+WORKER_QUEUE_ENV = "ATHENA_WORKER_QUEUE"
+
 MODEL_ALIASES = {Queue.EMBEDDINGS: "all-MiniLM-L6-v2", Queue.REASONING: "SmolLM2-135M-Instruct"}
 
 

@@ -73,6 +73,13 @@ def test_compressor_reports_ready_with_its_method(sender):
     assert status.ready and status.method == "perplexity" and status.load_ms > 0
 
 
+def test_compressor_is_loaded_once_per_worker_process_not_per_task(sender, stack):
+    for rate in (0.6, 0.7):
+        compress(sender, CompressRequest(context=MEMORY, rate=rate))
+    log = next(p for p in stack.procs if p.name == "compression-worker-main").log_path.read_text()
+    assert log.count("compressor ready: perplexity") == 1
+
+
 @pytest.mark.parametrize(
     "payload, fragment",
     [

@@ -108,3 +108,30 @@ def test_fetching_llmlingua2_without_a_network_fails_with_a_clear_message(tmp_pa
     done = subprocess.run([*CLI, "provision", "--llmlingua2"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "could not fetch microsoft/llmlingua-2" in done.stderr and "perplexity" in done.stderr
+
+
+def test_llmlingua2_chunks_inputs_longer_than_its_window(tiny_llmlingua2, tmp_path):
+    settings = load_settings(cache_dir=tmp_path, compression_method="llmlingua2", compression_llmlingua2_model=tiny_llmlingua2)
+    compressor = Compressor.load(settings)
+    long_text = " ".join([TEXT] * 40)  # about 2,000 tokens, four times the model's 512
+    out = compressor.compress(long_text, rate=0.5)
+    assert out.original_tokens > 1500
+    assert abs(out.compressed_tokens / out.original_tokens - 0.5) <= 0.15 * 0.5
+
+
+def test_unusable_compressor_fails_every_call_with_its_reason():
+    compressor = Compressor.unusable("loading the compressor failed: OSError: disk gone")
+    assert not compressor.status.ready
+    with pytest.raises(CompressionUnavailable, match="disk gone"):
+        compressor.count_tokens("text")
+
+
+def test_next_aim_survives_two_passes_at_the_same_aim():
+    assert _next_aim([(0.01, 300), (0.01, 290)], wanted=100) == 0.01
+
+
+def test_target_at_or_above_the_original_returns_it_whole(tmp_path, tiny_llmlingua2):
+    settings = load_settings(cache_dir=tmp_path, compression_method="llmlingua2", compression_llmlingua2_model=tiny_llmlingua2)
+    compressor = Compressor.load(settings)
+    out = compressor.compress(TEXT, target_tokens=10_000)
+    assert out.prompt == TEXT and out.compressed_tokens == out.original_tokens
