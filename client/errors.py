@@ -6,6 +6,7 @@
     ├── ServerUnavailable       connection refused or 503 while loading, after retries
     ├── ServerTimeout           the server took longer than the configured timeout
     ├── ServerError             the server answered with an error or a malformed reply
+    ├── ModelOutputInvalid      the model's answer failed validation, even after a repair attempt
     ├── CompressionUnavailable  compression is switched off or its model is missing
     └── ConfigurationError      a setting is wrong (named in the message)
         └── DimensionMismatch   the embedding server's vectors are not the configured size
@@ -37,6 +38,10 @@ class ServerTimeout(AthenaError):
 
 class ServerError(AthenaError):
     """The model server answered with an error or with a reply we cannot read."""
+
+
+class ModelOutputInvalid(AthenaError):
+    """The model's answer did not validate, even after one repair attempt; the message keeps its raw text."""
 
 
 class CompressionUnavailable(AthenaError):

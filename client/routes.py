@@ -21,6 +21,10 @@ class TaskName(str, Enum):
     COMPRESS_PROMPT = "athena.compress_prompt"
     COMPRESSOR_STATUS = "athena.compressor_status"
     CONSOLIDATE = "athena.consolidate"
+    # The stages a consolidation job is replaced by, each on its own queue.
+    CONSOLIDATE_COMPRESS = "athena.consolidate.compress"
+    CONSOLIDATE_REASON = "athena.consolidate.reason"
+    CONSOLIDATE_EMBED = "athena.consolidate.embed"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -30,6 +34,9 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.COMPRESS_PROMPT: Queue.COMPRESSION,
     TaskName.COMPRESSOR_STATUS: Queue.COMPRESSION,
     TaskName.CONSOLIDATE: Queue.CONSOLIDATION,
+    TaskName.CONSOLIDATE_COMPRESS: Queue.COMPRESSION,
+    TaskName.CONSOLIDATE_REASON: Queue.REASONING,
+    TaskName.CONSOLIDATE_EMBED: Queue.EMBEDDINGS,
 }
 
 # Set by the publisher (see config.celery) so the worker can report queue wait.

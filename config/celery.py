@@ -19,6 +19,7 @@ TASK_MODULES = [
     "athena_inference.tasks.embeddings",
     "athena_inference.tasks.reasoning",
     "athena_inference.tasks.compression",
+    "athena_inference.tasks.consolidation",
 ]
 
 

@@ -44,7 +44,7 @@ def stack(provisioned, tmp_path_factory) -> Stack:
         stack.redis(redis_port(env))
         stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
         stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
-        for queue in ("embeddings", "reasoning", "compression"):
+        for queue in ("embeddings", "reasoning", "compression", "consolidation"):
             stack.worker(queue, "main")
         yield stack
     finally:
@@ -54,7 +54,7 @@ def stack(provisioned, tmp_path_factory) -> Stack:
 @pytest.fixture(scope="session")
 def sender(stack) -> TaskSender:
     sender = TaskSender(stack.env["ATHENA_BROKER_URL"], stack.env["ATHENA_RESULT_BACKEND"])
-    wanted = {"embeddings@main", "reasoning@main", "compression@main"}
+    wanted = {"embeddings@main", "reasoning@main", "compression@main", "consolidation@main"}
 
     def online() -> bool:
         replies = sender.app.control.ping(timeout=1.0) or []
