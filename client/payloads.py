@@ -99,25 +99,36 @@ class TaskTiming(BaseModel):
     server: Optional[ServerTiming] = None
 
 
-class EmbeddingResult(BaseModel):
+class _Timed(BaseModel):
+    timing: TaskTiming
+
+    @property
+    def latency_ms(self) -> float:
+        """Queue wait plus run time: what Athena's in-process client called latency."""
+        return (self.timing.queue_wait_ms or 0.0) + self.timing.run_ms
+
+
+class EmbeddingResult(_Timed):
     embedding: list[float]
     dimension: int
     model: str
-    timing: TaskTiming
 
 
-class EmbeddingBatchResult(BaseModel):
+class EmbeddingBatchResult(_Timed):
     embeddings: list[list[float]]
     dimension: int
     model: str
-    timing: TaskTiming
 
 
-class ReasoningResult(BaseModel):
+class ReasoningResult(_Timed):
     text: str
     finish_reason: Optional[str] = None
     model: str
-    timing: TaskTiming
+
+    @property
+    def tokens(self) -> int:
+        """Generated tokens, as the server counted them."""
+        return self.timing.server.generated_tokens if self.timing.server else 0
 
 
 class CompressionResult(BaseModel):
@@ -145,6 +156,11 @@ class CompressionResult(BaseModel):
     tokens_saved: int
     money_saved_usd: float
     timing: TaskTiming
+
+    @property
+    def compression_ratio(self) -> float:
+        """Athena's name for `ratio`."""
+        return self.ratio
 
     def metric_totals(self) -> dict[str, float]:
         return {"tokens_saved": self.tokens_saved, "money_saved_usd": self.money_saved_usd}

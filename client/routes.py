@@ -25,6 +25,9 @@ class TaskName(str, Enum):
     CONSOLIDATE_COMPRESS = "athena.consolidate.compress"
     CONSOLIDATE_REASON = "athena.consolidate.reason"
     CONSOLIDATE_EMBED = "athena.consolidate.embed"
+    # Answered by the queue's worker about its own server.
+    EMBEDDINGS_HEALTH = "athena.health.embeddings"
+    REASONING_HEALTH = "athena.health.reasoning"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -37,7 +40,10 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.CONSOLIDATE_COMPRESS: Queue.COMPRESSION,
     TaskName.CONSOLIDATE_REASON: Queue.REASONING,
     TaskName.CONSOLIDATE_EMBED: Queue.EMBEDDINGS,
+    TaskName.EMBEDDINGS_HEALTH: Queue.EMBEDDINGS,
+    TaskName.REASONING_HEALTH: Queue.REASONING,
 }
+SERVER_HEALTH = {Queue.EMBEDDINGS: TaskName.EMBEDDINGS_HEALTH, Queue.REASONING: TaskName.REASONING_HEALTH}
 
 # Set by the publisher (see config.celery) so the worker can report queue wait.
 ENQUEUED_AT_HEADER = "athena_enqueued_at"

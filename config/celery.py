@@ -20,6 +20,7 @@ TASK_MODULES = [
     "athena_inference.tasks.reasoning",
     "athena_inference.tasks.compression",
     "athena_inference.tasks.consolidation",
+    "athena_inference.tasks.health",
 ]
 
 
