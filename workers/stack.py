@@ -130,6 +130,16 @@ DEMO_MEMORY = (
 )
 
 
+DEMO_EVENTS = [
+    {"id": "e1", "timestamp": "2026-11-02T09:14:00Z", "event_type": "incident",
+     "content": "The nightly reconciliation job failed silently for three days.", "tags": ["batch"]},
+    {"id": "e2", "timestamp": "2026-11-02T11:40:00Z", "event_type": "decision",
+     "content": "Every batch job must exit non-zero on any exception and page on-call.", "tags": ["batch"]},
+    {"id": "e3", "timestamp": "2026-11-05T09:45:00Z", "event_type": "decision",
+     "content": "Batch jobs report their processed row count so a drop to zero shows on the dashboard.", "tags": ["metrics"]},
+]
+
+
 def demo(sender: TaskSender, timeout: float = 300) -> None:
     """One short job through every queue that has tasks, printed with its timing."""
     jobs = [
@@ -153,6 +163,12 @@ def demo(sender: TaskSender, timeout: float = 300) -> None:
         else:
             summary = f"not compressed: {out.reason}"
         print(f"\n{task.value} on '{out.timing.queue}': {summary}\n    {describe(out.timing)}", flush=True)
+    consolidated = sender.consolidation(DEMO_EVENTS, max_patterns=2)
+    stages = ", ".join(f"{s.stage} on {s.queue} {s.run_ms:.0f} ms" for s in consolidated.stages)
+    print(f"\n{TaskName.CONSOLIDATE.value}: {len(DEMO_EVENTS)} events -> {len(consolidated.patterns)} patterns", flush=True)
+    for pattern in consolidated.patterns:
+        print(f"    {pattern.type} ({pattern.confidence:.2f}, from {', '.join(pattern.source_events)}): {pattern.description[:100]}")
+    print(f"    {stages}; end to end {consolidated.total_ms:.0f} ms", flush=True)
 
 
 def up(settings: Settings, *, check_only: bool = False) -> int:

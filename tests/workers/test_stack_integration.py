@@ -22,6 +22,7 @@ def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned)
     assert "athena.embed_batch on 'embeddings': 2 vectors" in out
     assert "athena.reason on 'reasoning':" in out
     assert "athena.compress_prompt on 'compression':" in out and "kept, perplexity" in out
+    assert "athena.consolidate: 3 events ->" in out and "reasoning on reasoning" in out
     assert "tok/s" in out and "queue wait" in out
     assert "stack is up" in out
 
