@@ -9,6 +9,7 @@ the chain's result.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Optional
 
@@ -25,6 +26,7 @@ from athena_inference.tasks.base import validate
 from athena_inference.workers import consolidation_prompt as prompt
 
 COMPRESSION_RATE = 0.5
+log = logging.getLogger(__name__)
 
 
 class JobState(BaseModel):
@@ -54,6 +56,8 @@ class JobState(BaseModel):
         self.remaining = self.remaining[1:]
         if self.remaining:
             return self.model_dump(mode="json")
+        total_ms = (self.handed_over_at - self.started_at) * 1000
+        _record(ok=True, latency_ms=total_ms)
         return ConsolidationResult(
             patterns=self.patterns,
             dropped_event_ids=self.dropped_event_ids,
@@ -61,8 +65,16 @@ class JobState(BaseModel):
             compressed=self.compressed,
             model=self.model,
             stages=self.stages,
-            total_ms=(self.handed_over_at - self.started_at) * 1000,
+            total_ms=total_ms,
         ).model_dump(mode="json")
+
+
+def _record(*, ok: bool, latency_ms: float) -> None:
+    # Whole jobs, under the entry task's name; a lost metric never fails the job.
+    try:
+        resources.metrics().record(TaskName.CONSOLIDATE.value, ok=ok, latency_ms=latency_ms)
+    except Exception:  # noqa: BLE001
+        log.warning("could not record consolidation metrics", exc_info=True)
 
 
 @app.task(name=TaskName.CONSOLIDATE.value, bind=True)
@@ -128,11 +140,14 @@ def reason_stage(state: dict) -> dict:
     try:
         job.patterns = prompt.parse_patterns(out.text, job.event_ids)
     except ValueError as first:
+        if out.finish_reason == "length":
+            first = ValueError(f"{first}; the answer was cut at max_tokens")
         job.repaired = True
         retry = server.chat(prompt.repair_messages(job.event_text, max_patterns, out.text, str(first)), **ask)
         try:
             job.patterns = prompt.parse_patterns(retry.text, job.event_ids)
         except ValueError as second:
+            _record(ok=False, latency_ms=(time.time() - job.started_at) * 1000)
             raise ModelOutputInvalid(
                 f"patterns failed validation twice ({first}; after repair: {second}); raw answer: {retry.text}"
             ) from None

@@ -23,8 +23,10 @@ SYSTEM = (
 # Tokens the system message, the instructions and chat-template markup take, with margin.
 PROMPT_OVERHEAD_TOKENS = 320
 MAX_SOURCES = 8
-# The longest pattern the schema allows: 300 + 6 * 40 + 3 * 200 characters and 8 ids, about 400 tokens.
-TOKENS_PER_PATTERN = 400
+# The longest pattern the schema allows is about 700 characters (200 + 4 * 24 +
+# 2 * 120, 8 ids, JSON). SmolLM2 wrote 2.9 characters a token when it filled
+# every field to the brim; 350 tokens a pattern leaves room even at 2.
+TOKENS_PER_PATTERN = 350
 
 
 def render_event(event: EpisodicEvent) -> str:
@@ -69,11 +71,11 @@ def patterns_schema(event_ids: list[str], max_patterns: int) -> dict:
                     "properties": {
                         # Bounds everywhere: a small model can otherwise repeat itself
                         # until max_tokens cuts the JSON short.
-                        "description": {"type": "string", "minLength": 1, "maxLength": 300},
+                        "description": {"type": "string", "minLength": 1, "maxLength": 200},
                         "type": {"type": "string", "enum": ["pattern", "decision", "workflow", "fact"]},
                         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                        "tags": {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 6},
-                        "evidence": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 3},
+                        "tags": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 4},
+                        "evidence": {"type": "array", "items": {"type": "string", "maxLength": 120}, "maxItems": 2},
                         "source_events": {
                             "type": "array",
                             "minItems": 1,

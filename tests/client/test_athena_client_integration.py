@@ -116,7 +116,7 @@ def test_consolidation_survives_its_reasoning_worker_being_killed(stack):
     stack.worker("reasoning", "kill", env)
     with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"]) as client:
         wait_for(lambda: len(client.app.control.ping(timeout=1.0) or []) >= 2, "kill-test workers", 60)
-        task_id = client.submit(TaskName.CONSOLIDATE, ConsolidateRequest(events=EVENTS))
+        task_id = client.submit(TaskName.CONSOLIDATE, ConsolidateRequest(events=EVENTS, options={"temperature": 0.0}))
 
         def reasoning_child() -> int:
             active = client.app.control.inspect(timeout=1.0).active() or {}

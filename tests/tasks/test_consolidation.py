@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import fakeredis
 import httpx
 import pytest
 
@@ -14,6 +15,7 @@ from athena_client.routes import Queue
 from athena_inference.tasks import resources
 from athena_inference.tasks.consolidation import JobState, reason_stage
 from athena_inference.workers.llama_server import LlamaServer
+from athena_inference.workers.metrics import MetricsStore
 
 VALID = json.dumps({"patterns": [{"description": "Batch jobs fail loudly", "type": "decision", "confidence": 0.9,
                                   "tags": [], "evidence": [], "source_events": ["e1"]}]})
@@ -45,15 +47,18 @@ def use_answers(answers: list[str]) -> list[dict]:
 
 
 @pytest.fixture(autouse=True)
-def clean_resources():
-    yield
+def metrics():
+    store = MetricsStore(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    resources.use_metrics(store)
+    yield store
     resources.reset()
 
 
-def test_valid_answer_needs_no_repair_and_asks_with_a_json_schema(state):
+def test_valid_answer_needs_no_repair_and_asks_with_a_json_schema(state, metrics):
     seen = use_answers([VALID])
     out = ConsolidationResult.model_validate(reason_stage(state))
     assert not out.repaired and out.patterns[0].source_events == ["e1"]
+    assert metrics.stats("athena.consolidate").success == 1
     schema = seen[0]["response_format"]["json_schema"]["schema"]
     assert schema["properties"]["patterns"]["items"]["properties"]["source_events"]["items"]["enum"] == ["e1", "e2"]
 
@@ -65,7 +70,8 @@ def test_invalid_answer_is_repaired_once(state):
     assert "invalid" in seen[1]["messages"][-1]["content"]
 
 
-def test_two_invalid_answers_fail_clearly_and_keep_the_raw_text(state):
+def test_two_invalid_answers_fail_clearly_and_keep_the_raw_text(state, metrics):
     use_answers(['{"patterns": []', '{"patterns": [{"source_events": ["e9"]}]}'])
     with pytest.raises(ModelOutputInvalid, match=r'raw answer: \{"patterns": \[\{"source_events": \["e9"\]\}\]\}'):
         reason_stage(state)
+    assert metrics.stats("athena.consolidate").failures == 1

@@ -27,7 +27,7 @@ def consolidate(sender, request: ConsolidateRequest, timeout: float = 600) -> Co
 
 
 def test_cluster_of_eight_events_yields_valid_patterns_citing_input_ids(sender):
-    out = consolidate(sender, ConsolidateRequest(events=EVENTS, options=ConsolidateOptions(max_patterns=3)))
+    out = consolidate(sender, ConsolidateRequest(events=EVENTS, options=ConsolidateOptions(max_patterns=3, temperature=0.0)))
     assert 1 <= len(out.patterns) <= 3
     for pattern in out.patterns:
         assert pattern.description.strip() and 0 <= pattern.confidence <= 1
@@ -40,7 +40,7 @@ def test_cluster_of_eight_events_yields_valid_patterns_citing_input_ids(sender):
 
 
 def test_cluster_compressed_first_and_patterns_embedded(sender):
-    options = ConsolidateOptions(max_patterns=2, compress=True, embed_patterns=True)
+    options = ConsolidateOptions(max_patterns=2, compress=True, embed_patterns=True, temperature=0.0)
     out = consolidate(sender, ConsolidateRequest(events=EVENTS, options=options))
     assert out.compressed
     assert [s.stage for s in out.stages] == ["prepare", "compression", "reasoning", "embedding"]
