@@ -24,7 +24,7 @@ from athena_client import AthenaClient  # noqa: E402
 from athena_client.consolidation import EpisodicEvent  # noqa: E402
 from athena_inference.config.settings import load_settings  # noqa: E402
 from athena_inference.workers.provision import provision  # noqa: E402
-from tests.harness import Stack, local_stack_env, redis_port, wait_for  # noqa: E402
+from tests.harness import Stack, local_stack_env, wait_for  # noqa: E402
 from tests.tasks.test_consolidation_integration import EVENTS  # noqa: E402
 
 MODEL_STAGES = ("compression", "reasoning", "embedding")
@@ -50,11 +50,7 @@ def main() -> int:
     stack = Stack(Path(tempfile.mkdtemp(prefix="athena-bench-")), env)
     results, walls = [], []
     try:
-        stack.redis(redis_port(env))
-        stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
-        stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
-        for queue in ("embeddings", "reasoning", "compression", "consolidation"):
-            stack.worker(queue, "bench")
+        stack.everything("bench")
         with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=900) as client:
             wait_for(lambda: len(client.app.control.ping(timeout=1.0) or []) >= 4, "workers", 120)
             client.compress_prompt("warm the compressor up before timing anything", "Summarise.")

@@ -38,7 +38,7 @@ from athena_inference.workers.metrics import latency_stats  # noqa: E402
 from athena_inference.workers.processes import worker_argv  # noqa: E402
 from athena_inference.workers.provision import provision  # noqa: E402
 from athena_client.routes import Queue  # noqa: E402
-from tests.harness import Stack, local_stack_env, redis_port, wait_for  # noqa: E402
+from tests.harness import Stack, local_stack_env, wait_for  # noqa: E402
 
 STORY = (
     "Write a long, detailed story about a lighthouse keeper who keeps a diary of every ship "
@@ -115,9 +115,7 @@ def main() -> int:
     stack = Stack(Path(tempfile.mkdtemp(prefix="athena-bench-")), env)
     results = {}
     try:
-        stack.redis(redis_port(env))
-        stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
-        stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
+        stack.servers()
         sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
         for layout in args.layouts.split(","):
             print(f"[bench] layout {layout} ...", flush=True)

@@ -12,7 +12,7 @@ import pytest
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.provision import Provisioned, provision
-from tests.harness import Stack, local_stack_env, redis_port, wait_for
+from tests.harness import Stack, local_stack_env, wait_for
 
 
 @pytest.fixture
@@ -41,11 +41,7 @@ def stack(provisioned, tmp_path_factory) -> Stack:
     )
     stack = Stack(logs, env)
     try:
-        stack.redis(redis_port(env))
-        stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
-        stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
-        for queue in ("embeddings", "reasoning", "compression", "consolidation"):
-            stack.worker(queue, "main")
+        stack.everything("main")
         yield stack
     finally:
         stack.stop_all()

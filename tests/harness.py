@@ -122,6 +122,18 @@ class Stack:
         proc = self.start(f"{queue}-worker-{node}", [*CLI, "worker", queue, "--node-suffix", node], extra_env)
         return proc
 
+    def servers(self) -> None:
+        """Redis and both llama-servers, at the addresses the settings name."""
+        self.redis(redis_port(self.env))
+        self.llama("embeddings", self.env["LLAMACPP_EMBEDDINGS_URL"])
+        self.llama("reasoning", self.env["LLAMACPP_REASONING_URL"])
+
+    def everything(self, node: str) -> None:
+        """The servers, then one worker per queue, named `<queue>@<node>`."""
+        self.servers()
+        for queue in ("embeddings", "reasoning", "compression", "consolidation"):
+            self.worker(queue, node)
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
