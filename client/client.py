@@ -190,8 +190,9 @@ class AthenaClient:
         workers: dict[str, list[str]] = {q.value: [] for q in Queue}
         for worker, queues in replies.items():
             for queue in queues:
-                workers.setdefault(queue["name"], []).append(worker)
-        report = {q: QueueHealth(queue=q, workers=sorted(w)) for q, w in workers.items() if q in {x.value for x in Queue}}
+                if queue["name"] in workers:
+                    workers[queue["name"]].append(worker)
+        report = {q: QueueHealth(queue=q, workers=sorted(w)) for q, w in workers.items()}
         for queue in (Queue.EMBEDDINGS, Queue.REASONING):
             if workers[queue.value]:
                 ready, detail = self._server_health(queue, timeout)

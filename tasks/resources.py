@@ -18,7 +18,7 @@ import redis
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from athena_client.routes import Queue
-from athena_inference.config.settings import Settings, get_settings
+from athena_inference.config.settings import get_settings
 from athena_inference.workers.compression_cache import CompressionCache
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer, RetryPolicy
@@ -39,8 +39,8 @@ _compressor_loader: Optional[threading.Thread] = None
 _compression_cache: Optional[CompressionCache] = None
 
 
-def llama_server_for(queue: Queue, settings: Optional[Settings] = None) -> LlamaServer:
-    settings = settings or get_settings()
+def llama_server_for(queue: Queue) -> LlamaServer:
+    settings = get_settings()
     urls = {Queue.EMBEDDINGS: settings.embeddings_url, Queue.REASONING: settings.reasoning_url}
     read_timeouts = {Queue.EMBEDDINGS: settings.embed_timeout_s, Queue.REASONING: settings.reason_timeout_s}
     return LlamaServer(
@@ -106,17 +106,6 @@ def compression_cache() -> CompressionCache:
         client = redis.Redis.from_url(settings.result_backend, socket_timeout=5, socket_connect_timeout=5)
         _compression_cache = CompressionCache(client, ttl_s=settings.compression_cache_ttl_s)
     return _compression_cache
-
-
-def use_compressor(engine: Compressor) -> None:
-    global _compressor
-    _compressor = engine
-    _compressor_loaded.set()
-
-
-def use_compression_cache(cache: CompressionCache) -> None:
-    global _compression_cache
-    _compression_cache = cache
 
 
 def use_llama(queue: Queue, server: LlamaServer) -> None:

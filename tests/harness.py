@@ -20,6 +20,8 @@ from typing import Callable, Optional
 import httpx
 import redis
 
+from athena_inference.workers.provision import redis_server_binary
+
 CLI = [sys.executable, "-m", "athena_inference.workers.cli"]
 
 
@@ -104,10 +106,7 @@ class Stack:
         return proc
 
     def redis(self, port: int) -> Proc:
-        binary = subprocess.run(
-            [*CLI[:1], "-c", "from athena_inference.workers.provision import redis_server_binary as r; print(r())"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
+        binary = str(redis_server_binary())
         proc = self.start(f"redis-{port}", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         client = redis.Redis(port=port)
         wait_for(lambda: client.ping(), f"redis on {port}", 30, proc)

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
@@ -107,7 +107,7 @@ class Compressor:
         question: str = "",
         rate: Optional[float] = None,
         target_tokens: Optional[int] = None,
-        force_tokens: list[str] = (),
+        force_tokens: Sequence[str] = (),
     ) -> Compression:
         """Compress `context`, correcting LLMLingua's aim until the achieved size is close to the one asked."""
         if not self.status.ready:

@@ -59,17 +59,20 @@ def _pip(*args: str, env: Optional[dict] = None, quiet: bool = True) -> None:
 
 def _download(requirement: str, cache_dir: Path, *, sdist: bool = False) -> Path:
     """A package file, fetched once by pip (without its dependencies) into the cache."""
-    name = re.split(r"[=<>]", requirement)[0].replace("-", "_").lower()
+    package = re.split(r"[=<>]", requirement)[0]
+    name = package.replace("-", "_").lower()
     downloads = cache_dir / "downloads"
-    pattern = f"{name}-*.tar.gz" if sdist else f"{name}-*.whl"
-    found = sorted(p for p in downloads.glob(pattern) if p.name.lower().startswith(name))
+
+    def cached() -> list[Path]:
+        return sorted(downloads.glob(f"{name}-*.tar.gz" if sdist else f"{name}-*.whl"))
+
+    found = cached()
     if not found:
         say(f"fetching {requirement} with pip")
         # Only this package: ":all:" would also build its build tools (cmake!) from source.
-        package = re.split(r"[=<>]", requirement)[0]
         extra = ["--no-binary", package] if sdist else ["--only-binary", package]
         _pip("download", "--no-deps", *extra, "-d", str(downloads), requirement, quiet=False)
-        found = sorted(p for p in downloads.glob(pattern) if p.name.lower().startswith(name))
+        found = cached()
     if not found:
         raise ConfigurationError(f"pip did not leave a file for {requirement} in {downloads}")
     return found[-1]
