@@ -24,6 +24,16 @@ from pydantic import BaseModel, ValidationError
 
 from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent, Pattern
 from athena_client.errors import AthenaError, InvalidInput, ServerTimeout
+from athena_client.job_store import JobStore
+from athena_client.jobs import (
+    EmbedBulkResult,
+    ItemError,
+    JobState,
+    JsonlSource,
+    PostgresSource,
+    ReembedJobRef,
+    ReembedRequest,
+)
 from athena_client.payloads import (
     CompressionResult,
     CompressorStatus,
@@ -48,6 +58,8 @@ RESULT_TYPES: dict[TaskName, type[BaseModel]] = {
     TaskName.COMPRESS_PROMPT: CompressionResult,
     TaskName.COMPRESSOR_STATUS: CompressorStatus,
     TaskName.CONSOLIDATE: ConsolidationResult,
+    TaskName.EMBED_BULK: EmbedBulkResult,
+    TaskName.REEMBED: JobState,
 }
 
 
@@ -90,12 +102,14 @@ class AthenaClient:
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.timeout = timeout
+        self.result_backend = result_backend or os.environ.get("ATHENA_RESULT_BACKEND", DEFAULT_RESULT_BACKEND)
         self.app = Celery(
             "athena-client",
             broker=broker_url or os.environ.get("ATHENA_BROKER_URL", DEFAULT_BROKER_URL),
-            backend=result_backend or os.environ.get("ATHENA_RESULT_BACKEND", DEFAULT_RESULT_BACKEND),
+            backend=self.result_backend,
             set_as_current=False,
         )
+        self._jobs: Optional[JobStore] = None
         self.app.conf.update(
             task_serializer="json",
             result_serializer="json",
@@ -116,11 +130,14 @@ class AthenaClient:
         )
         return sent.id
 
-    def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None) -> Any:
-        """The typed result of a submitted task; waits up to `timeout` seconds."""
+    def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, allow_in_task: bool = False) -> Any:
+        """The typed result of a submitted task; waits up to `timeout` seconds.
+
+        `allow_in_task` is for the jobs queue only, whose tasks wait on other queues' tasks by design.
+        """
         wait = self.timeout if timeout is None else timeout
         try:
-            data = self.app.AsyncResult(task_id).get(timeout=wait, propagate=True)
+            data = self.app.AsyncResult(task_id).get(timeout=wait, propagate=True, disable_sync_subtasks=not allow_in_task)
         except CeleryTimeout:
             raise ServerTimeout(f"{task.value} {task_id} gave no result within {wait:.0f} s") from None
         except AthenaError:
@@ -184,6 +201,36 @@ class AthenaClient:
     ) -> ReasoningResult:
         """Athena's free-text variant, kept for compatibility; `consolidate` returns validated patterns."""
         return self.reason(f"{task_description}\n\n{events_text}", max_tokens=1024, temperature=0.3)
+
+    # --- re-embedding jobs (docs/reembedding.md) ---
+
+    @property
+    def jobs(self) -> JobStore:
+        if self._jobs is None:
+            self._jobs = JobStore.from_url(self.result_backend)
+        return self._jobs
+
+    def reembed(self, source: JsonlSource | PostgresSource | dict, **options: Any) -> str:
+        """Create a re-embedding job and queue it for the jobs worker; returns the job id at once."""
+        request = _request(ReembedRequest, source=source, **options)
+        job = self.jobs.create(request)
+        self.submit(TaskName.REEMBED, ReembedJobRef(job_id=job.job_id))
+        return job.job_id
+
+    def resume_job(self, job_id: str) -> str:
+        """Queue an interrupted, failed or cancelled job again; it goes on from its checkpoint."""
+        self.jobs.clear_cancel(job_id)
+        self.submit(TaskName.REEMBED, ReembedJobRef(job_id=job_id))
+        return job_id
+
+    def job(self, job_id: str) -> JobState:
+        return self.jobs.get(job_id)
+
+    def job_errors(self, job_id: str, start: int = 0, stop: int = -1) -> list[ItemError]:
+        return self.jobs.errors(job_id, start, stop)
+
+    def cancel_job(self, job_id: str) -> JobState:
+        return self.jobs.request_cancel(job_id)
 
     def health(self, timeout: float = 5.0) -> HealthReport:
         replies = self.app.control.inspect(timeout=min(timeout, 2.0)).active_queues() or {}

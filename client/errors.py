@@ -8,6 +8,8 @@
     ├── ServerError             the server answered with an error or a malformed reply
     ├── ModelOutputInvalid      the model's answer failed validation, even after a repair attempt
     ├── CompressionUnavailable  compression is switched off or its model is missing
+    ├── JobError                a re-embedding job cannot start or go on
+    │   └── JobNotFound         no job has that id
     └── ConfigurationError      a setting is wrong (named in the message)
         └── DimensionMismatch   the embedding server's vectors are not the configured size
 
@@ -26,6 +28,12 @@ class InvalidInput(AthenaError):
 
 class InputTooLong(InvalidInput):
     """A text has more tokens than the server can take in one batch."""
+
+    def __init__(self, message: str, positions: tuple[int, ...] = ()) -> None:
+        # Only the message travels through Celery; `positions` serves the worker
+        # that raised it, to fail those texts alone.
+        super().__init__(message)
+        self.positions = tuple(positions)
 
 
 class ServerUnavailable(AthenaError):
@@ -46,6 +54,14 @@ class ModelOutputInvalid(AthenaError):
 
 class CompressionUnavailable(AthenaError):
     """Prompt compression is switched off or its model is missing."""
+
+
+class JobError(AthenaError):
+    """A re-embedding job cannot start or go on (held by another runner, wrong model, store problem)."""
+
+
+class JobNotFound(JobError):
+    """No job has that id."""
 
 
 class ConfigurationError(AthenaError):

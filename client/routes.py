@@ -12,11 +12,18 @@ class Queue(str, Enum):
     REASONING = "reasoning"
     COMPRESSION = "compression"
     CONSOLIDATION = "consolidation"
+    # Re-embedding batches, on a second embedding server, so bulk work never
+    # queues in front of an interactive embed (docs/reembedding.md).
+    EMBEDDINGS_BULK = "embeddings_bulk"
+    # Long-running jobs (a whole store's re-embedding) that drive the other queues.
+    JOBS = "jobs"
 
 
 class TaskName(str, Enum):
     EMBED = "athena.embed"
     EMBED_BATCH = "athena.embed_batch"
+    EMBED_BULK = "athena.embed_bulk"
+    REEMBED = "athena.reembed"
     REASON = "athena.reason"
     COMPRESS_PROMPT = "athena.compress_prompt"
     COMPRESSOR_STATUS = "athena.compressor_status"
@@ -33,6 +40,8 @@ class TaskName(str, Enum):
 TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.EMBED: Queue.EMBEDDINGS,
     TaskName.EMBED_BATCH: Queue.EMBEDDINGS,
+    TaskName.EMBED_BULK: Queue.EMBEDDINGS_BULK,
+    TaskName.REEMBED: Queue.JOBS,
     TaskName.REASON: Queue.REASONING,
     TaskName.COMPRESS_PROMPT: Queue.COMPRESSION,
     TaskName.COMPRESSOR_STATUS: Queue.COMPRESSION,

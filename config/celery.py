@@ -21,12 +21,16 @@ TASK_MODULES = [
     "athena_inference.tasks.compression",
     "athena_inference.tasks.consolidation",
     "athena_inference.tasks.health",
+    "athena_inference.tasks.jobs",
 ]
 
 
 def time_limits(settings: Settings) -> dict[Queue, int]:
+    """Hard limits per queue. The jobs queue has none: a store's re-embedding runs
+    for hours, and its lease (not the visibility timeout) keeps a second runner off it."""
     return {
         Queue.EMBEDDINGS: settings.embed_time_limit_s,
+        Queue.EMBEDDINGS_BULK: settings.embed_time_limit_s,
         Queue.REASONING: settings.reason_time_limit_s,
         Queue.COMPRESSION: settings.compression_time_limit_s,
         Queue.CONSOLIDATION: settings.consolidation_time_limit_s,
@@ -46,6 +50,7 @@ def celery_config(settings: Settings) -> dict:
         "task_annotations": {
             name.value: {"time_limit": limits[queue], "soft_time_limit": round(limits[queue] * 0.9, 3)}
             for name, queue in TASK_QUEUES.items()
+            if queue in limits
         },
         # A task is acknowledged only when it has finished, and one whose worker
         # died is put back: a killed worker loses no task.

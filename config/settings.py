@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # --- model servers (Athena's names) ---
     embeddings_url: str = Field("http://127.0.0.1:8001", validation_alias=_athena_name("LLAMACPP_EMBEDDINGS_URL"))
     reasoning_url: str = Field("http://127.0.0.1:8002", validation_alias=_athena_name("LLAMACPP_REASONING_URL"))
+    # The bulk lane: a second server with the same model for re-embedding jobs,
+    # so a job's batches never wait in front of an interactive embed. It may be
+    # set to LLAMACPP_EMBEDDINGS_URL, at the cost of that isolation.
+    embeddings_bulk_url: str = "http://127.0.0.1:8003"
     # The embedded default embeds with all-MiniLM-L6-v2 (384-d); Athena's production
     # nomic-embed-text-v1.5 is 768-d and sets this to 768.
     embedding_dim: int = Field(384, ge=1, le=65536, validation_alias=_athena_name("LLAMACPP_EMBEDDING_DIM"))
@@ -46,11 +50,14 @@ class Settings(BaseSettings):
     # waits in the broker (visible to Flower), not inside llama-server.
     embeddings_slots: int = Field(2, ge=1, le=64)
     reasoning_slots: int = Field(1, ge=1, le=64)
+    embeddings_bulk_slots: int = Field(1, ge=1, le=64)
     # CPU priority (nice) of each llama-server the stack starts. Generation is bulk
     # work; the embedding server answers interactive calls, so on a small machine
     # the reasoning server yields the CPU to it.
     embeddings_nice: int = Field(0, ge=0, le=19)
     reasoning_nice: int = Field(10, ge=0, le=19)
+    # The bulk server takes only the CPU nothing interactive wants.
+    embeddings_bulk_nice: int = Field(19, ge=0, le=19)
     # CPUs each llama-server the stack starts is pinned to: "auto" puts the
     # embedding server on the first CPUs and the reasoning server on the last ones
     # when there are enough for both, "none" leaves them to the scheduler, or a
@@ -58,6 +65,8 @@ class Settings(BaseSettings):
     # server off its core (bench/isolation.py: p95 ratio 1.04x pinned, 1.40x not).
     embeddings_cpus: str = Field("auto", pattern=r"^(auto|none|\d+(,\d+)*)$")
     reasoning_cpus: str = Field("auto", pattern=r"^(auto|none|\d+(,\d+)*)$")
+    # Unpinned by default: at nice 19 it may use any CPU left idle.
+    embeddings_bulk_cpus: str = Field("none", pattern=r"^(auto|none|\d+(,\d+)*)$")
     # Longest text, in tokens, one embedding input may have: the server runs with
     # -b = -ub = this, and a longer text is refused with InputTooLong.
     embedding_max_tokens: int = Field(512, ge=8, le=131072)
@@ -102,6 +111,15 @@ class Settings(BaseSettings):
     metrics_window: int = Field(10000, ge=10, le=1_000_000)
     result_expires_s: int = Field(86400, ge=60)
 
+    # --- re-embedding jobs ---
+    # A job runner holds its job through a lease it renews; a killed runner's job
+    # can be resumed once the lease has run out.
+    job_lease_s: float = Field(30.0, gt=0)
+    # A batch with no result after this long is sent again (its worker may have died).
+    job_batch_timeout_s: float = Field(300.0, gt=0)
+    # Vectors of texts already embedded, keyed by model and text hash.
+    embedding_cache_ttl_s: int = Field(7 * 86400, ge=0)
+
     # --- HTTP to the servers, and retries ---
     connect_timeout_s: float = Field(5.0, gt=0)
     embed_timeout_s: float = Field(60.0, gt=0)
@@ -120,7 +138,7 @@ class Settings(BaseSettings):
     # task still running then would run twice, so it must outlast every time limit.
     visibility_timeout_s: int = Field(7200, ge=60)
 
-    @field_validator("embeddings_url", "reasoning_url")
+    @field_validator("embeddings_url", "reasoning_url", "embeddings_bulk_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)

@@ -1,8 +1,10 @@
-"""The `embeddings` queue: embed one text, or a batch in one server request."""
+"""The `embeddings` queue: embed one text, or a batch in one server request;
+and the `embeddings_bulk` lane's batches, where a bad text fails alone."""
 
 from __future__ import annotations
 
-from athena_client.errors import DimensionMismatch
+from athena_client.errors import DimensionMismatch, InputTooLong
+from athena_client.jobs import EmbedBulkRequest, EmbedBulkResult, ItemError
 from athena_client.payloads import EmbedBatchRequest, EmbeddingBatchResult, EmbeddingResult, EmbedRequest
 from athena_client.routes import Queue, TaskName
 from athena_inference.config.settings import get_settings
@@ -11,8 +13,8 @@ from athena_inference.tasks.base import TaskClock, inference_task
 from athena_inference.workers.llama_server import Embeddings
 
 
-def _embed(texts: list[str]) -> Embeddings:
-    out = resources.llama(Queue.EMBEDDINGS).embed(texts)
+def _embed(texts: list[str], queue: Queue = Queue.EMBEDDINGS) -> Embeddings:
+    out = resources.llama(queue).embed(texts)
     expected = get_settings().embedding_dim
     sizes = {len(vector) for vector in out.vectors}
     if sizes != {expected}:
@@ -43,4 +45,50 @@ def embed_batch(request: EmbedBatchRequest, clock: TaskClock) -> EmbeddingBatchR
         dimension=len(out.vectors[0]),
         model=out.model,
         timing=clock.finish(out.model, out.timing),
+    )
+
+
+TOO_LONG = (
+    "the text has more tokens than the embedding server takes in one input "
+    "(ATHENA_EMBEDDING_MAX_TOKENS for the embedded server); split it before embedding"
+)
+
+
+@inference_task(TaskName.EMBED_BULK, EmbedBulkRequest)
+def embed_bulk(request: EmbedBulkRequest, clock: TaskClock) -> EmbedBulkResult:
+    """A re-embedding batch on the bulk lane. Blank or over-long texts get an
+    error of their own and the rest of the batch is embedded."""
+    texts = list(request.texts)
+    errors: list[ItemError | None] = [
+        None if text.strip() else ItemError(id=i, error="InvalidInput", message="text is empty or only whitespace")
+        for i, text in enumerate(texts)
+    ]
+    while True:
+        todo = [i for i, error in enumerate(errors) if error is None]
+        if not todo:
+            return _bulk_result([None] * len(texts), errors, None, clock)
+        try:
+            out = _embed([texts[i] for i in todo], Queue.EMBEDDINGS_BULK)
+            break
+        except InputTooLong as exc:
+            # The seam names the over-long texts; without names there is nothing to drop but everything.
+            culprits = [todo[p] for p in exc.positions] or todo
+            for i in culprits:
+                errors[i] = ItemError(id=i, error="InputTooLong", message=TOO_LONG if exc.positions else str(exc))
+    vectors: list[list[float] | None] = [None] * len(texts)
+    for i, vector in zip(todo, out.vectors, strict=True):
+        vectors[i] = vector
+    return _bulk_result(vectors, errors, out, clock)
+
+
+def _bulk_result(
+    vectors: list[list[float] | None], errors: list[ItemError | None], out: Embeddings | None, clock: TaskClock
+) -> EmbedBulkResult:
+    model = out.model if out else ""
+    return EmbedBulkResult(
+        embeddings=vectors,
+        errors=errors,
+        dimension=get_settings().embedding_dim,
+        model=model,
+        timing=clock.finish(model, out.timing if out else None),
     )

@@ -23,7 +23,7 @@ from athena_inference.workers.compression_cache import CompressionCache
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer, RetryPolicy
 from athena_inference.workers.metrics import MetricsStore
-from athena_inference.workers.processes import WORKER_QUEUE_ENV
+from athena_inference.workers.processes import WORKER_QUEUE_ENV, server_url
 
 # httpx logs every request at INFO, which would bury the worker's own log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -41,11 +41,10 @@ _compression_cache: Optional[CompressionCache] = None
 
 def llama_server_for(queue: Queue) -> LlamaServer:
     settings = get_settings()
-    urls = {Queue.EMBEDDINGS: settings.embeddings_url, Queue.REASONING: settings.reasoning_url}
-    read_timeouts = {Queue.EMBEDDINGS: settings.embed_timeout_s, Queue.REASONING: settings.reason_timeout_s}
+    read_timeout = settings.reason_timeout_s if queue is Queue.REASONING else settings.embed_timeout_s
     return LlamaServer(
-        urls[queue],
-        timeout=httpx.Timeout(read_timeouts[queue], connect=settings.connect_timeout_s),
+        server_url(queue, settings),
+        timeout=httpx.Timeout(read_timeout, connect=settings.connect_timeout_s),
         retry=RetryPolicy(settings.retry_attempts, settings.retry_backoff_s, settings.retry_backoff_max_s),
     )
 

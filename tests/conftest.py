@@ -12,7 +12,7 @@ import pytest
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.provision import Provisioned, provision
-from tests.harness import Stack, local_stack_env, wait_for
+from tests.harness import ALL_QUEUES, Stack, ensure_postgres, local_stack_env, scratch_database, wait_for
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def stack(provisioned, tmp_path_factory) -> Stack:
 @pytest.fixture(scope="session")
 def sender(stack) -> TaskSender:
     sender = TaskSender(stack.env["ATHENA_BROKER_URL"], stack.env["ATHENA_RESULT_BACKEND"])
-    wanted = {"embeddings@main", "reasoning@main", "compression@main", "consolidation@main"}
+    wanted = {f"{queue}@main" for queue in ALL_QUEUES}
 
     def online() -> bool:
         replies = sender.app.control.ping(timeout=1.0) or []
@@ -61,7 +61,17 @@ def sender(stack) -> TaskSender:
     sender.close()
 
 
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """A scratch database on the machine's PostgreSQL (started if it is down)."""
+    problem = ensure_postgres()
+    if problem:
+        pytest.skip(problem)
+    with scratch_database() as dsn:
+        yield dsn
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if {"stack", "sender", "provisioned"} & set(getattr(item, "fixturenames", ())):
+        if {"stack", "sender", "provisioned", "postgres_dsn"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)

@@ -7,15 +7,18 @@ file that a failing test can print.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import httpx
 import redis
@@ -23,6 +26,7 @@ import redis
 from athena_inference.workers.provision import redis_server_binary
 
 CLI = [sys.executable, "-m", "athena_inference.workers.cli"]
+ALL_QUEUES = ("embeddings", "reasoning", "compression", "consolidation", "embeddings_bulk", "jobs")
 
 
 def free_port() -> int:
@@ -81,6 +85,7 @@ def local_stack_env(**extra: str) -> dict[str, str]:
         ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
         LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{free_port()}",
         LLAMACPP_REASONING_URL=f"http://127.0.0.1:{free_port()}",
+        ATHENA_EMBEDDINGS_BULK_URL=f"http://127.0.0.1:{free_port()}",
         ATHENA_FLOWER_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
         **extra,
@@ -122,15 +127,16 @@ class Stack:
         return proc
 
     def servers(self) -> None:
-        """Redis and both llama-servers, at the addresses the settings name."""
+        """Redis and the three llama-servers, at the addresses the settings name."""
         self.redis(redis_port(self.env))
         self.llama("embeddings", self.env["LLAMACPP_EMBEDDINGS_URL"])
         self.llama("reasoning", self.env["LLAMACPP_REASONING_URL"])
+        self.llama("embeddings-bulk", self.env["ATHENA_EMBEDDINGS_BULK_URL"])
 
     def everything(self, node: str) -> None:
         """The servers, then one worker per queue, named `<queue>@<node>`."""
         self.servers()
-        for queue in ("embeddings", "reasoning", "compression", "consolidation"):
+        for queue in ALL_QUEUES:
             self.worker(queue, node)
 
     def stop_all(self) -> None:
@@ -139,3 +145,50 @@ class Stack:
 
     def tails(self) -> str:
         return "\n".join(proc.log_tail() for proc in self.procs)
+
+
+POSTGRES_DSN = os.environ.get("ATHENA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def ensure_postgres(dsn: str = POSTGRES_DSN) -> Optional[str]:
+    """Connect to the machine's PostgreSQL, starting its clusters if they are down.
+
+    Returns why it is unavailable, or None when it answers.
+    """
+    import psycopg
+
+    def answers() -> bool:
+        try:
+            psycopg.connect(dsn, connect_timeout=3).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    if answers():
+        return None
+    if shutil.which("pg_lsclusters") is None:
+        return f"no PostgreSQL answers at {dsn} and none is installed here (pg_lsclusters not found)"
+    for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines():
+        version, cluster, *_ = line.split()
+        subprocess.run(["pg_ctlcluster", version, cluster, "start"], capture_output=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if answers():
+            return None
+        time.sleep(0.5)
+    return f"PostgreSQL at {dsn} did not come up after pg_ctlcluster start"
+
+
+@contextlib.contextmanager
+def scratch_database(dsn: str = POSTGRES_DSN) -> Iterator[str]:
+    """A new, empty database for one test session, dropped afterwards."""
+    import psycopg
+
+    name = f"athena_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

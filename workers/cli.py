@@ -12,11 +12,11 @@ import httpx
 from athena_client.errors import AthenaError
 from athena_client.routes import Queue
 from athena_inference.config.settings import Settings, get_settings
-from athena_inference.workers import compressor_models, processes, provision
+from athena_inference.workers import compressor_models, processes, provision, reembed_command
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.metrics import KindStats, MetricsStore
 
-SERVED = {"embeddings": Queue.EMBEDDINGS, "reasoning": Queue.REASONING}
+SERVED = {"embeddings": Queue.EMBEDDINGS, "embeddings-bulk": Queue.EMBEDDINGS_BULK, "reasoning": Queue.REASONING}
 
 
 def _exec(argv: list[str]) -> None:
@@ -46,9 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.what == "redis":
         _exec(processes.redis_argv(settings, provision.redis_server_binary()))
     queue = SERVED[args.what]
-    model = provision.embedding_model(settings) if queue is Queue.EMBEDDINGS else provision.reasoning_model(settings)
-    embeddings = queue is Queue.EMBEDDINGS
-    os.nice(settings.embeddings_nice if embeddings else settings.reasoning_nice)
+    embeddings = queue in processes.EMBEDDING_QUEUES
+    model = provision.embedding_model(settings) if embeddings else provision.reasoning_model(settings)
+    os.nice(processes.server_nice(queue, settings))
     cpus = processes.server_cpus(queue, settings, sorted(os.sched_getaffinity(0)))
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -66,17 +66,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _warn_if_slots_differ(queue: Queue, settings: Settings) -> None:
-    urls = {Queue.EMBEDDINGS: settings.embeddings_url, Queue.REASONING: settings.reasoning_url}
-    if queue not in urls:
+    if queue not in processes.MODEL_ALIASES:
         return
-    server = LlamaServer(urls[queue], timeout=httpx.Timeout(2.0))
+    url = processes.server_url(queue, settings)
+    server = LlamaServer(url, timeout=httpx.Timeout(2.0))
     slots = server.slots()
     server.close()
     concurrency = processes.worker_concurrency(queue, settings)
     if slots is not None and slots != concurrency:
-        setting = "ATHENA_EMBEDDINGS_SLOTS" if queue is Queue.EMBEDDINGS else "ATHENA_REASONING_SLOTS"
+        setting = f"ATHENA_{queue.value.upper()}_SLOTS"
         print(
-            f"warning: {urls[queue]} has {slots} slots but the {queue.value} worker runs {concurrency} "
+            f"warning: {url} has {slots} slots but the {queue.value} worker runs {concurrency} "
             f"processes; set {setting}={slots} so the backlog waits in the queue, not in the server",
             file=sys.stderr,
         )
@@ -153,6 +153,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flower", help="run Flower with basic auth from ATHENA_FLOWER_BASIC_AUTH")
     p.set_defaults(run=cmd_flower)
+
+    reembed_command.add_parser(sub)
 
     p = sub.add_parser("metrics", help="per-kind counts, failures, latency percentiles and tokens/s from Redis")
     p.add_argument("--json", action="store_true")

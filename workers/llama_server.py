@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from athena_client.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
 from athena_client.payloads import ServerTiming
 
-_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large")
+_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large(?:.*current batch size: (\d+))?")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ class LlamaServer:
         except (ServerError, InvalidInput) as exc:
             too_large = _TOO_LARGE.search(str(exc))
             if too_large:
-                raise self._which_too_long(texts, int(too_large.group(1))) from None
+                limit = int(too_large.group(2)) if too_large.group(2) else int(too_large.group(1)) - 1
+                raise self._which_too_long(texts, int(too_large.group(1)), limit) from None
             raise
         request_ms = (time.perf_counter() - started) * 1000
         body = _parse(_OpenAIEmbeddings, response)
@@ -242,17 +243,18 @@ class LlamaServer:
             f"{self.base_url}{path} unavailable after {self._retry.attempts} attempts ({last_problem})"
         )
 
-    def _which_too_long(self, texts: list[str], tokens: int) -> InputTooLong:
+    def _which_too_long(self, texts: list[str], tokens: int, limit: int) -> InputTooLong:
         # Only on this rare path do we tokenize text by text, to name the culprits.
         limit_hint = f"the server refused an input of {tokens} tokens"
         try:
             lengths = [len(self.tokenize(text)) for text in texts]
         except ServerError:
-            return InputTooLong(f"{limit_hint}; shorten or split the texts")
-        culprits = [i for i, n in enumerate(lengths) if n >= tokens] or [lengths.index(max(lengths))]
+            return InputTooLong(f"{limit_hint}; shorten or split the texts", positions=())
+        culprits = [i for i, n in enumerate(lengths) if n > limit] or [lengths.index(max(lengths))]
         return InputTooLong(
             f"{limit_hint} (the server's batch, ATHENA_EMBEDDING_MAX_TOKENS for the embedded server); "
-            f"texts at positions {culprits} have {[lengths[i] for i in culprits]} tokens; split them before embedding"
+            f"texts at positions {culprits} have {[lengths[i] for i in culprits]} tokens; split them before embedding",
+            positions=tuple(culprits),
         )
 
 

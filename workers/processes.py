@@ -16,7 +16,31 @@ from athena_inference.config.settings import Settings
 # Set by `athena-inference worker <queue>`, so the worker's processes know what they serve.
 WORKER_QUEUE_ENV = "ATHENA_WORKER_QUEUE"
 
-MODEL_ALIASES = {Queue.EMBEDDINGS: "all-MiniLM-L6-v2", Queue.REASONING: "SmolLM2-135M-Instruct"}
+# The bulk lane serves the same model under the same name, so its vectors and
+# the interactive server's are interchangeable and recorded as one model id.
+MODEL_ALIASES = {
+    Queue.EMBEDDINGS: "all-MiniLM-L6-v2",
+    Queue.EMBEDDINGS_BULK: "all-MiniLM-L6-v2",
+    Queue.REASONING: "SmolLM2-135M-Instruct",
+}
+EMBEDDING_QUEUES = (Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK)
+
+
+def server_url(queue: Queue, settings: Settings) -> str:
+    """The llama-server a queue's workers front."""
+    return {
+        Queue.EMBEDDINGS: settings.embeddings_url,
+        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_url,
+        Queue.REASONING: settings.reasoning_url,
+    }[queue]
+
+
+def server_nice(queue: Queue, settings: Settings) -> int:
+    return {
+        Queue.EMBEDDINGS: settings.embeddings_nice,
+        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_nice,
+        Queue.REASONING: settings.reasoning_nice,
+    }[queue]
 
 
 def host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -25,15 +49,14 @@ def host_port(url: str, default_port: int) -> tuple[str, int]:
 
 
 def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Path) -> list[str]:
-    url = settings.embeddings_url if queue is Queue.EMBEDDINGS else settings.reasoning_url
-    host, port = host_port(url, 80)
+    host, port = host_port(server_url(queue, settings), 80)
     argv = [str(binary), "-m", str(model), "--host", host, "--port", str(port)]
     argv += ["-t", str(settings.n_threads), "--metrics"]
     # A custom model keeps its own name; the defaults get a readable one.
-    if queue is Queue.EMBEDDINGS:
+    if queue in EMBEDDING_QUEUES:
         if settings.embeddings_model_path is None:
             argv += ["--alias", MODEL_ALIASES[queue]]
-        slots, batch = settings.embeddings_slots, settings.embedding_max_tokens
+        slots, batch = worker_concurrency(queue, settings), settings.embedding_max_tokens
         # Each input must fit one physical batch, so -b = -ub = the longest text allowed.
         argv += ["--embedding", "--pooling", "mean", "-np", str(slots), "-b", str(batch), "-ub", str(batch)]
         argv += ["-c", str(batch * slots)]
@@ -47,8 +70,13 @@ def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Pat
 
 def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[int]:
     """The CPUs a llama-server is pinned to; empty means no pinning."""
-    wanted = settings.embeddings_cpus if queue is Queue.EMBEDDINGS else settings.reasoning_cpus
-    if wanted == "none":
+    wanted = {
+        Queue.EMBEDDINGS: settings.embeddings_cpus,
+        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_cpus,
+        Queue.REASONING: settings.reasoning_cpus,
+    }[queue]
+    # "auto" splits the CPUs between the two interactive servers; the bulk one floats.
+    if wanted == "none" or (wanted == "auto" and queue is Queue.EMBEDDINGS_BULK):
         return set()
     if wanted != "auto":
         return {int(cpu) for cpu in wanted.split(",")}
@@ -59,7 +87,11 @@ def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[i
 
 
 def worker_concurrency(queue: Queue, settings: Settings) -> int:
-    return {Queue.EMBEDDINGS: settings.embeddings_slots, Queue.REASONING: settings.reasoning_slots}.get(queue, 1)
+    return {
+        Queue.EMBEDDINGS: settings.embeddings_slots,
+        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_slots,
+        Queue.REASONING: settings.reasoning_slots,
+    }.get(queue, 1)
 
 
 def worker_argv(queue: Queue, settings: Settings, *, node_suffix: str = "%h") -> list[str]:

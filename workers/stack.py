@@ -6,6 +6,7 @@ and on Ctrl-C (or when one process dies) stops them all.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -20,6 +21,7 @@ import httpx
 import redis
 
 from athena_client.errors import AthenaError, ConfigurationError
+from athena_client.jobs import JobStatus, JsonlSource
 from athena_client.payloads import CompressRequest, EmbedBatchRequest, EmbedRequest, ReasonRequest, TaskTiming
 from athena_client.routes import Queue, TaskName
 from athena_client.sender import TaskSender
@@ -68,6 +70,10 @@ def process_names(settings: Settings) -> list[str]:
         names.append("embeddings-server")
     if _managed(settings.reasoning_url, 80, "reasoning server"):
         names.append("reasoning-server")
+    if settings.embeddings_bulk_url != settings.embeddings_url and _managed(
+        settings.embeddings_bulk_url, 80, "bulk embeddings server"
+    ):
+        names.append("embeddings-bulk-server")
     names += [f"{q.value}-worker" for q in Queue]
     names.append("flower")
     return names
@@ -90,7 +96,12 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float, alive: Call
 def wait_ready(settings: Settings, sender: TaskSender, alive: Callable[[], bool], timeout: float = 180) -> None:
     client = redis.Redis.from_url(settings.result_backend)
     wait_until(lambda: bool(client.ping()), "Redis", timeout, alive)
-    for name, url in (("embeddings server", settings.embeddings_url), ("reasoning server", settings.reasoning_url)):
+    servers = (
+        ("embeddings server", settings.embeddings_url),
+        ("reasoning server", settings.reasoning_url),
+        ("bulk embeddings server", settings.embeddings_bulk_url),
+    )
+    for name, url in servers:
         wait_until(lambda url=url: httpx.get(f"{url}/health", timeout=2).status_code == 200, name, timeout, alive)
     wanted = {q.value for q in Queue}
 
@@ -171,6 +182,27 @@ def demo(sender: TaskSender, timeout: float = 300) -> None:
     print(f"    {stages}; end to end {consolidated.total_ms:.0f} ms", flush=True)
 
 
+def demo_reembed(sender: TaskSender, workdir: Path, timeout: float = 120) -> None:
+    """A three-memory store re-embedded by the jobs worker through the bulk lane."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source, output = workdir / "memories.jsonl", workdir / "vectors.npy"
+    source.write_text("".join(json.dumps({"id": i, "content": e["content"]}) + "\n" for i, e in enumerate(DEMO_EVENTS)))
+    job_id = sender.reembed(JsonlSource(path=str(source), output=str(output)))
+    deadline = time.monotonic() + timeout
+    while not (state := sender.job(job_id)).status.terminal:
+        if time.monotonic() > deadline:
+            raise ConfigurationError(f"re-embedding job {job_id} did not finish in {timeout:.0f} s")
+        time.sleep(0.2)
+    if state.status is not JobStatus.COMPLETED:
+        raise ConfigurationError(f"re-embedding job {job_id} ended {state.status.value}: {state.error}")
+    seconds = (state.finished_at - state.started_at).total_seconds()
+    print(
+        f"\n{TaskName.REEMBED.value} on 'jobs': {state.counts.total} memories -> {output} "
+        f"({state.counts.completed} embedded by {state.model} on the bulk lane in {seconds * 1000:.0f} ms)",
+        flush=True,
+    )
+
+
 def up(settings: Settings, *, check_only: bool = False) -> int:
     if not PROCFILE.exists():
         raise ConfigurationError(f"no Procfile at {PROCFILE}; run `up` from a checkout of the project")
@@ -186,6 +218,7 @@ def up(settings: Settings, *, check_only: bool = False) -> int:
     try:
         wait_ready(settings, sender, alive=lambda: stack.poll() is None)
         demo(sender)
+        demo_reembed(sender, settings.cache_dir / "demo")
         user, _, password = auth.partition(":")
         say(f"stack is up. Flower: http://127.0.0.1:{settings.flower_port} (user {user}, password {password})")
         say("metrics: athena-inference metrics    stop: Ctrl-C")

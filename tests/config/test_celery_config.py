@@ -51,9 +51,9 @@ def test_result_expiry_comes_from_settings(config, settings):
     assert config["result_expires"] == settings.result_expires_s
 
 
-def test_four_queues_one_per_kind(config):
+def test_one_queue_per_kind_plus_the_bulk_lane_and_jobs(config):
     names = [q.name for q in config["task_queues"]]
-    assert sorted(names) == sorted(["embeddings", "reasoning", "compression", "consolidation"])
+    assert sorted(names) == sorted(["embeddings", "reasoning", "compression", "consolidation", "embeddings_bulk", "jobs"])
     for queue in config["task_queues"]:
         assert queue.routing_key == queue.name
 
@@ -78,14 +78,16 @@ def test_hard_time_limit_per_task_comes_from_its_queue_setting(config):
         TaskName.REASON: 900,
         TaskName.COMPRESS_PROMPT: 450,
         TaskName.CONSOLIDATE: 3000,
+        TaskName.EMBED_BULK: 120,
     }
-    assert set(annotations) == {name.value for name in TaskName}
+    # A re-embedding job runs for hours; its lease, not a time limit, bounds it.
+    assert set(annotations) == {name.value for name in TaskName} - {TaskName.REEMBED.value}
     for name, limit in expected.items():
         assert annotations[name.value]["time_limit"] == limit
 
 
 def test_soft_time_limit_fires_before_hard_time_limit(config):
-    for name in TaskName:
+    for name in set(TaskName) - {TaskName.REEMBED}:
         limits = config["task_annotations"][name.value]
         assert 1 <= limits["soft_time_limit"] < limits["time_limit"]
 
@@ -108,6 +110,7 @@ def test_time_limits_map_each_queue_to_its_setting(settings):
         Queue.REASONING: 900,
         Queue.COMPRESSION: 450,
         Queue.CONSOLIDATION: 3000,
+        Queue.EMBEDDINGS_BULK: 120,
     }
 
 

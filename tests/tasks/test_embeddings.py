@@ -11,7 +11,7 @@ import pytest
 from athena_client.errors import DimensionMismatch, InvalidInput
 from athena_client.routes import Queue
 from athena_inference.tasks import resources
-from athena_inference.tasks.embeddings import embed, embed_batch
+from athena_inference.tasks.embeddings import embed, embed_batch, embed_bulk
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.metrics import MetricsStore
 
@@ -57,3 +57,37 @@ def test_invalid_payload_fails_before_reaching_the_server(metrics):
     use_server(384)
     with pytest.raises(InvalidInput, match="text"):
         embed(text="")
+
+
+def refuse_long_texts(limit_chars: int):
+    """A server that refuses any batch holding a text over `limit_chars` (one token per character)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": list(range(len(json.loads(request.content)["content"])))})
+        texts = json.loads(request.content)["input"]
+        longest = max(len(t) for t in texts)
+        if longest > limit_chars:
+            message = f"input ({longest} tokens) is too large to process. increase the physical batch size (current batch size: {limit_chars})"
+            return httpx.Response(500, json={"error": {"message": message}})
+        data = [{"index": i, "embedding": [float(len(t))] * 384} for i, t in enumerate(texts)]
+        return httpx.Response(200, json={"model": "fake", "data": data, "usage": {"prompt_tokens": 1}})
+
+    return handler
+
+
+def test_embed_bulk_fails_bad_texts_one_by_one_and_embeds_the_rest(metrics):
+    server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(refuse_long_texts(10)))
+    resources.use_llama(Queue.EMBEDDINGS_BULK, server)
+    out = embed_bulk(texts=["short", "", "x" * 50, "tiny", "y" * 11])
+    assert [e and e["error"] for e in out["errors"]] == [None, "InvalidInput", "InputTooLong", None, "InputTooLong"]
+    assert [v and v[0] for v in out["embeddings"]] == [5.0, None, None, 4.0, None]
+    assert out["model"] == "fake" and out["dimension"] == 384
+
+
+def test_embed_bulk_with_nothing_embeddable_still_answers(metrics):
+    server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(refuse_long_texts(10)))
+    resources.use_llama(Queue.EMBEDDINGS_BULK, server)
+    out = embed_bulk(texts=[" ", "z" * 20])
+    assert out["embeddings"] == [None, None]
+    assert [e["error"] for e in out["errors"]] == ["InvalidInput", "InputTooLong"]

@@ -1,0 +1,199 @@
+"""Re-embedding jobs' state in Redis: one hash per job, a list of its item errors,
+and a lease that keeps a second runner off a job that already has one.
+
+Counts and the cursor move together in one MULTI, so a runner killed at any
+moment leaves a state it (or the next runner) can resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Optional, Sequence
+
+import redis
+
+from athena_client.errors import JobError, JobNotFound
+from athena_client.jobs import ItemError, JobCounts, JobState, JobStatus, ReembedRequest
+
+PREFIX = "athena:job:"
+INDEX = "athena:jobs"
+_COUNTS = ("total", "completed", "failed", "skipped")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> "JobStore":
+        return cls(redis.Redis.from_url(url))
+
+    # --- keys ---
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return PREFIX + job_id
+
+    @staticmethod
+    def _errors_key(job_id: str) -> str:
+        return PREFIX + job_id + ":errors"
+
+    @staticmethod
+    def _lease_key(job_id: str) -> str:
+        return PREFIX + job_id + ":lease"
+
+    # --- life cycle ---
+
+    def create(self, request: ReembedRequest, job_id: Optional[str] = None) -> JobState:
+        job_id = job_id or uuid.uuid4().hex[:16]
+        created = _now()
+        fields = {"request": request.model_dump_json(), "status": JobStatus.QUEUED.value, "cursor": -1, "created_at": created}
+        fields.update({name: 0 for name in _COUNTS})
+        if not self.redis.hsetnx(self._key(job_id), "request", fields["request"]):
+            raise JobError(f"job {job_id} already exists")
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(job_id), mapping=fields)
+        pipe.zadd(INDEX, {job_id: datetime.now(timezone.utc).timestamp()})
+        pipe.execute()
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobState:
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(job_id)).items()}
+        if "status" not in raw:
+            raise JobNotFound(f"no re-embedding job {job_id!r}; `athena-inference reembed list` shows the known ones")
+        return JobState(
+            job_id=job_id,
+            status=JobStatus(raw["status"]),
+            request=ReembedRequest.model_validate_json(raw["request"]),
+            counts=JobCounts(**{name: int(raw.get(name, 0)) for name in _COUNTS}),
+            model=raw.get("model") or None,
+            dimension=int(raw["dimension"]) if raw.get("dimension") else None,
+            cursor=int(raw.get("cursor", -1)),
+            created_at=raw["created_at"],
+            started_at=raw.get("started_at") or None,
+            finished_at=raw.get("finished_at") or None,
+            error=raw.get("error") or None,
+            cancel_requested=raw.get("cancel_requested") == "1",
+            runner=raw.get("runner") or None,
+        )
+
+    def job_ids(self, limit: int = 50) -> list[str]:
+        return [j.decode() for j in self.redis.zrevrange(INDEX, 0, limit - 1)]
+
+    def start(self, job_id: str, *, runner: str, model: str, dimension: int, total: int) -> None:
+        self.redis.hset(
+            self._key(job_id),
+            mapping={
+                "status": JobStatus.RUNNING.value,
+                "runner": runner,
+                "model": model,
+                "dimension": dimension,
+                "total": total,
+                "started_at": _now(),
+                "error": "",
+                "cancel_requested": 0,
+            },
+        )
+
+    def set_status(self, job_id: str, status: JobStatus, error: str = "") -> None:
+        fields: dict[str, str] = {"status": status.value, "error": error}
+        if status.terminal:
+            fields["finished_at"] = _now()
+        self.redis.hset(self._key(job_id), mapping=fields)
+
+    def checkpoint(
+        self,
+        job_id: str,
+        *,
+        cursor: int,
+        completed: int = 0,
+        failed: Sequence[ItemError] = (),
+        skipped: int = 0,
+    ) -> None:
+        """Count one contiguous stretch of rows as dealt with, up to `cursor`."""
+        pipe = self.redis.pipeline(transaction=True)
+        key = self._key(job_id)
+        pipe.hincrby(key, "completed", completed)
+        pipe.hincrby(key, "failed", len(failed))
+        pipe.hincrby(key, "skipped", skipped)
+        pipe.hset(key, "cursor", cursor)
+        if failed:
+            pipe.rpush(self._errors_key(job_id), *(error.model_dump_json() for error in failed))
+        pipe.execute()
+
+    def reset_progress(self, job_id: str) -> None:
+        """Forget counts and cursor, for a job that must start its pass over (another model)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._key(job_id), mapping={"cursor": -1, **{name: 0 for name in _COUNTS}})
+        pipe.delete(self._errors_key(job_id))
+        pipe.execute()
+
+    def errors(self, job_id: str, start: int = 0, stop: int = -1) -> list[ItemError]:
+        return [ItemError.model_validate_json(raw) for raw in self.redis.lrange(self._errors_key(job_id), start, stop)]
+
+    # --- cancel ---
+
+    def request_cancel(self, job_id: str) -> JobState:
+        """A queued job is cancelled at once; a running one stops after its batches in flight."""
+        state = self.get(job_id)
+        if state.status.terminal:
+            return state
+        self.redis.hset(self._key(job_id), "cancel_requested", 1)
+        if state.status is JobStatus.QUEUED:
+            self.set_status(job_id, JobStatus.CANCELLED)
+        return self.get(job_id)
+
+    def clear_cancel(self, job_id: str) -> None:
+        """Let a cancelled job be resumed."""
+        self.get(job_id)
+        self.redis.hset(self._key(job_id), "cancel_requested", 0)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.redis.hget(self._key(job_id), "cancel_requested") == b"1"
+
+    # --- lease ---
+
+    def acquire(self, job_id: str, token: str, lease_s: float) -> bool:
+        return bool(self.redis.set(self._lease_key(job_id), token, nx=True, px=int(lease_s * 1000)))
+
+    def renew(self, job_id: str, token: str, lease_s: float) -> bool:
+        """Extend the lease, only for the runner that holds it."""
+        key = self._lease_key(job_id)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) != token.encode():
+                    return False
+                pipe.multi()
+                pipe.pexpire(key, int(lease_s * 1000))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def release(self, job_id: str, token: str) -> None:
+        if self.redis.get(self._lease_key(job_id)) == token.encode():
+            self.redis.delete(self._lease_key(job_id))
+
+    def holder(self, job_id: str) -> Optional[str]:
+        value = self.redis.get(self._lease_key(job_id))
+        return value.decode() if value else None
+
+    def lease_left_s(self, job_id: str) -> float:
+        return max(0.0, self.redis.pttl(self._lease_key(job_id)) / 1000)
+
+
+def state_json(state: JobState) -> str:
+    """A job's state for printing, with the store's password-bearing DSN left out."""
+    data = state.model_dump(mode="json")
+    source = data["request"]["source"]
+    if "dsn" in source:
+        source["dsn"] = "<hidden>"
+    data["progress"] = round(state.progress, 4)
+    return json.dumps(data, indent=2)

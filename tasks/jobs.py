@@ -1,0 +1,26 @@
+"""The `jobs` queue: long-running work that drives the other queues.
+
+Its worker waits on the bulk lane's results by design; it serves no other
+queue, so that wait can never hold up the tasks it waits for.
+"""
+
+from __future__ import annotations
+
+from celery import Task
+
+from athena_client.jobs import JobState, ReembedJobRef
+from athena_client.routes import TaskName
+from athena_inference.config.celery import app
+from athena_inference.config.settings import get_settings
+from athena_inference.tasks.base import validate
+from athena_inference.workers.reembed import build_runner
+
+
+@app.task(name=TaskName.REEMBED.value, bind=True)
+def reembed(self: Task, **payload) -> dict:
+    """Run (or resume) a re-embedding job created in Redis; returns its final state."""
+    request = validate(ReembedJobRef, payload)
+    # A redelivered copy of a job another runner holds waits out at most one lease.
+    settings = get_settings()
+    state: JobState = build_runner(request.job_id, settings).run(wait_for_lease_s=settings.job_lease_s)
+    return state.model_dump(mode="json")
