@@ -76,12 +76,27 @@ class QueueHealth(BaseModel):
     queue: str
     workers: list[str]
     server_ready: Optional[bool] = None
+    model: Optional[str] = None
     detail: Optional[str] = None
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.workers) and self.server_ready is not False
 
 
 class HealthReport(BaseModel):
+    broker_ok: bool = True
+    broker_detail: str = "ok"
     queues: dict[str, QueueHealth]
     compression: CompressorStatus
+
+    def healthy(self, queues: Sequence[str] = ()) -> bool:
+        """The broker answers, and each queue asked about (default: all) has workers and a ready server."""
+        wanted = list(queues) or list(self.queues)
+        ok = self.broker_ok and all(self.queues[q].healthy for q in wanted)
+        if Queue.COMPRESSION.value in wanted:
+            ok = ok and self.compression.ready
+        return ok
 
     def summary(self) -> dict[str, bool]:
         """Athena's `check_health()` shape."""
@@ -233,6 +248,18 @@ class AthenaClient:
         return self.jobs.request_cancel(job_id)
 
     def health(self, timeout: float = 5.0) -> HealthReport:
+        """Per queue: its workers, and its server's readiness as the queue's own worker sees it."""
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - every way a broker can be unreachable
+            down = {q.value: QueueHealth(queue=q.value, workers=[], detail="broker unreachable") for q in Queue}
+            return HealthReport(
+                broker_ok=False,
+                broker_detail=f"{exc.__class__.__name__}: {exc}",
+                queues=down,
+                compression=CompressorStatus(ready=False, reason="broker unreachable"),
+            )
         replies = self.app.control.inspect(timeout=min(timeout, 2.0)).active_queues() or {}
         workers: dict[str, list[str]] = {q.value: [] for q in Queue}
         for worker, queues in replies.items():
@@ -240,10 +267,9 @@ class AthenaClient:
                 if queue["name"] in workers:
                     workers[queue["name"]].append(worker)
         report = {q: QueueHealth(queue=q, workers=sorted(w)) for q, w in workers.items()}
-        for queue in (Queue.EMBEDDINGS, Queue.REASONING):
+        for queue in SERVER_HEALTH:
             if workers[queue.value]:
-                ready, detail = self._server_health(queue, timeout)
-                report[queue.value] = report[queue.value].model_copy(update={"server_ready": ready, "detail": detail})
+                report[queue.value] = report[queue.value].model_copy(update=self._server_health(queue, timeout))
         compression = CompressorStatus(ready=False, reason="no compression worker online")
         if workers[Queue.COMPRESSION.value]:
             try:
@@ -256,13 +282,13 @@ class AthenaClient:
     def check_health(self) -> dict[str, bool]:
         return self.health().summary()
 
-    def _server_health(self, queue: Queue, timeout: float) -> tuple[bool, str]:
+    def _server_health(self, queue: Queue, timeout: float) -> dict[str, Any]:
         try:
             sent = self.app.send_task(SERVER_HEALTH[queue].value, queue=queue.value)
             answer = sent.get(timeout=timeout)
         except CeleryTimeout:
-            return False, f"{queue.value} worker did not answer in {timeout:.0f} s"
-        return bool(answer["ready"]), str(answer["detail"])
+            return {"server_ready": False, "detail": f"{queue.value} worker did not answer in {timeout:.0f} s"}
+        return {"server_ready": bool(answer["ready"]), "detail": str(answer["detail"]), "model": answer.get("model")}
 
     def close(self) -> None:
         self.app.close()

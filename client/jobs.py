@@ -154,11 +154,12 @@ class EmbedBulkRequest(BaseModel):
 class EmbedBulkResult(BaseModel):
     """`embeddings[i]` is None exactly when `errors[i]` says why text i got no vector."""
 
+    # First, so that Flower's shortened view of the result still shows it.
+    timing: TaskTiming
     embeddings: list[Optional[list[float]]]
     errors: list[Optional[ItemError]]
     dimension: int
     model: str
-    timing: TaskTiming
 
     def metric_totals(self) -> dict[str, float]:
         return {"texts": len(self.embeddings), "item_errors": sum(e is not None for e in self.errors)}

@@ -35,6 +35,7 @@ class TaskName(str, Enum):
     # Answered by the queue's worker about its own server.
     EMBEDDINGS_HEALTH = "athena.health.embeddings"
     REASONING_HEALTH = "athena.health.reasoning"
+    EMBEDDINGS_BULK_HEALTH = "athena.health.embeddings_bulk"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -51,8 +52,13 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.CONSOLIDATE_EMBED: Queue.EMBEDDINGS,
     TaskName.EMBEDDINGS_HEALTH: Queue.EMBEDDINGS,
     TaskName.REASONING_HEALTH: Queue.REASONING,
+    TaskName.EMBEDDINGS_BULK_HEALTH: Queue.EMBEDDINGS_BULK,
 }
-SERVER_HEALTH = {Queue.EMBEDDINGS: TaskName.EMBEDDINGS_HEALTH, Queue.REASONING: TaskName.REASONING_HEALTH}
+SERVER_HEALTH = {
+    Queue.EMBEDDINGS: TaskName.EMBEDDINGS_HEALTH,
+    Queue.REASONING: TaskName.REASONING_HEALTH,
+    Queue.EMBEDDINGS_BULK: TaskName.EMBEDDINGS_BULK_HEALTH,
+}
 
 # Set by the publisher (see config.celery) so the worker can report queue wait.
 ENQUEUED_AT_HEADER = "athena_enqueued_at"

@@ -86,8 +86,22 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Path("~/.cache/athena-inference").expanduser()
     flower_port: int = Field(5555, ge=1, le=65535)
+    # 0.0.0.0 in a container, where the port is published instead.
+    flower_address: str = "127.0.0.1"
     # "user:password"; when unset, `up` makes a random password and keeps it in cache_dir.
     flower_basic_auth: Optional[SecretStr] = None
+    # Flower shows every task's arguments and results: it starts without a
+    # password only when this says so.
+    flower_unauthenticated: bool = False
+    exporter_port: int = Field(9808, ge=1, le=65535)
+    exporter_address: str = "127.0.0.1"
+
+    # --- production models (`athena-inference models`) ---
+    model_hub_url: str = "https://huggingface.co"
+    # For gated models; sent as a bearer token.
+    model_hub_token: Optional[SecretStr] = None
+    # Default: <cache_dir>/models/production
+    models_dir: Optional[Path] = None
 
     # --- compression (LLMLingua, inside the compression worker) ---
     compression_enabled: bool = True
@@ -172,6 +186,7 @@ class Settings(BaseSettings):
         "llama_server_bin",
         "compression_llmlingua2_model",
         "compression_lm_path",
+        "models_dir",
     )
     @classmethod
     def _expand(cls, value: Optional[Path]) -> Optional[Path]:
@@ -201,6 +216,10 @@ class Settings(BaseSettings):
     @property
     def llmlingua2_model_dir(self) -> Path:
         return self.compression_llmlingua2_model or self.cache_dir / "models" / LLMLINGUA2_MODEL.split("/")[1]
+
+    @property
+    def production_models_dir(self) -> Path:
+        return self.models_dir or self.cache_dir / "models" / "production"
 
     @property
     def compression_lm_dir(self) -> Path:

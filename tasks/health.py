@@ -18,3 +18,4 @@ def _server_health(queue: Queue):
 
 embeddings_health = _server_health(Queue.EMBEDDINGS)
 reasoning_health = _server_health(Queue.REASONING)
+embeddings_bulk_health = _server_health(Queue.EMBEDDINGS_BULK)

@@ -87,6 +87,7 @@ def local_stack_env(**extra: str) -> dict[str, str]:
         LLAMACPP_REASONING_URL=f"http://127.0.0.1:{free_port()}",
         ATHENA_EMBEDDINGS_BULK_URL=f"http://127.0.0.1:{free_port()}",
         ATHENA_FLOWER_PORT=str(free_port()),
+        ATHENA_EXPORTER_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
         **extra,
     )
@@ -170,7 +171,7 @@ def ensure_postgres(dsn: str = POSTGRES_DSN) -> Optional[str]:
         return f"no PostgreSQL answers at {dsn} and none is installed here (pg_lsclusters not found)"
     for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines():
         version, cluster, *_ = line.split()
-        subprocess.run(["pg_ctlcluster", version, cluster, "start"], capture_output=True)
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"], capture_output=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if answers():

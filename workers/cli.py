@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import httpx
 
-from athena_client.errors import AthenaError
+from athena_client.errors import AthenaError, ConfigurationError
 from athena_client.routes import Queue
 from athena_inference.config.settings import Settings, get_settings
 from athena_inference.workers import compressor_models, processes, provision, reembed_command
@@ -38,6 +39,32 @@ def cmd_provision(args: argparse.Namespace) -> int:
     done = provision.provision(settings)
     for name, path in done.model_dump().items():
         print(f"{name}: {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from athena_inference.workers import model_download
+
+    settings = get_settings()
+    specs = model_download.PRODUCTION_MODELS
+    if args.list:
+        for spec in specs:
+            print(f"{spec.name:24} {spec.serves:20} {spec.repo} ({', '.join(f.path for f in spec.files)})")
+        return 0
+    if args.names:
+        known = {spec.name: spec for spec in specs}
+        unknown = sorted(set(args.names) - set(known))
+        if unknown:
+            raise ConfigurationError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        specs = [known[name] for name in args.names]
+    token = settings.model_hub_token.get_secret_value() if settings.model_hub_token else None
+    downloader = model_download.Downloader(settings.model_hub_url, args.dest or settings.production_models_dir, token=token)
+    try:
+        done = model_download.download_models(downloader, specs)
+    finally:
+        downloader.close()
+    for name, paths in done.items():
+        print(f"{name}: {paths[0]}")
     return 0
 
 
@@ -85,10 +112,66 @@ def _warn_if_slots_differ(queue: Queue, settings: Settings) -> None:
 def cmd_flower(args: argparse.Namespace) -> int:
     settings = get_settings()
     if settings.flower_basic_auth is None:
-        print("error: set ATHENA_FLOWER_BASIC_AUTH=user:password (`up` sets one for you)", file=sys.stderr)
-        return 2
-    _exec(processes.flower_argv(settings, settings.flower_basic_auth.get_secret_value()))
+        if not settings.flower_unauthenticated:
+            print(
+                "error: set ATHENA_FLOWER_BASIC_AUTH=user:password (`up` sets one for you); Flower shows every "
+                "task's arguments and results, so it starts without a password only with ATHENA_FLOWER_UNAUTHENTICATED=true",
+                file=sys.stderr,
+            )
+            return 2
+        print("warning: Flower runs WITHOUT authentication (ATHENA_FLOWER_UNAUTHENTICATED=true)", file=sys.stderr)
+    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None
+    _exec(processes.flower_argv(settings, auth))
     return 1
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    import time
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from athena_inference.config.celery import app
+    from athena_inference.workers.prometheus import AthenaCollector
+    from athena_inference.workers.queue_depth import queue_depth
+
+    settings = get_settings()
+    connection = app.connection_for_read()
+    registry = CollectorRegistry()
+    registry.register(
+        AthenaCollector(
+            MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window),
+            lambda: {q.value: queue_depth(connection, q.value) for q in Queue},
+        )
+    )
+    start_http_server(settings.exporter_port, settings.exporter_address, registry=registry)
+    print(f"athena exporter: http://{settings.exporter_address}:{settings.exporter_port}/metrics", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from athena_client.client import AthenaClient
+
+    settings = get_settings()
+    with AthenaClient(settings.broker_url, settings.result_backend) as client:
+        report = client.health(timeout=args.timeout)
+    wanted = args.queue or [q.value for q in Queue]
+    healthy = report.healthy(wanted)
+    if args.json:
+        print(json.dumps({"healthy": healthy, **report.model_dump(mode="json")}, indent=2))
+        return 0 if healthy else 1
+    print(f"broker {settings.broker_url.rsplit('@', 1)[-1]}: {'ok' if report.broker_ok else report.broker_detail}")
+    for name in wanted:
+        queue = report.queues[name]
+        server = {None: "-", True: "ready", False: "NOT READY"}[queue.server_ready]
+        workers = ", ".join(queue.workers) or "NO WORKERS"
+        extra = f" ({queue.model})" if queue.model else (f" ({queue.detail})" if queue.detail and queue.server_ready is False else "")
+        print(f"{name:16} {'ok ' if queue.healthy else 'BAD'}  workers: {workers}; server: {server}{extra}")
+    if Queue.COMPRESSION.value in wanted:
+        c = report.compression
+        print(f"{'compressor':16} {'ok ' if c.ready else 'BAD'}  {c.method or ''} {c.reason or ''}".rstrip())
+    print("healthy" if healthy else "UNHEALTHY")
+    return 0 if healthy else 1
 
 
 def _fmt(value) -> str:
@@ -142,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--llmlingua2", action="store_true", help="also fetch the LLMLingua-2 model (needs the model hub)")
     p.set_defaults(run=cmd_provision)
 
+    p = sub.add_parser("models", help="download the production models (resumable, size and SHA-256 checked)")
+    p.add_argument("names", nargs="*", help="models to fetch (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list the production models and exit")
+    p.add_argument("--dest", type=Path, help="folder for the files (default: ATHENA_MODELS_DIR)")
+    p.set_defaults(run=cmd_models)
+
     p = sub.add_parser("serve", help="run one server of the stack in the foreground (used by the Procfile)")
     p.add_argument("what", choices=["redis", *SERVED])
     p.set_defaults(run=cmd_serve)
@@ -151,10 +240,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-suffix", default="%h", help="worker node name after '<queue>@' (default: host name)")
     p.set_defaults(run=cmd_worker)
 
+    p = sub.add_parser("health", help="per queue: broker, workers, server /health and model, compressor; exit 1 if anything is unhealthy")
+    p.add_argument("--queue", action="append", choices=[q.value for q in Queue], help="check only this queue (repeatable)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_health)
+
     p = sub.add_parser("flower", help="run Flower with basic auth from ATHENA_FLOWER_BASIC_AUTH")
     p.set_defaults(run=cmd_flower)
 
     reembed_command.add_parser(sub)
+
+    p = sub.add_parser("exporter", help="serve per-kind histograms, tokens/s, totals and queue depths for Prometheus")
+    p.set_defaults(run=cmd_exporter)
 
     p = sub.add_parser("metrics", help="per-kind counts, failures, latency percentiles and tokens/s from Redis")
     p.add_argument("--json", action="store_true")

@@ -8,12 +8,12 @@ from array import array
 from typing import Protocol, Sequence
 
 import redis
-from amqp.exceptions import ChannelError
 
 from athena_client.client import AthenaClient
 from athena_client.errors import JobError
 from athena_client.jobs import EmbedBulkRequest, EmbedBulkResult
 from athena_client.routes import Queue, TaskName
+from athena_inference.workers.queue_depth import queue_depth
 
 PROBE_TEXT = "model probe"
 
@@ -52,13 +52,7 @@ class CeleryLane:
     def backlog(self) -> int:
         if self._connection is None:
             self._connection = self.client.app.connection_for_write()
-        try:
-            declared = self._connection.default_channel.queue_declare(queue=Queue.EMBEDDINGS_BULK.value, passive=True)
-        except ChannelError:
-            # Redis reports an empty queue as missing; AMQP closes the channel, so start afresh.
-            self._release()
-            return 0
-        return int(declared.message_count)
+        return queue_depth(self._connection, Queue.EMBEDDINGS_BULK.value)
 
     def probe(self, timeout: float) -> tuple[str, int]:
         result = self.collect(self.submit([PROBE_TEXT]), timeout)

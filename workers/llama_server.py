@@ -50,6 +50,7 @@ class Completion(BaseModel):
 class Health(BaseModel):
     ready: bool
     detail: str
+    model: Optional[str] = None
 
 
 class _Usage(BaseModel):
@@ -204,10 +205,20 @@ class LlamaServer:
         except httpx.HTTPError as exc:
             return Health(ready=False, detail=f"unreachable: {exc.__class__.__name__}: {exc}")
         if response.status_code == 200:
-            return Health(ready=True, detail="ok")
+            model = self._model_id()
+            if model is None:
+                return Health(ready=False, detail="answers /health but lists no model at /v1/models")
+            return Health(ready=True, detail="ok", model=model)
         if response.status_code == 503:
             return Health(ready=False, detail="loading model (503)")
         return Health(ready=False, detail=f"HTTP {response.status_code}: {response.text[:200]}")
+
+    def _model_id(self) -> Optional[str]:
+        try:
+            models = self._client.get("/v1/models").json()["data"]
+            return str(models[0]["id"]) if models else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError):
+            return None
 
     def slots(self) -> Optional[int]:
         """The server's --parallel slots from /props, or None if it cannot say right now."""

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import sqlite3
 from array import array
 from pathlib import Path
@@ -24,6 +25,7 @@ from athena_client.errors import JobError
 from athena_client.jobs import JsonlSource, PostgresSource
 
 PAGE = 1000
+CHUNK_BYTES = 1 << 20
 
 
 def content_sha256(text: str) -> str:
@@ -197,14 +199,15 @@ class JsonlStore:
                 ids.write(json.dumps({"id": row.id, "model": model, "content_sha256": row.content_sha256}) + "\n")
                 raw.write(blob)
                 rows += 1
-        dimension = self.dimension
+        # Header, then the rows copied in chunks: a memory map would count the
+        # whole matrix in the runner's resident memory.
         npy_tmp = self.output.with_name(self.output.name + ".tmp.npy")
-        matrix = np.lib.format.open_memmap(npy_tmp, mode="w+", dtype=np.float32, shape=(rows, dimension))
-        source = np.memmap(raw_tmp, dtype=np.float32, mode="r", shape=(rows, dimension)) if rows else None
-        for start in range(0, rows, 4096):
-            matrix[start : start + 4096] = source[start : start + 4096]
-        matrix.flush()
-        del matrix, source
+        with npy_tmp.open("wb") as out, raw_tmp.open("rb") as raw:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, self.dimension)}
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(raw, out, CHUNK_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(npy_tmp, self.output)
         os.replace(ids_tmp, ids_path)
         raw_tmp.unlink()

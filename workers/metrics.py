@@ -16,6 +16,16 @@ import redis
 from pydantic import BaseModel
 
 PREFIX = "athena:metrics"
+# Upper bounds (ms) of the latency histogram's buckets, from a short embed to a long generation.
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)
+
+
+class LatencyHistogram(BaseModel):
+    """Cumulative counts per upper bound in ms (the last is +Inf), as Prometheus wants them."""
+
+    buckets: list[tuple[float, int]]
+    sum_ms: float
+    count: int
 
 
 class LatencyStats(BaseModel):
@@ -101,6 +111,9 @@ class MetricsStore:
             pipe.hincrby(counters, "tokens", tokens)
             for name, amount in (totals or {}).items():
                 pipe.hincrbyfloat(counters, f"total:{name}", amount)
+            bound = next((b for b in LATENCY_BUCKETS_MS if latency_ms <= b), math.inf)
+            pipe.hincrby(self._key(kind, "histogram"), str(bound), 1)
+            pipe.hincrbyfloat(counters, "latency_sum_ms", latency_ms)
             pipe.lpush(self._key(kind, "latency"), latency_ms)
             pipe.ltrim(self._key(kind, "latency"), 0, self._window - 1)
             if tokens_per_second is not None:
@@ -138,13 +151,25 @@ class MetricsStore:
             window=self._window,
         )
 
+    def histogram(self, kind: str) -> LatencyHistogram:
+        """Every successful call since the last reset, not only the window."""
+        raw = {float(_text(k)): int(v) for k, v in self._redis.hgetall(self._key(kind, "histogram")).items()}
+        running, buckets = 0, []
+        for bound in (*LATENCY_BUCKETS_MS, math.inf):
+            running += raw.get(float(bound), 0)
+            buckets.append((float(bound), running))
+        total = self._redis.hget(self._key(kind), "latency_sum_ms")
+        return LatencyHistogram(buckets=buckets, sum_ms=float(total or 0), count=running)
+
     def get_all_stats(self) -> dict[str, KindStats]:
         """Every kind's figures; the name Athena's in-process metrics object used."""
         return {kind: self.stats(kind) for kind in self.kinds()}
 
     def reset(self) -> None:
         for kind in self.kinds():
-            self._redis.delete(self._key(kind), self._key(kind, "latency"), self._key(kind, "tps"))
+            self._redis.delete(
+                self._key(kind), self._key(kind, "latency"), self._key(kind, "tps"), self._key(kind, "histogram")
+            )
         self._redis.delete(self._key("kinds"))
 
 

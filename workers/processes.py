@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlsplit
 
 from athena_client.routes import Queue
@@ -115,8 +116,9 @@ def redis_argv(settings: Settings, binary: Path) -> list[str]:
     return [str(binary), "--bind", host, "--port", str(port), "--dir", str(data), "--appendonly", "yes", "--save", ""]
 
 
-def flower_argv(settings: Settings, basic_auth: str) -> list[str]:
-    return [
+def flower_argv(settings: Settings, basic_auth: Optional[str]) -> list[str]:
+    argv = [
         sys.executable, "-m", "celery", "-A", "athena_inference.config.celery", "flower",
-        f"--port={settings.flower_port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}",
+        f"--port={settings.flower_port}", f"--address={settings.flower_address}",
     ]
+    return argv + [f"--basic-auth={basic_auth}"] if basic_auth else argv

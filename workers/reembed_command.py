@@ -29,8 +29,13 @@ class ProgressBar:
             self.bar.total = counts.total
             self.bar.refresh()
         self.bar.n = counts.done
+        # Strings, or tqdm shows 10000 as 1e+4.
         self.bar.set_postfix(
-            status=state.status.value, done=counts.completed, skipped=counts.skipped, failed=counts.failed, refresh=False
+            status=state.status.value,
+            embedded=str(counts.completed),
+            skipped=str(counts.skipped),
+            failed=str(counts.failed),
+            refresh=False,
         )
         self.bar.refresh()
 

@@ -75,7 +75,7 @@ def process_names(settings: Settings) -> list[str]:
     ):
         names.append("embeddings-bulk-server")
     names += [f"{q.value}-worker" for q in Queue]
-    names.append("flower")
+    names += ["flower", "exporter"]
     return names
 
 
@@ -221,7 +221,8 @@ def up(settings: Settings, *, check_only: bool = False) -> int:
         demo_reembed(sender, settings.cache_dir / "demo")
         user, _, password = auth.partition(":")
         say(f"stack is up. Flower: http://127.0.0.1:{settings.flower_port} (user {user}, password {password})")
-        say("metrics: athena-inference metrics    stop: Ctrl-C")
+        say(f"metrics: athena-inference metrics; Prometheus: http://{settings.exporter_address}:{settings.exporter_port}/metrics")
+        say("health: athena-inference health    stop: Ctrl-C")
         if check_only:
             return 0
         return stack.wait()

@@ -388,12 +388,27 @@ def test_tokenize_posts_content_and_returns_tokens():
 # --- health ---
 
 
-def test_health_200_is_ready():
-    server, recorder, _ = make_server(lambda r: httpx.Response(200, json={"status": "ok"}))
+def answer_health(models: list[str]):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": m} for m in models]})
+        return httpx.Response(200, json={"status": "ok"})
+
+    return handler
+
+
+def test_health_200_with_a_model_listed_is_ready():
+    server, recorder, _ = make_server(answer_health(["all-MiniLM-L6-v2"]))
     health = server.health()
-    assert health.ready is True
-    assert recorder.paths() == ["/health"]
+    assert (health.ready, health.model) == (True, "all-MiniLM-L6-v2")
+    assert recorder.paths() == ["/health", "/v1/models"]
     assert recorder.requests[0].method == "GET"
+
+
+def test_health_200_without_a_model_is_not_ready():
+    server, _, _ = make_server(answer_health([]))
+    health = server.health()
+    assert health.ready is False and "no model" in health.detail
 
 
 def test_health_503_is_not_ready_and_says_loading():

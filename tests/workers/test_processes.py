@@ -148,6 +148,23 @@ def test_flower_argv_uses_port_and_basic_auth(settings):
     assert "flower" in argv
     assert f"--port={settings.flower_port}" in argv
     assert "--basic-auth=admin:pw" in argv
+    assert "--address=127.0.0.1" in argv
+
+
+def test_flower_argv_without_credentials_has_no_auth_flag(settings):
+    assert not [a for a in flower_argv(settings, None) if a.startswith("--basic-auth")]
+
+
+def test_flower_refuses_to_start_open_unless_told(clean_settings_env, capsys):
+    from athena_inference.config.settings import get_settings
+    from athena_inference.workers.cli import main
+
+    get_settings.cache_clear()
+    try:
+        assert main(["flower"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "ATHENA_FLOWER_UNAUTHENTICATED=true" in capsys.readouterr().err
 
 
 # --- Procfile ---
@@ -171,7 +188,7 @@ def test_procfile_has_a_worker_entry_for_every_queue(queue):
     assert entries[f"{queue.value}-worker"].split()[-2:] == ["worker", queue.value]
 
 
-@pytest.mark.parametrize("name", ["embeddings-server", "reasoning-server", "redis", "flower"])
+@pytest.mark.parametrize("name", ["embeddings-server", "reasoning-server", "embeddings-bulk-server", "redis", "flower", "exporter"])
 def test_procfile_has_servers_redis_and_flower(name):
     assert name in _procfile_entries()
 
@@ -180,6 +197,7 @@ def test_procfile_servers_serve_their_own_kind():
     entries = _procfile_entries()
     assert entries["embeddings-server"].endswith("serve embeddings")
     assert entries["reasoning-server"].endswith("serve reasoning")
+    assert entries["embeddings-bulk-server"].endswith("serve embeddings-bulk")
 
 
 def test_auto_pins_the_two_servers_to_separate_cpus():
@@ -193,7 +211,23 @@ def test_auto_leaves_servers_unpinned_when_cpus_are_too_few():
     assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1, 2]) == set()
 
 
+def test_the_bulk_server_floats_unless_pinned_by_a_list():
+    assert server_cpus(Queue.EMBEDDINGS_BULK, load_settings(), [0, 1, 2, 3]) == set()
+    assert server_cpus(Queue.EMBEDDINGS_BULK, load_settings(embeddings_bulk_cpus="3"), [0, 1, 2, 3]) == {3}
+
+
 def test_explicit_cpu_lists_and_none_are_honoured():
     settings = load_settings(embeddings_cpus="0,2", reasoning_cpus="none")
     assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1, 2, 3]) == {0, 2}
     assert server_cpus(Queue.REASONING, settings, [0, 1, 2, 3]) == set()
+
+
+def test_the_bulk_server_serves_the_embedding_model_under_the_same_name(settings, monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_URL", "http://127.0.0.1:9103")
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_SLOTS", "3")
+    bulk = llama_server_argv(Queue.EMBEDDINGS_BULK, load_settings(), Path("/bin/llama-server"), Path("/m.gguf"))
+    interactive = llama_server_argv(Queue.EMBEDDINGS, load_settings(), Path("/bin/llama-server"), Path("/m.gguf"))
+    assert bulk[bulk.index("--port") + 1] == "9103"
+    assert bulk[bulk.index("-np") + 1] == "3"
+    assert bulk[bulk.index("--alias") + 1] == interactive[interactive.index("--alias") + 1]
+    assert "--embedding" in bulk

@@ -1,0 +1,23 @@
+"""Two worker+server pairs on the `embeddings` queue share its load."""
+
+from __future__ import annotations
+
+from athena_client.payloads import EmbedBatchRequest
+from athena_client.routes import TaskName
+from tests.harness import free_port, wait_for
+
+
+def test_a_second_pair_takes_its_share_of_the_embeddings_queue(sender, stack):
+    url = f"http://127.0.0.1:{free_port()}"
+    second = {"LLAMACPP_EMBEDDINGS_URL": url}
+    stack.llama("embeddings", url, second)
+    worker = stack.worker("embeddings", "pair2", second)
+    wait_for(lambda: any("embeddings@pair2" in r for r in sender.app.control.ping(timeout=1.0)), "second pair", 60, worker)
+
+    texts = [f"memory {i} about the garden and the weekly report" for i in range(64)]
+    sent = [sender.send(TaskName.EMBED_BATCH, EmbedBatchRequest(texts=texts)) for _ in range(24)]
+    for result in sent:
+        assert len(sender.wait(TaskName.EMBED_BATCH, result, 300).embeddings) == 64
+    served_by = {result.worker for result in sent}
+    assert {"embeddings@main", "embeddings@pair2"} <= served_by
+    worker.stop()
