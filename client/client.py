@@ -291,6 +291,8 @@ class AthenaClient:
         return {"server_ready": bool(answer["ready"]), "detail": str(answer["detail"]), "model": answer.get("model")}
 
     def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.redis.close()
         self.app.close()
 
     def __enter__(self) -> "AthenaClient":

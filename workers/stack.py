@@ -198,7 +198,8 @@ def demo_reembed(sender: TaskSender, workdir: Path, timeout: float = 120) -> Non
     seconds = (state.finished_at - state.started_at).total_seconds()
     print(
         f"\n{TaskName.REEMBED.value} on 'jobs': {state.counts.total} memories -> {output} "
-        f"({state.counts.completed} embedded by {state.model} on the bulk lane in {seconds * 1000:.0f} ms)",
+        f"({state.counts.completed} embedded, {state.counts.skipped} unchanged since the last run; "
+        f"{state.model} on the bulk lane, {seconds * 1000:.0f} ms)",
         flush=True,
     )
 

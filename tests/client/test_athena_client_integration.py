@@ -78,6 +78,13 @@ def test_client_works_sync_and_from_asyncio_with_only_its_own_dependencies(sende
     assert set(out["absent"]) == {"torch", "httpx", "transformers", "llmlingua", "pydantic_settings"}
 
 
+def test_the_command_in_a_client_only_install_names_the_extra_it_needs(client_only_python):
+    command = Path(client_only_python).parent / "athena-inference"
+    done = subprocess.run([str(command), "health"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 2
+    assert "pip install 'athena-inference[worker]'" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_health_reports_workers_servers_and_compression(sender, stack):
     with AthenaClient(stack.env["ATHENA_BROKER_URL"], stack.env["ATHENA_RESULT_BACKEND"]) as client:
         report = client.health()
