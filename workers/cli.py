@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     queue = SERVED[args.what]
     embeddings = queue in processes.EMBEDDING_QUEUES
     model = provision.embedding_model(settings) if embeddings else provision.reasoning_model(settings)
-    os.nice(processes.server_nice(queue, settings))
+    os.nice(processes.server_settings(queue, settings).nice)
     cpus = processes.server_cpus(queue, settings, sorted(os.sched_getaffinity(0)))
     if cpus:
         os.sched_setaffinity(0, cpus)

@@ -140,15 +140,21 @@ class JsonlStore:
                 found[key] = (model, sha, vector)
         return found
 
-    def rows(self, after: int, model: str) -> Iterator[StoreRow]:
+    def _with_records(self, after: int) -> Iterator[tuple[StoreRow, Optional[tuple[str, str, bytes]]]]:
+        """Source rows past `after`, each with what the sidecar holds for its id, a page at a time."""
         lines = (row for row in self._lines() if row.position > after)
         while page := list(itertools.islice(lines, PAGE)):
             recorded = self._recorded([row.id for row in page if row.problem is None])
             for row in page:
-                seen = recorded.get(json.dumps(row.id))
-                if seen and seen[0] == model and seen[1] == row.content_sha256:
-                    row = row.model_copy(update={"up_to_date": True})
-                yield row
+                yield row, recorded.get(json.dumps(row.id))
+
+    @staticmethod
+    def _is_current(row: StoreRow, seen: Optional[tuple[str, str, bytes]], model: str) -> bool:
+        return seen is not None and seen[0] == model and seen[1] == row.content_sha256
+
+    def rows(self, after: int, model: str) -> Iterator[StoreRow]:
+        for row, seen in self._with_records(after):
+            yield row.model_copy(update={"up_to_date": True}) if self._is_current(row, seen, model) else row
 
     def write(self, model: str, done: Sequence[tuple[StoreRow, list[float]]], failed: Sequence[StoreRow]) -> list[StoreRow]:
         with self.db:
@@ -168,13 +174,9 @@ class JsonlStore:
 
     def _current(self, model: str) -> Iterator[tuple[StoreRow, bytes]]:
         """Source rows in order, each with its vector, when it is this model's and for this text."""
-        lines = iter(self._lines())
-        while page := list(itertools.islice(lines, PAGE)):
-            recorded = self._recorded([row.id for row in page if row.problem is None])
-            for row in page:
-                seen = recorded.get(json.dumps(row.id))
-                if seen and seen[0] == model and seen[1] == row.content_sha256:
-                    yield row, seen[2]
+        for row, seen in self._with_records(-1):
+            if self._is_current(row, seen, model):
+                yield row, seen[2]
 
     def _write_jsonl(self, model: str) -> None:
         tmp = self.output.with_name(self.output.name + ".tmp")

@@ -7,6 +7,7 @@ The Procfile names these through `athena-inference serve ...` and
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
@@ -27,21 +28,36 @@ MODEL_ALIASES = {
 EMBEDDING_QUEUES = (Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK)
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the settings say about one llama-server and the worker in front of it."""
+
+    url: str
+    slots: int
+    nice: int
+    cpus: str
+
+
+def server_settings(queue: Queue, settings: Settings) -> ServerSettings:
+    """The llama-server a queue's workers front; KeyError for a queue without one."""
+    return {
+        Queue.EMBEDDINGS: ServerSettings(
+            settings.embeddings_url, settings.embeddings_slots, settings.embeddings_nice, settings.embeddings_cpus
+        ),
+        Queue.EMBEDDINGS_BULK: ServerSettings(
+            settings.embeddings_bulk_url,
+            settings.embeddings_bulk_slots,
+            settings.embeddings_bulk_nice,
+            settings.embeddings_bulk_cpus,
+        ),
+        Queue.REASONING: ServerSettings(
+            settings.reasoning_url, settings.reasoning_slots, settings.reasoning_nice, settings.reasoning_cpus
+        ),
+    }[queue]
+
+
 def server_url(queue: Queue, settings: Settings) -> str:
-    """The llama-server a queue's workers front."""
-    return {
-        Queue.EMBEDDINGS: settings.embeddings_url,
-        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_url,
-        Queue.REASONING: settings.reasoning_url,
-    }[queue]
-
-
-def server_nice(queue: Queue, settings: Settings) -> int:
-    return {
-        Queue.EMBEDDINGS: settings.embeddings_nice,
-        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_nice,
-        Queue.REASONING: settings.reasoning_nice,
-    }[queue]
+    return server_settings(queue, settings).url
 
 
 def host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -64,18 +80,14 @@ def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Pat
     else:
         if settings.reasoning_model_path is None:
             argv += ["--alias", MODEL_ALIASES[queue]]
-        slots = settings.reasoning_slots
+        slots = worker_concurrency(queue, settings)
         argv += ["-np", str(slots), "-c", str(settings.reasoning_ctx * slots)]
     return argv
 
 
 def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[int]:
     """The CPUs a llama-server is pinned to; empty means no pinning."""
-    wanted = {
-        Queue.EMBEDDINGS: settings.embeddings_cpus,
-        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_cpus,
-        Queue.REASONING: settings.reasoning_cpus,
-    }[queue]
+    wanted = server_settings(queue, settings).cpus
     # "auto" splits the CPUs between the two interactive servers; the bulk one floats.
     if wanted == "none" or (wanted == "auto" and queue is Queue.EMBEDDINGS_BULK):
         return set()
@@ -88,11 +100,8 @@ def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[i
 
 
 def worker_concurrency(queue: Queue, settings: Settings) -> int:
-    return {
-        Queue.EMBEDDINGS: settings.embeddings_slots,
-        Queue.EMBEDDINGS_BULK: settings.embeddings_bulk_slots,
-        Queue.REASONING: settings.reasoning_slots,
-    }.get(queue, 1)
+    """A server's slots for the queues in front of one; one process for the rest."""
+    return server_settings(queue, settings).slots if queue in MODEL_ALIASES else 1
 
 
 def worker_argv(queue: Queue, settings: Settings, *, node_suffix: str = "%h") -> list[str]:

@@ -28,6 +28,7 @@ from athena_client.sender import TaskSender
 from athena_inference.config.settings import Settings
 from athena_inference.workers.processes import host_port
 from athena_inference.workers.provision import provision, say
+from athena_inference.workers.reembed import iter_progress
 
 PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -189,10 +190,9 @@ def demo_reembed(sender: TaskSender, workdir: Path, timeout: float = 120) -> Non
     source.write_text("".join(json.dumps({"id": i, "content": e["content"]}) + "\n" for i, e in enumerate(DEMO_EVENTS)))
     job_id = sender.reembed(JsonlSource(path=str(source), output=str(output)))
     deadline = time.monotonic() + timeout
-    while not (state := sender.job(job_id)).status.terminal:
-        if time.monotonic() > deadline:
+    for state in iter_progress(sender.jobs, job_id, interval_s=0.2):
+        if not state.status.terminal and time.monotonic() > deadline:
             raise ConfigurationError(f"re-embedding job {job_id} did not finish in {timeout:.0f} s")
-        time.sleep(0.2)
     if state.status is not JobStatus.COMPLETED:
         raise ConfigurationError(f"re-embedding job {job_id} ended {state.status.value}: {state.error}")
     seconds = (state.finished_at - state.started_at).total_seconds()
