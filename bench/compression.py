@@ -5,7 +5,7 @@ Runs the compressor seam in this process, exactly as a compression worker does
 every method whose model is on disk. Contexts are prose: this project's docs,
 an incident memory, and Python standard-library documentation, cut to size.
 
-    .venv/bin/python bench/compression.py [--rate 0.5] [--runs 5,3,2]
+    .venv/bin/python -m bench.compression [--rate 0.5] [--runs 5,3,2]
 """
 
 from __future__ import annotations
@@ -16,18 +16,23 @@ import sys
 import time
 from pathlib import Path
 
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.compressor import Compressor
+from athena_inference.workers.metrics import latency_stats
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from athena_inference.config.settings import load_settings  # noqa: E402
-from athena_inference.workers.compressor import Compressor  # noqa: E402
-from athena_inference.workers.metrics import latency_stats  # noqa: E402
-
 SIZES = (500, 2000, 8000)
 
 
 def prose() -> str:
-    import argparse as a, collections, json, logging, pathlib, subprocess, threading, unittest  # noqa: E401
+    import argparse as a  # noqa: E401
+    import collections
+    import json
+    import logging
+    import pathlib
+    import subprocess
+    import threading
+    import unittest
 
     docs = [p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]]
     stdlib = [inspect.getdoc(m) or "" for m in (a, collections, json, logging, pathlib, subprocess, threading, unittest)]

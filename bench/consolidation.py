@@ -5,7 +5,7 @@ the same cluster several times with compression and pattern embedding on.
 "Model time" is the run time of the compression, reasoning and embedding
 stages; overhead is everything else (queue hops, preparation, serialisation).
 
-    .venv/bin/python bench/consolidation.py [--runs 3]
+    .venv/bin/python -m bench.consolidation [--runs 3]
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from athena_client import AthenaClient
+from athena_client.consolidation import EpisodicEvent
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.provision import provision
 
-from athena_client import AthenaClient  # noqa: E402
-from athena_client.consolidation import EpisodicEvent  # noqa: E402
-from athena_inference.config.settings import load_settings  # noqa: E402
-from athena_inference.workers.provision import provision  # noqa: E402
-from tests.harness import Stack, local_stack_env, wait_for  # noqa: E402
-from tests.tasks.test_consolidation_integration import EVENTS  # noqa: E402
+from tests.harness import Stack, local_stack_env, wait_for
+from tests.tasks.consolidation.test_consolidation_integration import EVENTS
 
 MODEL_STAGES = ("compression", "reasoning", "embedding")
 

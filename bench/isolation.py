@@ -16,7 +16,7 @@ Layouts:
 Latency is end to end as the tasks' own timing records it: from the moment the
 client stamped the message (enqueued_at) to the worker's finish (finished_at).
 
-    .venv/bin/python bench/isolation.py [--embeds 100] [--backlog 12] [--gen-tokens 256] [--layouts separate,shared]
+    .venv/bin/python -m bench.isolation [--embeds 100] [--backlog 12] [--gen-tokens 256] [--layouts separate,shared]
 """
 
 from __future__ import annotations
@@ -28,17 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from athena_client.payloads import EmbedRequest, ReasonRequest
+from athena_client.routes import ENQUEUED_AT_HEADER, Queue, TaskName
+from athena_client.sender import TaskSender
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.metrics import latency_stats
+from athena_inference.workers.ops.processes import worker_argv
+from athena_inference.workers.ops.provision import provision
 
-from athena_client.payloads import EmbedRequest, ReasonRequest  # noqa: E402
-from athena_client.routes import ENQUEUED_AT_HEADER, TaskName  # noqa: E402
-from athena_client.sender import TaskSender  # noqa: E402
-from athena_inference.config.settings import load_settings  # noqa: E402
-from athena_inference.workers.metrics import latency_stats  # noqa: E402
-from athena_inference.workers.processes import worker_argv  # noqa: E402
-from athena_inference.workers.provision import provision  # noqa: E402
-from athena_client.routes import Queue  # noqa: E402
-from tests.harness import Stack, local_stack_env, wait_for  # noqa: E402
+from tests.harness import Stack, local_stack_env, wait_for
 
 STORY = (
     "Write a long, detailed story about a lighthouse keeper who keeps a diary of every ship "

@@ -15,7 +15,7 @@ memories (unique texts of 8 to 60 words):
   loaded    the same embeds while the job runs;
   rss       the runner process's peak RSS (VmHWM) for --rows and for --rss-rows.
 
-    .venv/bin/python bench/reembed.py [--rows 10000] [--rss-rows 100000] [--embeds 100]
+    .venv/bin/python -m bench.reembed [--rows 10000] [--rss-rows 100000] [--embeds 100]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import threading
 import time
@@ -31,17 +30,15 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from athena_client.job_store import JobStore
+from athena_client.payloads import EmbedRequest
+from athena_client.routes import TaskName
+from athena_client.sender import TaskSender
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.metrics import latency_stats
+from athena_inference.workers.ops.provision import provision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from athena_client.job_store import JobStore  # noqa: E402
-from athena_client.payloads import EmbedRequest  # noqa: E402
-from athena_client.routes import TaskName  # noqa: E402
-from athena_client.sender import TaskSender  # noqa: E402
-from athena_inference.config.settings import load_settings  # noqa: E402
-from athena_inference.workers.metrics import latency_stats  # noqa: E402
-from athena_inference.workers.provision import provision  # noqa: E402
-from tests.harness import CLI, Stack, local_stack_env, redis_port, wait_for  # noqa: E402
+from tests.harness import CLI, Stack, local_stack_env, redis_port, wait_for
 
 WORDS = (
     "user meeting friday tea cat backup night project deadline moved prefers morning coffee garden "

@@ -7,27 +7,25 @@ pair (its own server pinned to CPU 1, its own worker on the same queue) and
 sends the same load again. Nothing else is started: the pairs only share the
 queue, as pairs on two hosts would.
 
-    .venv/bin/python bench/scale_out.py [--batches 60] [--texts 64]
+    .venv/bin/python -m bench.scale_out [--batches 60] [--texts 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from athena_client.payloads import EmbedBatchRequest
+from athena_client.routes import TaskName
+from athena_client.sender import TaskSender
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.provision import provision
 
-from athena_client.payloads import EmbedBatchRequest  # noqa: E402
-from athena_client.routes import TaskName  # noqa: E402
-from athena_client.sender import TaskSender  # noqa: E402
-from athena_inference.config.settings import load_settings  # noqa: E402
-from athena_inference.workers.provision import provision  # noqa: E402
-from tests.harness import Stack, free_port, local_stack_env, redis_port, wait_for  # noqa: E402
+from tests.harness import Stack, free_port, local_stack_env, redis_port, wait_for
 
 
 def run_load(sender: TaskSender, batches: int, texts: int) -> tuple[float, Counter]:

@@ -13,27 +13,16 @@ raises its `athena_client.errors` class.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from typing import Any, Optional, Sequence
 
-from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent, Pattern
-from athena_client.errors import AthenaError, InvalidInput, ServerTimeout
+from athena_client.errors import ServerTimeout
+from athena_client.health import HealthReport, QueueHealth, ServerHealth
 from athena_client.job_store import JobStore
-from athena_client.jobs import (
-    EmbedBulkResult,
-    ItemError,
-    JobState,
-    JsonlSource,
-    PostgresSource,
-    ReembedJobRef,
-    ReembedRequest,
-)
+from athena_client.jobs import ItemError, JobState, JsonlSource, PostgresSource, ReembedJobRef, ReembedRequest
 from athena_client.payloads import (
     CompressionResult,
     CompressorStatus,
@@ -45,67 +34,14 @@ from athena_client.payloads import (
     ReasoningResult,
     ReasonRequest,
 )
-from athena_client.routes import ENQUEUED_AT_HEADER, SERVER_HEALTH, Queue, TaskName, queue_for
+from athena_client.routes import SERVER_HEALTH, Queue, TaskName
+from athena_client.transport import TaskTransport
+from athena_client.validation import parse
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6380/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6380/1"
 DEFAULT_TIMEOUT_S = 300.0
-
-RESULT_TYPES: dict[TaskName, type[BaseModel]] = {
-    TaskName.EMBED: EmbeddingResult,
-    TaskName.EMBED_BATCH: EmbeddingBatchResult,
-    TaskName.REASON: ReasoningResult,
-    TaskName.COMPRESS_PROMPT: CompressionResult,
-    TaskName.COMPRESSOR_STATUS: CompressorStatus,
-    TaskName.CONSOLIDATE: ConsolidationResult,
-    TaskName.EMBED_BULK: EmbedBulkResult,
-    TaskName.REEMBED: JobState,
-}
-
-
-def _request(model: type[BaseModel], **fields: Any) -> Any:
-    """Build a request, with a bad argument raised as InvalidInput like a worker would."""
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"invalid {model.__name__}: {problems}") from None
-
-
-class QueueHealth(BaseModel):
-    queue: str
-    workers: list[str]
-    server_ready: Optional[bool] = None
-    model: Optional[str] = None
-    detail: Optional[str] = None
-
-    @property
-    def healthy(self) -> bool:
-        return bool(self.workers) and self.server_ready is not False
-
-
-class HealthReport(BaseModel):
-    broker_ok: bool = True
-    broker_detail: str = "ok"
-    queues: dict[str, QueueHealth]
-    compression: CompressorStatus
-
-    def healthy(self, queues: Sequence[str] = ()) -> bool:
-        """The broker answers, and each queue asked about (default: all) has workers and a ready server."""
-        wanted = list(queues) or list(self.queues)
-        ok = self.broker_ok and all(self.queues[q].healthy for q in wanted)
-        if Queue.COMPRESSION.value in wanted:
-            ok = ok and self.compression.ready
-        return ok
-
-    def summary(self) -> dict[str, bool]:
-        """Athena's `check_health()` shape."""
-        embeddings, reasoning = self.queues["embeddings"], self.queues["reasoning"]
-        return {
-            "embedding": bool(embeddings.workers) and bool(embeddings.server_ready),
-            "reasoning": bool(reasoning.workers) and bool(reasoning.server_ready),
-            "compression": bool(self.queues["compression"].workers) and self.compression.ready,
-        }
+DEFAULT_TASK_DESCRIPTION = "Extract the lasting patterns from these events."
 
 
 class AthenaClient:
@@ -116,63 +52,38 @@ class AthenaClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self.timeout = timeout
         self.result_backend = result_backend or os.environ.get("ATHENA_RESULT_BACKEND", DEFAULT_RESULT_BACKEND)
-        self.app = Celery(
-            "athena-client",
-            broker=broker_url or os.environ.get("ATHENA_BROKER_URL", DEFAULT_BROKER_URL),
-            backend=self.result_backend,
-            set_as_current=False,
-        )
+        broker = broker_url or os.environ.get("ATHENA_BROKER_URL", DEFAULT_BROKER_URL)
+        self.transport = TaskTransport.connect(broker, self.result_backend, timeout=timeout)
+        self.app = self.transport.app
         self._jobs: Optional[JobStore] = None
-        self.app.conf.update(
-            task_serializer="json",
-            result_serializer="json",
-            accept_content=["json"],
-            result_accept_content=["json"],
-            broker_connection_retry_on_startup=True,
-        )
+
+    @property
+    def timeout(self) -> float:
+        return self.transport.timeout
 
     # --- fire and forget, fetch later ---
 
-    def submit(self, task: TaskName, request: BaseModel, *, queue: Optional[str] = None) -> str:
+    def submit(self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None) -> str:
         """Enqueue and return the task id at once."""
-        sent = self.app.send_task(
-            task.value,
-            kwargs=request.model_dump(mode="json"),
-            queue=queue or queue_for(task.value).value,
-            headers={ENQUEUED_AT_HEADER: time.time()},
-        )
-        return sent.id
+        return self.transport.submit(task, request, queue=queue)
 
-    def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, allow_in_task: bool = False) -> Any:
-        """The typed result of a submitted task; waits up to `timeout` seconds.
+    def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None) -> Any:
+        """The typed result of a submitted task; waits up to `timeout` seconds."""
+        return self.transport.result(task, task_id, timeout)
 
-        `allow_in_task` is for the jobs queue only, whose tasks wait on other queues' tasks by design.
-        """
-        wait = self.timeout if timeout is None else timeout
-        try:
-            data = self.app.AsyncResult(task_id).get(timeout=wait, propagate=True, disable_sync_subtasks=not allow_in_task)
-        except CeleryTimeout:
-            raise ServerTimeout(f"{task.value} {task_id} gave no result within {wait:.0f} s") from None
-        except AthenaError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a worker error we have no class for
-            raise AthenaError(f"{task.value} {task_id} failed: {exc.__class__.__name__}: {exc}") from None
-        return RESULT_TYPES[task].model_validate(data)
-
-    def call(self, task: TaskName, request: BaseModel, timeout: Optional[float] = None) -> Any:
-        return self.result(task, self.submit(task, request), timeout)
+    def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
+        return self.transport.call(task, request, timeout)
 
     # --- Athena's methods ---
 
     def embed(self, text: str) -> EmbeddingResult:
-        return self.call(TaskName.EMBED, _request(EmbedRequest, text=text))
+        return self.call(TaskName.EMBED, parse(EmbedRequest, {"text": text}))
 
     def embed_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[EmbeddingResult]:
         """One result per text, as Athena expects; batches run in parallel, one server request each."""
         batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-        ids = [self.submit(TaskName.EMBED_BATCH, _request(EmbedBatchRequest, texts=batch)) for batch in batches]
+        ids = [self.submit(TaskName.EMBED_BATCH, parse(EmbedBatchRequest, {"texts": batch})) for batch in batches]
         results: list[EmbeddingResult] = []
         for task_id in ids:
             batch: EmbeddingBatchResult = self.result(TaskName.EMBED_BATCH, task_id)
@@ -191,29 +102,24 @@ class AthenaClient:
         top_p: float = 0.9,
         stop: Sequence[str] = (),
     ) -> ReasoningResult:
-        request = _request(
-            ReasonRequest,
-            prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
-        )
-        return self.call(TaskName.REASON, request)
+        fields = dict(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop))
+        return self.call(TaskName.REASON, parse(ReasonRequest, fields))
 
     def compress_prompt(
         self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = ""
     ) -> CompressionResult:
-        request = _request(CompressRequest, context=context, instruction=instruction, question=question, rate=compression_ratio)
-        return self.call(TaskName.COMPRESS_PROMPT, request)
+        fields = dict(context=context, instruction=instruction, question=question, rate=compression_ratio)
+        return self.call(TaskName.COMPRESS_PROMPT, parse(CompressRequest, fields))
 
     def consolidate(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> list[Pattern]:
         return self.consolidation(events, **options).patterns
 
     def consolidation(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> ConsolidationResult:
         """The whole result: patterns, what was dropped, and each stage's timing."""
-        request = _request(ConsolidateRequest, events=list(events), options=_request(ConsolidateOptions, **options))
+        request = parse(ConsolidateRequest, {"events": list(events), "options": parse(ConsolidateOptions, options)})
         return self.call(TaskName.CONSOLIDATE, request)
 
-    def consolidate_with_reasoning(
-        self, events_text: str, task_description: str = "Extract the lasting patterns from these events."
-    ) -> ReasoningResult:
+    def consolidate_with_reasoning(self, events_text: str, task_description: str = DEFAULT_TASK_DESCRIPTION) -> ReasoningResult:
         """Athena's free-text variant, kept for compatibility; `consolidate` returns validated patterns."""
         return self.reason(f"{task_description}\n\n{events_text}", max_tokens=1024, temperature=0.3)
 
@@ -227,8 +133,7 @@ class AthenaClient:
 
     def reembed(self, source: JsonlSource | PostgresSource | dict, **options: Any) -> str:
         """Create a re-embedding job and queue it for the jobs worker; returns the job id at once."""
-        request = _request(ReembedRequest, source=source, **options)
-        job = self.jobs.create(request)
+        job = self.jobs.create(parse(ReembedRequest, {"source": source, **options}))
         self.submit(TaskName.REEMBED, ReembedJobRef(job_id=job.job_id))
         return job.job_id
 
@@ -246,6 +151,8 @@ class AthenaClient:
 
     def cancel_job(self, job_id: str) -> JobState:
         return self.jobs.request_cancel(job_id)
+
+    # --- health ---
 
     def health(self, timeout: float = 5.0) -> HealthReport:
         """Per queue: its workers, and its server's readiness as the queue's own worker sees it."""
@@ -267,59 +174,33 @@ class AthenaClient:
                 if queue["name"] in workers:
                     workers[queue["name"]].append(worker)
         report = {q: QueueHealth(queue=q, workers=sorted(w)) for q, w in workers.items()}
-        for queue in SERVER_HEALTH:
+        for queue, task in SERVER_HEALTH.items():
             if workers[queue.value]:
-                report[queue.value] = report[queue.value].model_copy(update=self._server_health(queue, timeout))
+                report[queue.value] = report[queue.value].with_server(self._server_health(queue, task, timeout))
         compression = CompressorStatus(ready=False, reason="no compression worker online")
         if workers[Queue.COMPRESSION.value]:
             try:
-                sent = self.app.send_task(TaskName.COMPRESSOR_STATUS.value, queue=Queue.COMPRESSION.value)
-                compression = CompressorStatus.model_validate(sent.get(timeout=timeout))
-            except CeleryTimeout:
+                compression = self.call(TaskName.COMPRESSOR_STATUS, timeout=timeout)
+            except ServerTimeout:
                 compression = CompressorStatus(ready=False, reason=f"compression worker did not answer in {timeout:.0f} s")
         return HealthReport(queues=report, compression=compression)
 
     def check_health(self) -> dict[str, bool]:
         return self.health().summary()
 
-    def _server_health(self, queue: Queue, timeout: float) -> dict[str, Any]:
+    def _server_health(self, queue: Queue, task: TaskName, timeout: float) -> ServerHealth:
         try:
-            sent = self.app.send_task(SERVER_HEALTH[queue].value, queue=queue.value)
-            answer = sent.get(timeout=timeout)
-        except CeleryTimeout:
-            return {"server_ready": False, "detail": f"{queue.value} worker did not answer in {timeout:.0f} s"}
-        return {"server_ready": bool(answer["ready"]), "detail": str(answer["detail"]), "model": answer.get("model")}
+            return self.call(task, timeout=timeout)
+        except ServerTimeout:
+            return ServerHealth(ready=False, detail=f"{queue.value} worker did not answer in {timeout:.0f} s")
 
     def close(self) -> None:
         if self._jobs is not None:
             self._jobs.redis.close()
-        self.app.close()
+        self.transport.close()
 
     def __enter__(self) -> "AthenaClient":
         return self
 
     def __exit__(self, *_: Any) -> None:
         self.close()
-
-
-class AsyncAthenaClient:
-    """The same methods, awaitable. Celery's client is blocking, so each call runs in a worker thread."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.sync = AthenaClient(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        method = getattr(self.sync, name)
-        if not callable(method):
-            return method
-
-        async def call(*args: Any, **kwargs: Any):
-            return await asyncio.to_thread(method, *args, **kwargs)
-
-        return call
-
-    async def __aenter__(self) -> "AsyncAthenaClient":
-        return self
-
-    async def __aexit__(self, *_: Any) -> None:
-        self.sync.close()

@@ -10,8 +10,9 @@
     ├── CompressionUnavailable  compression is switched off or its model is missing
     ├── JobError                a re-embedding job cannot start or go on
     │   └── JobNotFound         no job has that id
-    └── ConfigurationError      a setting is wrong (named in the message)
-        └── DimensionMismatch   the embedding server's vectors are not the configured size
+    ├── ConfigurationError      a setting is wrong (named in the message)
+    │   └── DimensionMismatch   the embedding server's vectors are not the configured size
+    └── InternalError           a worker failed in a way it has no class for (a bug); names the original
 
 Every class takes one message string, so Celery can carry it through a JSON
 result backend and rebuild it on the caller's side.
@@ -70,3 +71,7 @@ class ConfigurationError(AthenaError):
 
 class DimensionMismatch(ConfigurationError):
     """The embedding server returns vectors of another size than LLAMACPP_EMBEDDING_DIM."""
+
+
+class InternalError(AthenaError):
+    """A worker failed in a way none of the classes above describes; the message names the original exception."""

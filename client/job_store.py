@@ -1,5 +1,8 @@
-"""Re-embedding jobs' state in Redis: one hash per job, a list of its item errors,
-and a lease that keeps a second runner off a job that already has one.
+"""Re-embedding jobs' records in Redis: one hash per job and a list of its item errors.
+
+The client creates, reads and cancels jobs here; the runner
+(`athena_inference.workers.reembedding`) writes its progress here, and holds
+the job through a lease of its own (`workers/reembedding/lease.py`).
 
 Counts and the cursor move together in one MULTI, so a runner killed at any
 moment leaves a state it (or the next runner) can resume from.
@@ -43,10 +46,6 @@ class JobStore:
     @staticmethod
     def _errors_key(job_id: str) -> str:
         return PREFIX + job_id + ":errors"
-
-    @staticmethod
-    def _lease_key(job_id: str) -> str:
-        return PREFIX + job_id + ":lease"
 
     # --- life cycle ---
 
@@ -156,37 +155,6 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self._key(job_id), "cancel_requested") == b"1"
-
-    # --- lease ---
-
-    def acquire(self, job_id: str, token: str, lease_s: float) -> bool:
-        return bool(self.redis.set(self._lease_key(job_id), token, nx=True, px=int(lease_s * 1000)))
-
-    def renew(self, job_id: str, token: str, lease_s: float) -> bool:
-        """Extend the lease, only for the runner that holds it."""
-        key = self._lease_key(job_id)
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                if pipe.get(key) != token.encode():
-                    return False
-                pipe.multi()
-                pipe.pexpire(key, int(lease_s * 1000))
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
-
-    def release(self, job_id: str, token: str) -> None:
-        if self.redis.get(self._lease_key(job_id)) == token.encode():
-            self.redis.delete(self._lease_key(job_id))
-
-    def holder(self, job_id: str) -> Optional[str]:
-        value = self.redis.get(self._lease_key(job_id))
-        return value.decode() if value else None
-
-    def lease_left_s(self, job_id: str) -> float:
-        return max(0.0, self.redis.pttl(self._lease_key(job_id)) / 1000)
 
 
 def state_json(state: JobState) -> str:

@@ -30,6 +30,10 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class NoArguments(_Request):
+    """The payload of a task that takes none (health, status): anything sent is refused."""
+
+
 class EmbedRequest(_Request):
     text: NonBlankText
 

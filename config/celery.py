@@ -19,10 +19,12 @@ TASK_MODULES = [
     "athena_inference.tasks.embeddings",
     "athena_inference.tasks.reasoning",
     "athena_inference.tasks.compression",
-    "athena_inference.tasks.consolidation",
+    "athena_inference.tasks.consolidation.stages",
     "athena_inference.tasks.health",
     "athena_inference.tasks.jobs",
 ]
+# Set by `athena-inference worker <queue>`, so the worker's processes know what they serve.
+WORKER_QUEUE_ENV = "ATHENA_WORKER_QUEUE"
 
 
 def time_limits(settings: Settings) -> dict[Queue, int]:

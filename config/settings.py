@@ -2,7 +2,7 @@
 
 Athena's existing names (`LLAMACPP_*`) are kept so its deployment carries over;
 everything new is prefixed `ATHENA_`. With nothing set, the values describe the
-embedded default stack that `athena-inference up` brings up on this machine.
+embedded default stack that `athena-inference up` brings up on the local machine.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from athena_client.errors import ConfigurationError
+from athena_client.validation import describe
+from athena_inference.config.retry import RetryPolicy
 
 ENV_PREFIX = "ATHENA_"
 LLMLINGUA2_MODEL = "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
@@ -44,6 +46,10 @@ class Settings(BaseSettings):
     # Threads for each llama-server this project starts. One each on a 2-core
     # machine keeps the embedding server from fighting the reasoning server.
     n_threads: int = Field(1, ge=1, le=512, validation_alias=_athena_name("LLAMACPP_N_THREADS"))
+    # Per-server thread counts; unset, each server takes LLAMACPP_N_THREADS.
+    embeddings_threads: Optional[int] = Field(None, ge=1, le=512)
+    reasoning_threads: Optional[int] = Field(None, ge=1, le=512)
+    embeddings_bulk_threads: Optional[int] = Field(None, ge=1, le=512)
 
     # --- server slots = worker concurrency ---
     # A worker takes only as many tasks as its server has slots, so the backlog
@@ -210,6 +216,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retry_attempts, backoff_s=self.retry_backoff_s, backoff_max_s=self.retry_backoff_max_s)
+
+    @property
     def metrics_redis_url(self) -> str:
         return self.metrics_url or self.result_backend
 
@@ -249,11 +259,12 @@ def load_settings(**overrides) -> Settings:
         # pydantic reports an aliased field (Athena's LLAMACPP_* names) under its alias.
         names = {field: env_name(field) for field in Settings.model_fields}
         names.update({name: name for name in names.values()})
-        problems = []
-        for error in exc.errors():
-            where = str(error["loc"][0]) if error["loc"] else ""
-            problems.append(f"{names.get(where, 'settings')}: {error['msg']}")
-        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+        def variable(loc: tuple) -> str:
+            return names.get(str(loc[0]), "settings") if loc else "settings"
+
+        problems = describe(exc, name=variable, separator="\n  ")
+        raise ConfigurationError("invalid settings:\n  " + problems) from None
 
 
 @functools.lru_cache(maxsize=1)

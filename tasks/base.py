@@ -1,32 +1,45 @@
-"""What every inference task shares, written once: payload validation, timing,
-metrics and error mapping.
+"""The one policy every task runs under, written once.
 
-A task body receives a validated request and a `TaskClock`, calls one seam and
-returns its typed result; `inference_task` does the rest.
+A task is declared with `@app.task(name=..., base=AthenaTask)` over a body
+`body(request, clock) -> result`: `request` is a pydantic model (the body's
+annotation names it) and `result` a pydantic model. `AthenaTask` does the rest,
+for every task:
+
+- keyword arguments only, validated into the request model; anything else
+  (positional arguments, unknown or bad fields) fails as `InvalidInput`;
+- a `TaskClock` started before validation, for the result's timing;
+- one metrics record per call, success or failure, and for a stage of a
+  multi-task job (consolidation) the job's record when it ends;
+- foreign exceptions mapped into the project's family: a soft time limit
+  becomes `ServerTimeout`, a lost connection `ServerUnavailable`, anything
+  else unexpected `InternalError`; Celery's own control flow (`replace`,
+  `retry`) passes through untouched.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import typing
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Optional, TypeVar
+from typing import Any, Optional
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 
-from athena_client.errors import InvalidInput, ServerTimeout
+from athena_client.errors import AthenaError, InternalError, InvalidInput, ServerTimeout, ServerUnavailable
 from athena_client.payloads import ServerTiming, TaskTiming
 from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
-from athena_inference.config.celery import app
-from athena_inference.tasks import resources
+from athena_client.validation import parse
+from athena_inference.tasks import seams
 
 log = logging.getLogger(__name__)
 
-RequestT = TypeVar("RequestT", bound=BaseModel)
-ResultT = TypeVar("ResultT", bound=BaseModel)
+# Celery's control flow: a task replaced by its next stage raises Ignore, one
+# that retries raises Retry. Neither is a failure.
+_HANDED_OVER = (Ignore, Reject)
 
 
 @dataclass
@@ -40,12 +53,18 @@ class TaskClock:
     def start(cls, task: TaskName, enqueued_at: Optional[float]) -> "TaskClock":
         return cls(task, enqueued_at, time.time(), time.perf_counter())
 
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started_perf) * 1000
+
+    @property
+    def queue_wait_ms(self) -> Optional[float]:
+        if self.enqueued_at is None:
+            return None
+        # Publisher and worker clocks may differ by a little; never report a negative wait.
+        return max(0.0, (self.started_at - self.enqueued_at) * 1000)
+
     def finish(self, model: str, server: Optional[ServerTiming]) -> TaskTiming:
-        run_ms = (time.perf_counter() - self.started_perf) * 1000
-        wait_ms = None
-        if self.enqueued_at is not None:
-            # Publisher and worker clocks may differ by a little; never report a negative wait.
-            wait_ms = max(0.0, (self.started_at - self.enqueued_at) * 1000)
+        run_ms = self.elapsed_ms()
         return TaskTiming(
             task=self.task.value,
             queue=TASK_QUEUES[self.task].value,
@@ -53,73 +72,118 @@ class TaskClock:
             enqueued_at=_utc(self.enqueued_at) if self.enqueued_at is not None else None,
             started_at=_utc(self.started_at),
             finished_at=_utc(self.started_at + run_ms / 1000),
-            queue_wait_ms=wait_ms,
+            queue_wait_ms=self.queue_wait_ms,
             run_ms=run_ms,
             server=server,
         )
 
 
-def validate(model: type[RequestT], payload: dict) -> RequestT:
-    """Parse a payload, or raise InvalidInput naming every bad field."""
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'payload'}: {error['msg']}" for error in exc.errors()
-        )
-        raise InvalidInput(f"invalid {model.__name__}: {problems}") from None
+class AthenaTask(Task):
+    """Base class of every task; see the module docstring."""
+
+    # Results are JSON-ready dicts built from pydantic models; Celery need not
+    # check arguments against `run`'s signature, this class does it better.
+    typing = False
+    # Set on a stage of a multi-task job: the metrics kind the whole job is recorded under.
+    job_kind: Optional[TaskName] = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Not Task.__call__: it would push a request without the message's
+        # headers. Celery's tracer pushes the real one before calling this.
+        name = TaskName(self.name)
+        clock = TaskClock.start(name, self.request.get(ENQUEUED_AT_HEADER))
+        request: Optional[BaseModel] = None
+        result: Optional[BaseModel] = None
+        outcome = "failure"
+        try:
+            if args:
+                raise InvalidInput(
+                    f"{self.name} takes keyword arguments only (the fields of {self.request_model.__name__}); "
+                    f"it was sent {len(args)} positional argument(s)"
+                )
+            request = parse(self.request_model, kwargs)
+            result = self.run(request, clock)
+            outcome = "success"
+            return result.model_dump(mode="json")
+        except _HANDED_OVER:
+            outcome = "handed over"
+            raise
+        except Retry:
+            # Counted when the last attempt ends, not at each attempt.
+            outcome = "retrying"
+            raise
+        except AthenaError:
+            raise
+        except SoftTimeLimitExceeded:
+            raise ServerTimeout(f"{self.name} ran past its soft time limit ({self.soft_time_limit} s)") from None
+        except Exception as exc:  # noqa: BLE001 - the one place foreign errors become ours
+            raise map_foreign_error(self.name, exc) from None
+        finally:
+            self._record(clock, request, result, outcome)
+
+    @property
+    def request_model(self) -> type[BaseModel]:
+        """The pydantic model the body's first non-self parameter is annotated with."""
+        cached = self.__dict__.get("_request_model")
+        if cached is None:
+            hints = typing.get_type_hints(self.run)
+            models = [hint for key, hint in hints.items() if key != "return" and _is_model(hint)]
+            if not models:
+                raise TypeError(f"{self.name}: the task body must annotate its request with a pydantic model")
+            cached = self.__dict__["_request_model"] = models[0]
+        return cached
+
+    # --- metrics: a side channel, so losing one never fails the task ---
+
+    def _record(self, clock: TaskClock, request: Optional[BaseModel], result: Optional[BaseModel], outcome: str) -> None:
+        if outcome == "retrying":
+            return
+        try:
+            store = seams.metrics()
+            # A job's entry task is counted once, as the job (below).
+            if self.job_kind is None or self.job_kind.value != self.name:
+                store.record(self.name, **_sample(outcome != "failure", clock.elapsed_ms(), result))
+            if self.job_kind is not None and outcome != "handed over":
+                # A stage carries the job's start; for the entry task, its own start is the job's.
+                started = getattr(request, "started_at", None) or clock.started_at
+                job_ms = (time.time() - started) * 1000
+                store.record(self.job_kind.value, ok=outcome == "success", latency_ms=job_ms)
+        except Exception:  # noqa: BLE001 - see above
+            log.warning("could not record metrics for %s", self.name, exc_info=True)
 
 
-def inference_task(
-    name: TaskName, request_model: type[RequestT]
-) -> Callable[[Callable[[RequestT, TaskClock], ResultT]], Task]:
-    """Register `body(request, clock) -> result` as the Celery task `name`.
+def map_foreign_error(task: str, exc: Exception) -> AthenaError:
+    """An exception from outside the project's family, as the family member that says what happened."""
+    import redis
 
-    Callers send keyword arguments matching `request_model`; the task returns the
-    result as JSON-ready data, with its timing, and records the call's metrics.
-    """
-
-    def register(body: Callable[[RequestT, TaskClock], ResultT]) -> Task:
-        @app.task(name=name.value, bind=True)
-        def task(self: Task, **payload) -> dict:
-            clock = TaskClock.start(name, self.request.get(ENQUEUED_AT_HEADER))
-            result: Optional[BaseModel] = None
-            try:
-                result = body(validate(request_model, payload), clock)
-                return result.model_dump(mode="json")
-            except SoftTimeLimitExceeded:
-                raise ServerTimeout(f"{name.value} ran past its soft time limit") from None
-            finally:
-                _record(name, clock, result)
-
-        # Not functools.wraps: Celery checks call arguments against the signature it finds.
-        task.__doc__ = body.__doc__
-        return task
-
-    return register
+    what = f"{exc.__class__.__name__}: {exc}"
+    if isinstance(exc, ValidationError):
+        return InternalError(f"{task} built an invalid result ({what})")
+    if isinstance(exc, (redis.ConnectionError, ConnectionError)):
+        return ServerUnavailable(f"{task} lost a connection ({what})")
+    if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+        return ServerTimeout(f"{task} timed out ({what})")
+    return InternalError(f"{task} failed unexpectedly ({what})")
 
 
-def _record(name: TaskName, clock: TaskClock, result: Optional[BaseModel]) -> None:
-    # Metrics are a side channel: losing one must never fail the task.
-    timing: Optional[TaskTiming] = getattr(result, "timing", None)
-    try:
-        if timing is None:
-            resources.metrics().record(
-                name.value, ok=False, latency_ms=(time.perf_counter() - clock.started_perf) * 1000
-            )
-        else:
-            server = timing.server
-            totals = result.metric_totals() if hasattr(result, "metric_totals") else {}
-            resources.metrics().record(
-                name.value,
-                ok=True,
-                latency_ms=timing.run_ms,
-                tokens=server.prompt_tokens + server.generated_tokens if server else 0,
-                tokens_per_second=server.tokens_per_second if server else None,
-                totals=totals,
-            )
-    except Exception:  # noqa: BLE001 - see above
-        log.warning("could not record metrics for %s", name.value, exc_info=True)
+def _sample(ok: bool, latency_ms: float, result: Optional[BaseModel]) -> dict[str, Any]:
+    """A call's metrics: latency always; tokens and the result's own totals when it succeeded."""
+    if not ok or result is None:
+        return {"ok": ok, "latency_ms": latency_ms}
+    timing = getattr(result, "timing", None)
+    server = timing.server if isinstance(timing, TaskTiming) else None
+    totals = result.metric_totals() if hasattr(result, "metric_totals") else {}
+    return {
+        "ok": True,
+        "latency_ms": latency_ms,
+        "tokens": server.prompt_tokens + server.generated_tokens if server else 0,
+        "tokens_per_second": server.tokens_per_second if server else None,
+        "totals": totals,
+    }
+
+
+def _is_model(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, BaseModel)
 
 
 def _utc(epoch: float) -> datetime:

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import time
 
-from athena_client.payloads import CompressionResult, CompressRequest
+from athena_client.payloads import CompressionResult, CompressorStatus, CompressRequest, NoArguments
 from athena_client.routes import TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
-from athena_inference.tasks import resources
-from athena_inference.tasks.base import TaskClock, inference_task
+from athena_inference.tasks import seams
+from athena_inference.tasks.base import AthenaTask, TaskClock
 from athena_inference.workers.compressor import TOKENIZER, Compression, join_prompt
 
 
-@inference_task(TaskName.COMPRESS_PROMPT, CompressRequest)
+@app.task(name=TaskName.COMPRESS_PROMPT.value, base=AthenaTask)
 def compress_prompt(request: CompressRequest, clock: TaskClock) -> CompressionResult:
     """Context to a shorter prompt; the original, marked uncompressed, when compression is unavailable."""
     started = time.perf_counter()
-    compressor = resources.compressor()
+    compressor = seams.compressor()
     status = compressor.status
     hit = False
     if status.ready:
-        cache = resources.compression_cache()
+        cache = seams.compression_cache()
         key = cache.key(request, status.method, status.model)
         out = cache.get(key)
         hit = out is not None
@@ -60,7 +60,7 @@ def compress_prompt(request: CompressRequest, clock: TaskClock) -> CompressionRe
     )
 
 
-@app.task(name=TaskName.COMPRESSOR_STATUS.value)
-def compressor_status() -> dict:
+@app.task(name=TaskName.COMPRESSOR_STATUS.value, base=AthenaTask)
+def compressor_status(request: NoArguments, clock: TaskClock) -> CompressorStatus:
     """Whether this worker's compressor is ready, and if not, why."""
-    return resources.compressor().status.model_dump(mode="json")
+    return seams.compressor().status

@@ -7,14 +7,15 @@ from athena_client.errors import DimensionMismatch, InputTooLong
 from athena_client.jobs import EmbedBulkRequest, EmbedBulkResult, ItemError
 from athena_client.payloads import EmbedBatchRequest, EmbeddingBatchResult, EmbeddingResult, EmbedRequest
 from athena_client.routes import Queue, TaskName
+from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
-from athena_inference.tasks import resources
-from athena_inference.tasks.base import TaskClock, inference_task
+from athena_inference.tasks import seams
+from athena_inference.tasks.base import AthenaTask, TaskClock
 from athena_inference.workers.llama_server import Embeddings
 
 
 def _embed(texts: list[str], queue: Queue = Queue.EMBEDDINGS) -> Embeddings:
-    out = resources.llama(queue).embed(texts)
+    out = seams.llama(queue).embed(texts)
     expected = get_settings().embedding_dim
     sizes = {len(vector) for vector in out.vectors}
     if sizes != {expected}:
@@ -24,7 +25,7 @@ def _embed(texts: list[str], queue: Queue = Queue.EMBEDDINGS) -> Embeddings:
     return out
 
 
-@inference_task(TaskName.EMBED, EmbedRequest)
+@app.task(name=TaskName.EMBED.value, base=AthenaTask)
 def embed(request: EmbedRequest, clock: TaskClock) -> EmbeddingResult:
     """One text to one vector."""
     out = _embed([request.text])
@@ -36,7 +37,7 @@ def embed(request: EmbedRequest, clock: TaskClock) -> EmbeddingResult:
     )
 
 
-@inference_task(TaskName.EMBED_BATCH, EmbedBatchRequest)
+@app.task(name=TaskName.EMBED_BATCH.value, base=AthenaTask)
 def embed_batch(request: EmbedBatchRequest, clock: TaskClock) -> EmbeddingBatchResult:
     """Many texts in one server request, vectors in input order."""
     out = _embed(list(request.texts))
@@ -54,7 +55,7 @@ TOO_LONG = (
 )
 
 
-@inference_task(TaskName.EMBED_BULK, EmbedBulkRequest)
+@app.task(name=TaskName.EMBED_BULK.value, base=AthenaTask)
 def embed_bulk(request: EmbedBulkRequest, clock: TaskClock) -> EmbedBulkResult:
     """A re-embedding batch on the bulk lane. Blank or over-long texts get an
     error of their own and the rest of the batch is embedded."""

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from athena_client.routes import SERVER_HEALTH, Queue
+from athena_client.health import ServerHealth
+from athena_client.payloads import NoArguments
+from athena_client.routes import Queue, TaskName
 from athena_inference.config.celery import app
-from athena_inference.tasks import resources
+from athena_inference.tasks import seams
+from athena_inference.tasks.base import AthenaTask, TaskClock
 
 
-def _server_health(queue: Queue):
-    @app.task(name=SERVER_HEALTH[queue].value)
-    def server_health() -> dict:
-        """One look at the server (no retries): a 503 while the model loads counts as not ready."""
-        return resources.llama(queue).health().model_dump()
-
-    return server_health
+@app.task(name=TaskName.EMBEDDINGS_HEALTH.value, base=AthenaTask)
+def embeddings_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
+    """One look at the interactive embedding server (no retries): a 503 while the model loads counts as not ready."""
+    return seams.llama(Queue.EMBEDDINGS).health()
 
 
-embeddings_health = _server_health(Queue.EMBEDDINGS)
-reasoning_health = _server_health(Queue.REASONING)
-embeddings_bulk_health = _server_health(Queue.EMBEDDINGS_BULK)
+@app.task(name=TaskName.REASONING_HEALTH.value, base=AthenaTask)
+def reasoning_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
+    """One look at the reasoning server."""
+    return seams.llama(Queue.REASONING).health()
+
+
+@app.task(name=TaskName.EMBEDDINGS_BULK_HEALTH.value, base=AthenaTask)
+def embeddings_bulk_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
+    """One look at the bulk lane's embedding server."""
+    return seams.llama(Queue.EMBEDDINGS_BULK).health()

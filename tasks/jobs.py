@@ -6,21 +6,17 @@ queue, so that wait can never hold up the tasks it waits for.
 
 from __future__ import annotations
 
-from celery import Task
-
 from athena_client.jobs import JobState, ReembedJobRef
 from athena_client.routes import TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
-from athena_inference.tasks.base import validate
-from athena_inference.workers.reembed import build_runner
+from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.workers.reembedding.runner import build_runner
 
 
-@app.task(name=TaskName.REEMBED.value, bind=True)
-def reembed(self: Task, **payload) -> dict:
+@app.task(name=TaskName.REEMBED.value, base=AthenaTask)
+def reembed(request: ReembedJobRef, clock: TaskClock) -> JobState:
     """Run (or resume) a re-embedding job created in Redis; returns its final state."""
-    request = validate(ReembedJobRef, payload)
-    # A redelivered copy of a job another runner holds waits out at most one lease.
     settings = get_settings()
-    state: JobState = build_runner(request.job_id, settings).run(wait_for_lease_s=settings.job_lease_s)
-    return state.model_dump(mode="json")
+    # A redelivered copy of a job another runner holds waits out at most one lease.
+    return build_runner(request.job_id, settings).run(wait_for_lease_s=settings.job_lease_s)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from athena_client.payloads import ReasoningResult, ReasonRequest
 from athena_client.routes import Queue, TaskName
-from athena_inference.tasks import resources
-from athena_inference.tasks.base import TaskClock, inference_task
+from athena_inference.config.celery import app
+from athena_inference.tasks import seams
+from athena_inference.tasks.base import AthenaTask, TaskClock
 
 
-@inference_task(TaskName.REASON, ReasonRequest)
+@app.task(name=TaskName.REASON.value, base=AthenaTask)
 def reason(request: ReasonRequest, clock: TaskClock) -> ReasoningResult:
     """Prompt (and optional system message) to text, through the model's chat template."""
     messages = [{"role": "system", "content": request.system}] if request.system else []
     messages.append({"role": "user", "content": request.prompt})
-    out = resources.llama(Queue.REASONING).chat(
+    out = seams.llama(Queue.REASONING).chat(
         messages,
         max_tokens=request.max_tokens,
         temperature=request.temperature,

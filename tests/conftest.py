@@ -11,7 +11,7 @@ import pytest
 
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
-from athena_inference.workers.provision import Provisioned, provision
+from athena_inference.workers.ops.provision import Provisioned, provision
 from tests.harness import ALL_QUEUES, Stack, ensure_postgres, local_stack_env, scratch_database, wait_for
 
 

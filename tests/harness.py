@@ -23,9 +23,9 @@ from typing import Callable, Iterator, Optional
 import httpx
 import redis
 
-from athena_inference.workers.provision import redis_server_binary
+from athena_inference.workers.ops.provision import redis_server_binary
 
-CLI = [sys.executable, "-m", "athena_inference.workers.cli"]
+CLI = [sys.executable, "-m", "athena_inference.workers.ops.cli"]
 ALL_QUEUES = ("embeddings", "reasoning", "compression", "consolidation", "embeddings_bulk", "jobs")
 
 

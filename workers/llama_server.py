@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from athena_client.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
+from athena_client.health import ServerHealth
 from athena_client.payloads import ServerTiming
+from athena_client.validation import describe
+from athena_inference.config.retry import RetryPolicy
 
 _TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large(?:.*current batch size: (\d+))?")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Attempts in all, with exponential backoff between them."""
-
-    attempts: int = 5
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
-
-    def delay(self, failed_attempts: int) -> float:
-        return min(self.backoff_max_s, self.backoff_s * 2 ** (failed_attempts - 1))
 
 
 class Embeddings(BaseModel):
@@ -45,12 +35,6 @@ class Completion(BaseModel):
     finish_reason: Optional[str]
     model: str
     timing: ServerTiming
-
-
-class Health(BaseModel):
-    ready: bool
-    detail: str
-    model: Optional[str] = None
 
 
 class _Usage(BaseModel):
@@ -198,20 +182,20 @@ class LlamaServer:
         except (ValueError, KeyError, TypeError):
             raise ServerError(f"{self.base_url}/tokenize returned an unreadable reply") from None
 
-    def health(self) -> Health:
+    def health(self) -> ServerHealth:
         """One look, no retries: 503 while loading counts as not ready."""
         try:
             response = self._client.get("/health")
         except httpx.HTTPError as exc:
-            return Health(ready=False, detail=f"unreachable: {exc.__class__.__name__}: {exc}")
+            return ServerHealth(ready=False, detail=f"unreachable: {exc.__class__.__name__}: {exc}")
         if response.status_code == 200:
             model = self._model_id()
             if model is None:
-                return Health(ready=False, detail="answers /health but lists no model at /v1/models")
-            return Health(ready=True, detail="ok", model=model)
+                return ServerHealth(ready=False, detail="answers /health but lists no model at /v1/models")
+            return ServerHealth(ready=True, detail="ok", model=model)
         if response.status_code == 503:
-            return Health(ready=False, detail="loading model (503)")
-        return Health(ready=False, detail=f"HTTP {response.status_code}: {response.text[:200]}")
+            return ServerHealth(ready=False, detail="loading model (503)")
+        return ServerHealth(ready=False, detail=f"HTTP {response.status_code}: {response.text[:200]}")
 
     def _model_id(self) -> Optional[str]:
         try:
@@ -291,4 +275,4 @@ def _parse(model: type[BaseModel], response: httpx.Response):
     try:
         return model.model_validate_json(response.content)
     except ValidationError as exc:
-        raise ServerError(f"unreadable reply from {response.request.url}: {exc.errors()[0]['msg']}") from None
+        raise ServerError(f"unreadable reply from {response.request.url}: {describe(exc)}") from None

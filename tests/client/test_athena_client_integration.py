@@ -17,7 +17,7 @@ from athena_client.consolidation import ConsolidateRequest
 from athena_client.errors import AthenaError, InvalidInput, ServerTimeout
 from athena_client.routes import TaskName
 from tests.harness import wait_for
-from tests.tasks.test_consolidation_integration import EVENTS
+from tests.tasks.consolidation.test_consolidation_integration import EVENTS
 
 ROOT = Path(__file__).resolve().parents[2]
 

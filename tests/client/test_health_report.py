@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from athena_client.client import HealthReport, QueueHealth
+from athena_client.health import HealthReport, QueueHealth
 from athena_client.payloads import CompressorStatus
 
 

@@ -1,4 +1,4 @@
-"""Job state in Redis: counts and cursor move together, cancel, and the lease."""
+"""Job records in Redis: counts and cursor move together, and cancel."""
 
 from __future__ import annotations
 
@@ -57,16 +57,6 @@ def test_cancelling_a_queued_job_ends_it_and_a_running_one_is_flagged(jobs):
     jobs.start(running.job_id, runner="r", model="m", dimension=3, total=1)
     state = jobs.request_cancel(running.job_id)
     assert state.status is JobStatus.RUNNING and state.cancel_requested
-
-
-def test_only_the_holder_renews_the_lease(jobs):
-    assert jobs.acquire("j", "a", 30)
-    assert not jobs.acquire("j", "b", 30)
-    assert jobs.renew("j", "a", 30) and not jobs.renew("j", "b", 30)
-    jobs.release("j", "b")
-    assert jobs.holder("j") == "a"
-    jobs.release("j", "a")
-    assert jobs.holder("j") is None and jobs.acquire("j", "b", 30)
 
 
 def test_printed_state_hides_the_database_password(jobs):

@@ -12,8 +12,8 @@ import yaml
 
 from athena_client.routes import Queue
 from athena_inference.config.settings import Settings, env_name, load_settings
-from athena_inference.workers.model_download import PRODUCTION_MODELS
-from athena_inference.workers.processes import MODEL_ALIASES
+from athena_inference.workers.ops.model_download import PRODUCTION_MODELS
+from athena_inference.config.servers import MODEL_ALIASES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"

@@ -36,9 +36,9 @@ DOCS = [Path(__file__).resolve().parents[2] / "README.md", *sorted((Path(__file_
 
 
 def test_every_command_the_docs_name_exists():
-    from athena_inference.workers.cli import parser
+    from athena_inference.workers.ops.cli import cli
 
-    commands = set(parser()._subparsers._group_actions[0].choices)
+    commands = set(cli.commands)
     for doc in DOCS:
         named = set(re.findall(r"athena-inference ([a-z][a-z-]+)", doc.read_text()))
         assert named <= commands, f"{doc.name} names {sorted(named - commands)}"

@@ -1,63 +1,26 @@
-"""tasks.base: payload validation into InvalidInput, and TaskClock timing."""
+"""tasks.base: TaskClock timing, and the policy AthenaTask applies to every task."""
 
+import importlib
 import time
 from datetime import timezone
 
+import httpx
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
-from athena_client.errors import InvalidInput
-from athena_client.payloads import EmbedBatchRequest, EmbedRequest, ReasonRequest, ServerTiming
-from athena_client.routes import TASK_QUEUES, TaskName
-from athena_inference.tasks.base import TaskClock, validate
+from athena_client.errors import InternalError, InvalidInput, ServerTimeout, ServerUnavailable
+from athena_client.payloads import ServerTiming
+from athena_client.routes import TASK_QUEUES, Queue, TaskName
+from athena_inference.config.celery import TASK_MODULES, app
+from athena_inference.tasks import seams
+from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.workers.llama_server import LlamaServer
 
 SERVER = ServerTiming(prompt_tokens=5, request_ms=12.0)
 
 
 def clock(task=TaskName.EMBED, *, enqueued_at, started_at=1_700_000_000.0):
     return TaskClock(task, enqueued_at, started_at, time.perf_counter())
-
-
-# --- validate ---
-
-
-def test_validate_returns_the_parsed_request():
-    request = validate(EmbedRequest, {"text": "hello"})
-    assert isinstance(request, EmbedRequest)
-    assert request.text == "hello"
-
-
-def test_validate_blank_text_raises_invalid_input_naming_the_field():
-    with pytest.raises(InvalidInput) as caught:
-        validate(EmbedRequest, {"text": "   "})
-    assert "text" in str(caught.value)
-    assert "EmbedRequest" in str(caught.value)
-
-
-def test_validate_out_of_range_temperature_names_temperature():
-    with pytest.raises(InvalidInput, match="temperature"):
-        validate(ReasonRequest, {"prompt": "Why?", "temperature": 5.0})
-
-
-def test_validate_unknown_field_names_that_field():
-    with pytest.raises(InvalidInput, match="colour"):
-        validate(EmbedRequest, {"text": "hi", "colour": "blue"})
-
-
-def test_validate_missing_field_names_that_field():
-    with pytest.raises(InvalidInput, match="prompt"):
-        validate(ReasonRequest, {})
-
-
-def test_validate_names_the_position_of_a_bad_batch_item():
-    with pytest.raises(InvalidInput, match=r"texts\.1"):
-        validate(EmbedBatchRequest, {"texts": ["ok", ""]})
-
-
-def test_validate_names_every_bad_field():
-    with pytest.raises(InvalidInput) as caught:
-        validate(ReasonRequest, {"prompt": "Why?", "max_tokens": 0, "top_p": 2.0})
-    assert "max_tokens" in str(caught.value)
-    assert "top_p" in str(caught.value)
 
 
 # --- TaskClock ---
@@ -117,3 +80,73 @@ def test_start_stamps_the_current_time():
     assert before <= started.started_at <= after
     assert started.enqueued_at == 123.0
     assert started.task is TaskName.EMBED
+
+
+# --- AthenaTask: the one policy ---
+
+
+@pytest.fixture
+def tasks(metrics):
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return {name: task for name, task in app.tasks.items() if name.startswith("athena.")}
+
+
+
+def answer_with(handler) -> None:
+    server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(handler))
+    seams.use_llama(Queue.EMBEDDINGS, server)
+
+
+def raising(exc: BaseException):
+    def handler(request):
+        raise exc
+
+    return handler
+
+
+def test_every_registered_task_runs_under_the_one_base_class(tasks):
+    assert set(tasks) == {name.value for name in TaskName}
+    assert all(isinstance(task, AthenaTask) for task in tasks.values())
+
+
+@pytest.mark.parametrize("name", [t.value for t in TaskName])
+def test_positional_arguments_fail_as_invalid_input_for_every_task(tasks, name):
+    with pytest.raises(InvalidInput, match=rf"{name} takes keyword arguments only"):
+        tasks[name]("junk", 42)
+
+
+@pytest.mark.parametrize("name", [t.value for t in TaskName])
+def test_an_unknown_keyword_fails_as_invalid_input_for_every_task(tasks, name):
+    with pytest.raises(InvalidInput, match="colour"):
+        tasks[name](colour="blue")
+
+
+def test_a_soft_time_limit_becomes_server_timeout(tasks):
+    answer_with(raising(SoftTimeLimitExceeded()))
+    with pytest.raises(ServerTimeout, match="athena.embed ran past its soft time limit"):
+        tasks["athena.embed"](text="slow")
+
+
+def test_a_lost_connection_becomes_server_unavailable(tasks):
+    answer_with(raising(ConnectionResetError("reset by peer")))
+    with pytest.raises(ServerUnavailable, match="ConnectionResetError: reset by peer"):
+        tasks["athena.embed"](text="a")
+
+
+def test_any_other_foreign_error_becomes_internal_error_naming_it(tasks):
+    answer_with(raising(KeyError("surprise")))
+    with pytest.raises(InternalError, match="athena.embed failed unexpectedly \\(KeyError"):
+        tasks["athena.embed"](text="a")
+
+
+def test_failures_and_health_checks_are_recorded_like_any_call(tasks, metrics):
+    answer_with(raising(KeyError("surprise")))
+    with pytest.raises(InternalError):
+        tasks["athena.embed"](text="a")
+    with pytest.raises(InvalidInput):
+        tasks["athena.embed"]("positional")
+    assert metrics.stats("athena.embed").failures == 2
+    answer_with(lambda request: httpx.Response(503))
+    assert tasks["athena.health.embeddings"]() == {"ready": False, "detail": "loading model (503)", "model": None}
+    assert metrics.stats("athena.health.embeddings").success == 1

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 
-import fakeredis
 import httpx
 import pytest
 
 from athena_client.errors import DimensionMismatch, InvalidInput
 from athena_client.routes import Queue
-from athena_inference.tasks import resources
+from athena_inference.tasks import seams
 from athena_inference.tasks.embeddings import embed, embed_batch, embed_bulk
 from athena_inference.workers.llama_server import LlamaServer
-from athena_inference.workers.metrics import MetricsStore
 
 
 def serve_vectors(dimension: int):
@@ -25,17 +23,10 @@ def serve_vectors(dimension: int):
     return handler
 
 
-@pytest.fixture
-def metrics():
-    store = MetricsStore(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    resources.use_metrics(store)
-    yield store
-    resources.reset()
-
 
 def use_server(dimension: int) -> None:
     server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(serve_vectors(dimension)))
-    resources.use_llama(Queue.EMBEDDINGS, server)
+    seams.use_llama(Queue.EMBEDDINGS, server)
 
 
 def test_embed_batch_returns_vectors_with_timing_and_records_metrics(metrics):
@@ -78,7 +69,7 @@ def refuse_long_texts(limit_chars: int):
 
 def test_embed_bulk_fails_bad_texts_one_by_one_and_embeds_the_rest(metrics):
     server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(refuse_long_texts(10)))
-    resources.use_llama(Queue.EMBEDDINGS_BULK, server)
+    seams.use_llama(Queue.EMBEDDINGS_BULK, server)
     out = embed_bulk(texts=["short", "", "x" * 50, "tiny", "y" * 11])
     assert [e and e["error"] for e in out["errors"]] == [None, "InvalidInput", "InputTooLong", None, "InputTooLong"]
     assert [v and v[0] for v in out["embeddings"]] == [5.0, None, None, 4.0, None]
@@ -87,7 +78,7 @@ def test_embed_bulk_fails_bad_texts_one_by_one_and_embeds_the_rest(metrics):
 
 def test_embed_bulk_with_nothing_embeddable_still_answers(metrics):
     server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(refuse_long_texts(10)))
-    resources.use_llama(Queue.EMBEDDINGS_BULK, server)
+    seams.use_llama(Queue.EMBEDDINGS_BULK, server)
     out = embed_bulk(texts=[" ", "z" * 20])
     assert out["embeddings"] == [None, None]
     assert [e["error"] for e in out["errors"]] == ["InvalidInput", "InputTooLong"]

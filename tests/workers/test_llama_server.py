@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from athena_client.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
-from athena_inference.workers.llama_server import LlamaServer, RetryPolicy
+from athena_inference.config.retry import RetryPolicy
+from athena_inference.workers.llama_server import LlamaServer
 
 BASE_URL = "http://llama.test:8001"
 
@@ -35,7 +36,7 @@ def make_server(handler, *, attempts=5, backoff_s=0.5, backoff_max_s=8.0):
     server = LlamaServer(
         BASE_URL,
         timeout=httpx.Timeout(5.0),
-        retry=RetryPolicy(attempts, backoff_s, backoff_max_s),
+        retry=RetryPolicy(attempts=attempts, backoff_s=backoff_s, backoff_max_s=backoff_max_s),
         transport=httpx.MockTransport(recorder),
         sleep=delays.append,
     )
@@ -73,14 +74,6 @@ def error_reply(status, message):
 
 
 CHAT_ARGS = dict(max_tokens=64, temperature=0.2, top_p=0.9, stop=[])
-
-
-# --- RetryPolicy ---
-
-
-def test_retry_delay_doubles_from_backoff_and_is_capped():
-    policy = RetryPolicy(attempts=8, backoff_s=0.5, backoff_max_s=3.0)
-    assert [policy.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
 
 
 # --- embeddings ---

@@ -1,0 +1,62 @@
+"""Health, as the workers report it and the client sums it up.
+
+`ServerHealth` is what a server queue's worker answers about its own
+llama-server (the `athena.health.*` tasks); `HealthReport` is the client's
+view of the whole stack, per queue.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from pydantic import BaseModel
+
+from athena_client.payloads import CompressorStatus
+from athena_client.routes import Queue
+
+
+class ServerHealth(BaseModel):
+    """One look at a llama-server: a 503 while its model loads counts as not ready."""
+
+    ready: bool
+    detail: str
+    model: Optional[str] = None
+
+
+class QueueHealth(BaseModel):
+    queue: str
+    workers: list[str]
+    server_ready: Optional[bool] = None
+    model: Optional[str] = None
+    detail: Optional[str] = None
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.workers) and self.server_ready is not False
+
+    def with_server(self, server: ServerHealth) -> "QueueHealth":
+        return self.model_copy(update={"server_ready": server.ready, "detail": server.detail, "model": server.model})
+
+
+class HealthReport(BaseModel):
+    broker_ok: bool = True
+    broker_detail: str = "ok"
+    queues: dict[str, QueueHealth]
+    compression: CompressorStatus
+
+    def healthy(self, queues: Sequence[str] = ()) -> bool:
+        """The broker answers, and each queue asked about (default: all) has workers and a ready server."""
+        wanted = list(queues) or list(self.queues)
+        ok = self.broker_ok and all(self.queues[q].healthy for q in wanted)
+        if Queue.COMPRESSION.value in wanted:
+            ok = ok and self.compression.ready
+        return ok
+
+    def summary(self) -> dict[str, bool]:
+        """Athena's `check_health()` shape."""
+        embeddings, reasoning = self.queues["embeddings"], self.queues["reasoning"]
+        return {
+            "embedding": bool(embeddings.workers) and bool(embeddings.server_ready),
+            "reasoning": bool(reasoning.workers) and bool(reasoning.server_ready),
+            "compression": bool(self.queues["compression"].workers) and self.compression.ready,
+        }

@@ -1,0 +1,74 @@
+"""Everything the settings say about one llama-server, as one value.
+
+The tasks read a server's URL and timeout from here, and the process builder
+(`workers/ops/processes.py`) its slots, threads, priority and CPUs, so the two
+can never disagree about which server a queue fronts.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from athena_client.routes import Queue
+from athena_inference.config.settings import Settings
+
+SERVER_QUEUES = (Queue.EMBEDDINGS, Queue.REASONING, Queue.EMBEDDINGS_BULK)
+EMBEDDING_QUEUES = (Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK)
+# The names the default models are served under. The bulk lane serves the same
+# model under the same name, so its vectors and the interactive server's are
+# interchangeable and recorded as one model id.
+MODEL_ALIASES = {
+    Queue.EMBEDDINGS: "all-MiniLM-L6-v2",
+    Queue.EMBEDDINGS_BULK: "all-MiniLM-L6-v2",
+    Queue.REASONING: "SmolLM2-135M-Instruct",
+}
+
+
+class ServerConfig(BaseModel):
+    """One llama-server and the worker in front of it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: Queue
+    url: str
+    # The server's --parallel, and the concurrency of the worker in front of it.
+    slots: int
+    threads: int
+    nice: int
+    # "auto", "none" or a list such as "0,1" (see Settings).
+    cpus: str
+    read_timeout_s: float
+    # The default model's name on the server; None when a custom model keeps its own.
+    alias: Optional[str]
+
+    @property
+    def embeds(self) -> bool:
+        return self.queue in EMBEDDING_QUEUES
+
+
+def server_config(queue: Queue, settings: Settings) -> ServerConfig:
+    """The llama-server a queue's workers front; KeyError for a queue without one."""
+    if queue not in SERVER_QUEUES:
+        raise KeyError(f"the {queue.value} queue fronts no llama-server")
+    s = settings
+    per_queue = {
+        Queue.EMBEDDINGS: (s.embeddings_url, s.embeddings_slots, s.embeddings_threads, s.embeddings_nice, s.embeddings_cpus),
+        Queue.EMBEDDINGS_BULK: (
+            s.embeddings_bulk_url, s.embeddings_bulk_slots, s.embeddings_bulk_threads, s.embeddings_bulk_nice, s.embeddings_bulk_cpus,
+        ),
+        Queue.REASONING: (s.reasoning_url, s.reasoning_slots, s.reasoning_threads, s.reasoning_nice, s.reasoning_cpus),
+    }
+    url, slots, threads, nice, cpus = per_queue[queue]
+    custom_model = s.embeddings_model_path if queue in EMBEDDING_QUEUES else s.reasoning_model_path
+    return ServerConfig(
+        queue=queue,
+        url=url,
+        slots=slots,
+        threads=threads or s.n_threads,
+        nice=nice,
+        cpus=cpus,
+        read_timeout_s=s.embed_timeout_s if queue in EMBEDDING_QUEUES else s.reason_timeout_s,
+        alias=None if custom_model is not None else MODEL_ALIASES[queue],
+    )

@@ -1,0 +1,47 @@
+"""Patterns out of the reasoning model: ask under the schema, check, and repair once.
+
+The schema keeps the model to the answer's shape; what it cannot check
+(ranges, ids from the input) is validated here, and an answer that fails gets
+one repair request that quotes the problems. A second failure is
+`ModelOutputInvalid`, with the raw answer in its message.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from athena_client.consolidation import ConsolidateOptions, Pattern
+from athena_client.errors import ModelOutputInvalid
+from athena_inference.tasks.consolidation import prompt
+from athena_inference.tasks.consolidation.schema import parse_patterns, response_format
+from athena_inference.workers.llama_server import LlamaServer
+
+
+class Extraction(BaseModel):
+    patterns: list[Pattern]
+    model: str
+    repaired: bool
+
+
+def extract_patterns(server: LlamaServer, event_text: str, event_ids: list[str], options: ConsolidateOptions) -> Extraction:
+    ask = dict(
+        max_tokens=prompt.max_output_tokens(options.max_patterns),
+        temperature=options.temperature,
+        top_p=0.9,
+        stop=[],
+        response_format=response_format(event_ids, options.max_patterns),
+    )
+    out = server.chat(prompt.messages(event_text, options.max_patterns), **ask)
+    try:
+        return Extraction(patterns=parse_patterns(out.text, event_ids), model=out.model, repaired=False)
+    except ValueError as first:
+        if out.finish_reason == "length":
+            first = ValueError(f"{first}; the answer was cut at max_tokens")
+        problems = str(first)
+    retry = server.chat(prompt.repair_messages(event_text, options.max_patterns, out.text, problems), **ask)
+    try:
+        return Extraction(patterns=parse_patterns(retry.text, event_ids), model=retry.model, repaired=True)
+    except ValueError as second:
+        raise ModelOutputInvalid(
+            f"patterns failed validation twice ({problems}; after repair: {second}); raw answer: {retry.text}"
+        ) from None

@@ -1,0 +1,117 @@
+"""The `consolidation` queue's task and the stages it hands a job through.
+
+`athena.consolidate` prepares the job (validates, fits the events into the
+model's context) and replaces itself with its first stage; each stage does its
+part on its own queue (compression, reasoning, embedding) and replaces itself
+with the next. A replacement keeps the task id, so the caller's id ends with
+the last stage's `ConsolidationResult`, and no worker ever waits for another.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from celery import Task
+from pydantic import BaseModel, ConfigDict
+
+from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, Pattern, StageTiming
+from athena_client.errors import InvalidInput
+from athena_client.routes import TASK_QUEUES, Queue, TaskName
+from athena_inference.config.celery import app
+from athena_inference.config.settings import get_settings
+from athena_inference.tasks import seams
+from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.tasks.consolidation import prompt
+from athena_inference.tasks.consolidation.answer import extract_patterns
+
+COMPRESSION_RATE = 0.5
+Stage = Literal["prepare", "compression", "reasoning", "embedding"]
+
+
+class ConsolidationState(BaseModel):
+    """What one stage hands the next: the job so far, and the stages still to run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    options: ConsolidateOptions
+    event_ids: list[str]
+    event_text: str
+    dropped_event_ids: list[str]
+    compressed: bool = False
+    repaired: bool = False
+    model: str = ""
+    patterns: list[Pattern] = []
+    stages: list[StageTiming] = []
+    remaining: list[TaskName]
+    # When the job began (epoch seconds), for its end-to-end time.
+    started_at: float
+
+
+def hand_on(task: Task, state: ConsolidationState, stage: Stage, clock: TaskClock) -> ConsolidationResult:
+    """Record this stage's timing, then replace the task with the next stage, or end the job."""
+    timing = StageTiming(stage=stage, queue=TASK_QUEUES[TaskName(task.name)].value, queue_wait_ms=clock.queue_wait_ms, run_ms=clock.elapsed_ms())
+    state = state.model_copy(update={"stages": [*state.stages, timing]})
+    if state.remaining:
+        following = state.model_copy(update={"remaining": state.remaining[1:]})
+        # Raises Ignore: this task ends here, and its id lives on in the next stage.
+        task.replace(app.signature(state.remaining[0].value, kwargs=following.model_dump(mode="json")))
+    return ConsolidationResult(
+        patterns=state.patterns,
+        dropped_event_ids=state.dropped_event_ids,
+        repaired=state.repaired,
+        compressed=state.compressed,
+        model=state.model,
+        stages=state.stages,
+        total_ms=(time.time() - state.started_at) * 1000,
+    )
+
+
+@app.task(name=TaskName.CONSOLIDATE.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
+def consolidate(self: Task, request: ConsolidateRequest, clock: TaskClock) -> ConsolidationResult:
+    """Validate the cluster, fit it to the model's context, and hand it to the stages."""
+    options = request.options
+    budget = get_settings().reasoning_ctx - prompt.PROMPT_OVERHEAD_TOKENS - prompt.max_output_tokens(options.max_patterns)
+    reasoning = seams.llama(Queue.REASONING)
+    kept, dropped = prompt.fit_events(list(request.events), budget, lambda text: len(reasoning.tokenize(text)))
+    if not kept:
+        raise InvalidInput(f"no event fits the reasoning model's context ({budget} tokens for events)")
+    stages = [TaskName.CONSOLIDATE_COMPRESS] if options.compress else []
+    stages.append(TaskName.CONSOLIDATE_REASON)
+    if options.embed_patterns:
+        stages.append(TaskName.CONSOLIDATE_EMBED)
+    state = ConsolidationState(
+        options=options,
+        event_ids=[e.id for e in kept],
+        event_text="\n".join(prompt.render_event(e) for e in kept),
+        dropped_event_ids=dropped,
+        remaining=stages,
+        started_at=clock.started_at,
+    )
+    return hand_on(self, state, "prepare", clock)
+
+
+@app.task(name=TaskName.CONSOLIDATE_COMPRESS.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
+def compress_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> ConsolidationResult:
+    """Shrink the events' text; each event's [id] is kept whole, or the patterns could not cite it."""
+    compressor = seams.compressor()
+    if compressor.status.ready:
+        out = compressor.compress(state.event_text, rate=COMPRESSION_RATE, force_tokens=[f"[{i}]" for i in state.event_ids])
+        state = state.model_copy(update={"event_text": out.prompt, "compressed": True})
+    return hand_on(self, state, "compression", clock)
+
+
+@app.task(name=TaskName.CONSOLIDATE_REASON.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
+def reason_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> ConsolidationResult:
+    """Patterns from the reasoning model, schema-constrained and validated (one repair at most)."""
+    found = extract_patterns(seams.llama(Queue.REASONING), state.event_text, state.event_ids, state.options)
+    state = state.model_copy(update={"patterns": found.patterns, "model": found.model, "repaired": found.repaired})
+    return hand_on(self, state, "reasoning", clock)
+
+
+@app.task(name=TaskName.CONSOLIDATE_EMBED.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
+def embed_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> ConsolidationResult:
+    """Each pattern's description embedded, in one request."""
+    out = seams.llama(Queue.EMBEDDINGS).embed([p.description for p in state.patterns])
+    patterns = [p.model_copy(update={"embedding": v}) for p, v in zip(state.patterns, out.vectors, strict=True)]
+    return hand_on(self, state.model_copy(update={"patterns": patterns}), "embedding", clock)

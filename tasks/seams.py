@@ -1,0 +1,143 @@
+"""The seams of this worker process, made once per process after fork.
+
+Celery's prefork parent imports the task modules before forking, so nothing is
+built at import time: the first task in each child builds its client, and
+`worker_process_shutdown` closes it. Tests swap a seam with `use_*`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Optional
+
+import httpx
+import redis
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from athena_client.routes import Queue
+from athena_inference.config.celery import WORKER_QUEUE_ENV
+from athena_inference.config.servers import server_config
+from athena_inference.config.settings import get_settings
+from athena_inference.workers.compression_cache import CompressionCache
+from athena_inference.workers.compressor import Compressor
+from athena_inference.workers.llama_server import LlamaServer
+from athena_inference.workers.metrics import MetricsStore
+
+# httpx logs every request at INFO, which would bury the worker's own log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+log = logging.getLogger(__name__)
+
+_servers: dict[Queue, LlamaServer] = {}
+_metrics: Optional[MetricsStore] = None
+_compressor: Optional[Compressor] = None
+_compressor_loaded = threading.Event()
+_compressor_lock = threading.Lock()
+_compressor_loader: Optional[threading.Thread] = None
+_compression_cache: Optional[CompressionCache] = None
+
+
+def llama_server_for(queue: Queue) -> LlamaServer:
+    settings = get_settings()
+    server = server_config(queue, settings)
+    return LlamaServer(
+        server.url,
+        timeout=httpx.Timeout(server.read_timeout_s, connect=settings.connect_timeout_s),
+        retry=settings.retry_policy,
+    )
+
+
+def llama(queue: Queue) -> LlamaServer:
+    if queue not in _servers:
+        _servers[queue] = llama_server_for(queue)
+    return _servers[queue]
+
+
+def metrics() -> MetricsStore:
+    global _metrics
+    if _metrics is None:
+        settings = get_settings()
+        _metrics = MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window)
+    return _metrics
+
+
+def start_loading_compressor() -> None:
+    """Load the compressor in the background; `compressor()` waits for it."""
+    global _compressor_loader
+    with _compressor_lock:
+        if _compressor is None and _compressor_loader is None:
+            _compressor_loader = threading.Thread(target=_load_compressor, name="compressor-load", daemon=True)
+            _compressor_loader.start()
+
+
+def _load_compressor() -> None:
+    global _compressor
+    started = time.perf_counter()
+    try:
+        loaded = Compressor.load(get_settings())
+    except Exception as exc:  # noqa: BLE001 - a waiting task must get an answer, not hang
+        log.exception("loading the compressor failed")
+        loaded = Compressor.unusable(f"loading the compressor failed: {exc.__class__.__name__}: {exc}")
+    _compressor = loaded
+    _compressor_loaded.set()
+    status = loaded.status
+    if status.ready:
+        log.warning("compressor ready: %s with %s, loaded in %.1f s", status.method, status.model, time.perf_counter() - started)
+    else:
+        log.warning("compressor NOT available: %s; tasks return prompts uncompressed", status.reason)
+
+
+def compressor(timeout: float = 600) -> Compressor:
+    if _compressor is None:
+        start_loading_compressor()
+        if not _compressor_loaded.wait(timeout):
+            raise TimeoutError(f"the compressor did not load within {timeout:.0f} s")
+    assert _compressor is not None
+    return _compressor
+
+
+def compression_cache() -> CompressionCache:
+    global _compression_cache
+    if _compression_cache is None:
+        settings = get_settings()
+        client = redis.Redis.from_url(settings.result_backend, socket_timeout=5, socket_connect_timeout=5)
+        _compression_cache = CompressionCache(client, ttl_s=settings.compression_cache_ttl_s)
+    return _compression_cache
+
+
+def use_llama(queue: Queue, server: LlamaServer) -> None:
+    _servers[queue] = server
+
+
+def use_metrics(store: MetricsStore) -> None:
+    global _metrics
+    _metrics = store
+
+
+def reset() -> None:
+    """Close and forget every seam; the next task makes new ones."""
+    global _metrics, _compressor, _compression_cache, _compressor_loader
+    for server in _servers.values():
+        server.close()
+    _servers.clear()
+    _metrics = None
+    _compressor = None
+    _compression_cache = None
+    _compressor_loaded.clear()
+    _compressor_loader = None
+
+
+@worker_process_init.connect
+def _load_at_start(**_):
+    # Loading takes seconds and worker_process_init must return within 4 s, so
+    # the compressor loads in a thread and the first task waits for it.
+    if os.environ.get(WORKER_QUEUE_ENV) == Queue.COMPRESSION.value:
+        start_loading_compressor()
+
+
+@worker_process_shutdown.connect
+def _close(**_):
+    reset()

@@ -1,0 +1,233 @@
+"""The command lines of the stack's processes, and the Procfile that names them."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from athena_client.routes import Queue
+from athena_inference.config.settings import load_settings
+from athena_inference.config.servers import MODEL_ALIASES
+from athena_inference.workers.ops.processes import (
+    flower_argv,
+    host_port,
+    llama_server_argv,
+    server_cpus,
+    worker_argv,
+    worker_concurrency,
+)
+
+PROCFILE = Path(__file__).resolve().parents[3] / "Procfile"
+BINARY = Path("/opt/llama/llama-server")
+MODEL = Path("/models/model.gguf")
+
+
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
+
+
+@pytest.fixture
+def settings(monkeypatch):
+    monkeypatch.setenv("LLAMACPP_EMBEDDINGS_URL", "http://127.0.0.1:9101")
+    monkeypatch.setenv("LLAMACPP_REASONING_URL", "http://127.0.0.1:9102")
+    monkeypatch.setenv("LLAMACPP_N_THREADS", "3")
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_SLOTS", "4")
+    monkeypatch.setenv("ATHENA_REASONING_SLOTS", "2")
+    monkeypatch.setenv("ATHENA_EMBEDDING_MAX_TOKENS", "256")
+    monkeypatch.setenv("ATHENA_REASONING_CTX", "2048")
+    return load_settings()
+
+
+def value_after(argv, flag):
+    assert argv.count(flag) == 1, f"{flag} appears {argv.count(flag)} times in {argv}"
+    return argv[argv.index(flag) + 1]
+
+
+# --- llama-server ---
+
+
+def test_llama_server_argv_starts_with_binary_and_model(settings):
+    argv = llama_server_argv(Queue.EMBEDDINGS, settings, BINARY, MODEL)
+    assert argv[0] == str(BINARY)
+    assert value_after(argv, "-m") == str(MODEL)
+
+
+def test_embeddings_server_runs_in_embedding_mode_with_mean_pooling(settings):
+    argv = llama_server_argv(Queue.EMBEDDINGS, settings, BINARY, MODEL)
+    assert "--embedding" in argv
+    assert value_after(argv, "--pooling") == "mean"
+
+
+def test_embeddings_server_batch_and_ubatch_equal_embedding_max_tokens(settings):
+    argv = llama_server_argv(Queue.EMBEDDINGS, settings, BINARY, MODEL)
+    assert value_after(argv, "-b") == "256"
+    assert value_after(argv, "-ub") == "256"
+
+
+def test_embeddings_server_slots_threads_and_context(settings):
+    argv = llama_server_argv(Queue.EMBEDDINGS, settings, BINARY, MODEL)
+    assert value_after(argv, "-np") == "4"
+    assert value_after(argv, "-t") == "3"
+    assert value_after(argv, "-c") == str(256 * 4)
+
+
+def test_embeddings_server_listens_on_port_from_llamacpp_embeddings_url(settings):
+    argv = llama_server_argv(Queue.EMBEDDINGS, settings, BINARY, MODEL)
+    assert value_after(argv, "--port") == "9101"
+    assert value_after(argv, "--host") == "127.0.0.1"
+
+
+def test_reasoning_server_context_is_per_slot_context_times_slots(settings):
+    argv = llama_server_argv(Queue.REASONING, settings, BINARY, MODEL)
+    assert value_after(argv, "-c") == str(2048 * 2)
+    assert value_after(argv, "-np") == "2"
+    assert value_after(argv, "-t") == "3"
+    assert value_after(argv, "--port") == "9102"
+
+
+def test_reasoning_server_is_not_in_embedding_mode(settings):
+    argv = llama_server_argv(Queue.REASONING, settings, BINARY, MODEL)
+    assert "--embedding" not in argv
+    assert "--pooling" not in argv
+
+
+def test_default_models_get_readable_alias(settings):
+    assert value_after(llama_server_argv(Queue.EMBEDDINGS, settings, BINARY, MODEL), "--alias") == (
+        MODEL_ALIASES[Queue.EMBEDDINGS]
+    )
+    assert value_after(llama_server_argv(Queue.REASONING, settings, BINARY, MODEL), "--alias") == (
+        MODEL_ALIASES[Queue.REASONING]
+    )
+
+
+def test_custom_embedding_model_keeps_its_own_name(monkeypatch, settings):
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_MODEL_PATH", "/models/nomic.gguf")
+    custom = load_settings()
+    assert "--alias" not in llama_server_argv(Queue.EMBEDDINGS, custom, BINARY, MODEL)
+
+
+def test_host_port_falls_back_to_default_port():
+    assert host_port("http://example.internal", 80) == ("example.internal", 80)
+    assert host_port("redis://127.0.0.1:6390/1", 6379) == ("127.0.0.1", 6390)
+
+
+# --- celery workers ---
+
+
+@pytest.mark.parametrize("queue, slots", [(Queue.EMBEDDINGS, "4"), (Queue.REASONING, "2")])
+def test_worker_concurrency_equals_its_servers_slots(settings, queue, slots):
+    argv = worker_argv(queue, settings)
+    assert value_after(argv, "-c") == slots
+
+
+@pytest.mark.parametrize("queue", [Queue.COMPRESSION, Queue.CONSOLIDATION])
+def test_worker_for_queue_without_server_runs_one_process(settings, queue):
+    assert worker_concurrency(queue, settings) == 1
+    assert value_after(worker_argv(queue, settings), "-c") == "1"
+
+
+@pytest.mark.parametrize("queue", list(Queue))
+def test_worker_consumes_only_its_queue_with_task_events(settings, queue):
+    argv = worker_argv(queue, settings)
+    assert value_after(argv, "-Q") == queue.value
+    assert "-E" in argv
+    assert value_after(argv, "-A") == "athena_inference.config.celery"
+    assert "worker" in argv
+
+
+def test_worker_node_name_carries_queue(settings):
+    argv = worker_argv(Queue.REASONING, settings, node_suffix="box1")
+    assert value_after(argv, "-n") == "reasoning@box1"
+
+
+def test_worker_runs_with_this_python(settings):
+    assert worker_argv(Queue.EMBEDDINGS, settings)[:3] == [sys.executable, "-m", "celery"]
+
+
+def test_flower_argv_uses_port_and_basic_auth(settings):
+    argv = flower_argv(settings, "admin:pw")
+    assert "flower" in argv
+    assert f"--port={settings.flower_port}" in argv
+    assert "--basic-auth=admin:pw" in argv
+    assert "--address=127.0.0.1" in argv
+
+
+def test_flower_argv_without_credentials_has_no_auth_flag(settings):
+    assert not [a for a in flower_argv(settings, None) if a.startswith("--basic-auth")]
+
+
+def test_flower_refuses_to_start_open_unless_told(clean_settings_env, capsys):
+    from athena_inference.config.settings import get_settings
+    from athena_inference.workers.ops.cli import main
+
+    get_settings.cache_clear()
+    try:
+        assert main(["flower"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "ATHENA_FLOWER_UNAUTHENTICATED=true" in capsys.readouterr().err
+
+
+# --- Procfile ---
+
+
+def _procfile_entries():
+    entries = {}
+    for line in PROCFILE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, command = line.partition(":")
+        entries[name.strip()] = command.strip()
+    return entries
+
+
+@pytest.mark.parametrize("queue", list(Queue))
+def test_procfile_has_a_worker_entry_for_every_queue(queue):
+    entries = _procfile_entries()
+    assert f"{queue.value}-worker" in entries
+    assert entries[f"{queue.value}-worker"].split()[-2:] == ["worker", queue.value]
+
+
+@pytest.mark.parametrize("name", ["embeddings-server", "reasoning-server", "embeddings-bulk-server", "redis", "flower", "exporter"])
+def test_procfile_has_servers_redis_and_flower(name):
+    assert name in _procfile_entries()
+
+
+def test_procfile_servers_serve_their_own_kind():
+    entries = _procfile_entries()
+    assert entries["embeddings-server"].endswith("serve embeddings")
+    assert entries["reasoning-server"].endswith("serve reasoning")
+    assert entries["embeddings-bulk-server"].endswith("serve embeddings-bulk")
+
+
+def test_auto_pins_the_two_servers_to_separate_cpus():
+    settings = load_settings()
+    assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1]) == {0}
+    assert server_cpus(Queue.REASONING, settings, [0, 1]) == {1}
+
+
+def test_auto_leaves_servers_unpinned_when_cpus_are_too_few():
+    settings = load_settings(n_threads=2)
+    assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1, 2]) == set()
+
+
+def test_the_bulk_server_floats_unless_pinned_by_a_list():
+    assert server_cpus(Queue.EMBEDDINGS_BULK, load_settings(), [0, 1, 2, 3]) == set()
+    assert server_cpus(Queue.EMBEDDINGS_BULK, load_settings(embeddings_bulk_cpus="3"), [0, 1, 2, 3]) == {3}
+
+
+def test_explicit_cpu_lists_and_none_are_honoured():
+    settings = load_settings(embeddings_cpus="0,2", reasoning_cpus="none")
+    assert server_cpus(Queue.EMBEDDINGS, settings, [0, 1, 2, 3]) == {0, 2}
+    assert server_cpus(Queue.REASONING, settings, [0, 1, 2, 3]) == set()
+
+
+def test_the_bulk_server_serves_the_embedding_model_under_the_same_name(settings, monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_URL", "http://127.0.0.1:9103")
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_SLOTS", "3")
+    bulk = llama_server_argv(Queue.EMBEDDINGS_BULK, load_settings(), Path("/bin/llama-server"), Path("/m.gguf"))
+    interactive = llama_server_argv(Queue.EMBEDDINGS, load_settings(), Path("/bin/llama-server"), Path("/m.gguf"))
+    assert bulk[bulk.index("--port") + 1] == "9103"
+    assert bulk[bulk.index("-np") + 1] == "3"
+    assert bulk[bulk.index("--alias") + 1] == interactive[interactive.index("--alias") + 1]
+    assert "--embedding" in bulk

@@ -1,0 +1,207 @@
+"""Re-embedding jobs end to end: real redis-server, the bulk llama-server, Celery
+workers in their own processes, PostgreSQL and JSONL files; runners and workers
+killed with SIGKILL in the middle of a job.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import uuid
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+
+from athena_client.client import AthenaClient
+from athena_client.job_store import JobStore
+from athena_client.jobs import JobState, JobStatus, JsonlSource, PostgresSource, ReembedRequest
+from athena_inference.workers.reembedding.stores import content_sha256
+from tests.harness import CLI, Stack, local_stack_env, redis_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lane(provisioned, tmp_path_factory):
+    """Redis, the bulk embedding server and its worker, and a jobs worker: a stack of
+    its own, because these tests kill workers."""
+    env = local_stack_env(
+        LLAMACPP_N_THREADS="1",
+        ATHENA_JOB_LEASE_S="3",
+        ATHENA_JOB_BATCH_TIMEOUT_S="8",
+        ATHENA_RETRY_ATTEMPTS="3",
+        ATHENA_RETRY_BACKOFF_S="0.2",
+    )
+    stack = Stack(tmp_path_factory.mktemp("reembed-logs"), env)
+    try:
+        stack.redis(redis_port(env))
+        stack.llama("embeddings-bulk", env["ATHENA_EMBEDDINGS_BULK_URL"])
+        stack.worker("embeddings_bulk", "w1")
+        stack.worker("jobs", "w1")
+        client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
+        wait_for(
+            lambda: {"embeddings_bulk@w1", "jobs@w1"} <= {n for r in client.app.control.ping(timeout=1.0) for n in r},
+            "bulk and jobs workers",
+            60,
+        )
+        stack.client = client
+        stack.jobs = JobStore.from_url(env["ATHENA_RESULT_BACKEND"])
+        yield stack
+        client.close()
+    finally:
+        stack.stop_all()
+
+
+def direct_vectors(lane: Stack, texts: list[str]) -> np.ndarray:
+    """The same server, asked directly, 32 texts per request."""
+    url = lane.env["ATHENA_EMBEDDINGS_BULK_URL"]
+    out = []
+    for start in range(0, len(texts), 32):
+        reply = httpx.post(f"{url}/v1/embeddings", json={"input": texts[start : start + 32]}, timeout=60).json()
+        out += [item["embedding"] for item in sorted(reply["data"], key=lambda item: item["index"])]
+    return np.array(out, dtype=np.float32)
+
+
+def memories(n: int, prefix: str = "memory") -> list[str]:
+    topics = ["the user likes tea", "a meeting moved to Friday", "the cat is called Miso", "backups run at night"]
+    return [f"{prefix} {i}: {topics[i % len(topics)]} (note {i * 7 % 13})" for i in range(n)]
+
+
+def make_table(dsn: str, texts: list[str]) -> str:
+    table = f"memory_vectors_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, content TEXT, embedding real[], embedding_model text)")
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {table} (content, embedding, embedding_model) VALUES (%s, %s, 'old-model')",
+                [(text, [0.0, 1.0]) for text in texts],
+            )
+    return table
+
+
+def wait_until_done(lane: Stack, job_id: str, at_least: int, timeout: float = 120, runner=None) -> JobState:
+    wait_for(lambda: lane.jobs.get(job_id).counts.done >= at_least, f"job {job_id} past {at_least} rows", timeout, runner)
+    return lane.jobs.get(job_id)
+
+
+def wait_terminal(lane: Stack, job_id: str, timeout: float = 300) -> JobState:
+    wait_for(lambda: lane.jobs.get(job_id).status.terminal, f"job {job_id} to end", timeout)
+    return lane.jobs.get(job_id)
+
+
+def assert_table_matches_direct(lane: Stack, dsn: str, table: str, model: str, column: str = "embedding") -> None:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT content, {column}, {column}_model, {column}_content_sha256 FROM {table} ORDER BY id"
+        ).fetchall()
+    assert {row[2] for row in rows} == {model}
+    assert all(row[3] == content_sha256(row[0]) for row in rows)
+    got = np.array([row[1] for row in rows], dtype=np.float32)
+    np.testing.assert_allclose(got, direct_vectors(lane, [row[0] for row in rows]), atol=2e-4)
+
+
+def cli(lane: Stack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "reembed", *args], env=lane.env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_killed_runner_resumes_and_every_row_gets_the_new_model(lane, postgres_dsn):
+    texts = memories(1200)
+    table = make_table(postgres_dsn, texts)
+    job = lane.jobs.create(ReembedRequest(source=PostgresSource(dsn=postgres_dsn, table=table), batch_texts=16, window=2))
+    runner = lane.start("runner", [*CLI, "reembed", "resume", job.job_id])
+    seen = wait_until_done(lane, job.job_id, 100, runner=runner)
+    runner.stop(signal.SIGKILL)
+    assert not seen.status.terminal
+
+    resumed = cli(lane, "resume", job.job_id, "--wait")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    state = lane.jobs.get(job.job_id)
+    assert state.status is JobStatus.COMPLETED
+    assert state.counts.completed + state.counts.skipped == 1200 and state.counts.failed == 0
+    assert_table_matches_direct(lane, postgres_dsn, table, state.model)
+
+
+def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
+    texts = memories(1500, prefix="jsonl memory")
+    source = tmp_path / "memories.jsonl"
+    source.write_text("".join(json.dumps({"id": f"m{i}", "content": t}) + "\n" for i, t in enumerate(texts)))
+    spec = JsonlSource(path=str(source), output=str(tmp_path / "vectors.npy"))
+    job_id = lane.client.reembed(spec, batch_texts=16, window=2)
+    wait_until_done(lane, job_id, 100)
+    [worker] = [p for p in lane.procs if p.name == "embeddings_bulk-worker-w1" and p.popen.poll() is None]
+    worker.stop(signal.SIGKILL)
+    lane.worker("embeddings_bulk", "w1")
+
+    state = wait_terminal(lane, job_id)
+    assert state.status is JobStatus.COMPLETED, state.error
+    assert state.counts.completed == 1500
+    matrix = np.load(tmp_path / "vectors.npy")
+    ids = [json.loads(line)["id"] for line in (tmp_path / "vectors.ids.jsonl").read_text().splitlines()]
+    assert ids == [f"m{i}" for i in range(1500)]
+    np.testing.assert_allclose(matrix, direct_vectors(lane, texts), atol=2e-4)
+
+
+def test_bad_rows_are_reported_and_the_rest_embedded_through_the_real_server(lane, tmp_path):
+    rows = [
+        {"id": 1, "content": "the user prefers morning meetings"},
+        {"id": 2, "content": ""},
+        {"id": 3, "content": "word " * 3000},
+        {"id": 4, "content": "the user prefers morning meetings"},
+        {"id": 5, "content": "backups run at night"},
+    ]
+    source = tmp_path / "memories.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = cli(lane, "start", "--jsonl", str(source), "--output", str(tmp_path / "out.jsonl"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 embedded, 0 skipped, 2 failed of 5" in done.stdout
+    assert "2: InvalidInput: text is empty" in done.stdout
+    assert "3: InputTooLong" in done.stdout
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [w["id"] for w in written] == [1, 4, 5]
+    np.testing.assert_allclose(
+        [w["embedding"] for w in written], direct_vectors(lane, [rows[0]["content"], rows[3]["content"], rows[4]["content"]]), atol=2e-4
+    )
+
+
+def test_cancel_leaves_a_consistent_table(lane, postgres_dsn):
+    texts = memories(3000, prefix="cancel")
+    table = make_table(postgres_dsn, texts)
+    job_id = lane.client.reembed(PostgresSource(dsn=postgres_dsn, table=table, target_column="embedding_v2"), batch_texts=8, window=2)
+    wait_until_done(lane, job_id, 50)
+    assert lane.client.cancel_job(job_id).cancel_requested
+    state = wait_terminal(lane, job_id)
+    assert state.status is JobStatus.CANCELLED
+    with psycopg.connect(postgres_dsn) as conn:
+        rows = conn.execute(f"SELECT content, embedding, embedding_v2, embedding_v2_model FROM {table} ORDER BY id").fetchall()
+    new = [row for row in rows if row[3] is not None]
+    assert 0 < len(new) < 3000 and len(new) == state.counts.completed
+    assert all(row[1] == [0.0, 1.0] for row in rows)  # the old column is untouched
+    assert all(row[2] is None for row in rows if row[3] is None)
+    np.testing.assert_allclose([row[2] for row in new], direct_vectors(lane, [row[0] for row in new]), atol=2e-4)
+
+
+def test_a_rerun_skips_every_unchanged_row_and_duplicates_are_embedded_once(lane, postgres_dsn):
+    texts = [f"repeated memory {i % 10}" for i in range(300)]
+    table = make_table(postgres_dsn, texts)
+    first = wait_terminal(lane, lane.client.reembed(PostgresSource(dsn=postgres_dsn, table=table), batch_texts=32))
+    assert (first.status, first.counts.completed) == (JobStatus.COMPLETED, 300)
+    assert_table_matches_direct(lane, postgres_dsn, table, first.model)
+
+    second = wait_terminal(lane, lane.client.reembed(PostgresSource(dsn=postgres_dsn, table=table)))
+    assert (second.status, second.counts.completed, second.counts.skipped) == (JobStatus.COMPLETED, 0, 300)
+
+
+def test_a_job_held_by_a_live_runner_cannot_be_resumed_twice(lane, postgres_dsn):
+    table = make_table(postgres_dsn, memories(2000, prefix="held"))
+    job = lane.jobs.create(ReembedRequest(source=PostgresSource(dsn=postgres_dsn, table=table), batch_texts=8, window=1))
+    runner = lane.start("held-runner", [*CLI, "reembed", "resume", job.job_id])
+    try:
+        wait_until_done(lane, job.job_id, 8, runner=runner)
+        second = cli(lane, "resume", job.job_id)
+        assert second.returncode == 2
+        assert f"job {job.job_id} is held by runner" in second.stderr
+    finally:
+        runner.stop(signal.SIGTERM)

@@ -1,0 +1,227 @@
+"""The runner's logic, over a JSONL store, with fakeredis and an in-process lane.
+
+The real lane (Celery + llama-server) and PostgreSQL are in test_reembed_integration.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+import fakeredis
+import numpy as np
+import pytest
+
+from athena_client.errors import JobError, ServerUnavailable
+from athena_client.job_store import JobStore
+from athena_client.jobs import EmbedBulkResult, ItemError, JobStatus, JsonlSource, ReembedRequest
+from athena_client.payloads import TaskTiming
+from athena_inference.workers.reembedding.embedding_cache import EmbeddingCache
+from athena_inference.workers.reembedding.stores import JsonlStore
+from athena_inference.workers.reembedding.lease import JobLeases
+from athena_inference.workers.reembedding.runner import ReembedRunner
+
+MODEL = "fake-model"
+
+
+def vector_of(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [b / 255 for b in digest[:4]]
+
+
+class InProcessLane:
+    """Answers batches at once, like the bulk task would; records every text it embedded."""
+
+    def __init__(self, model: str = MODEL, fail_after_batches: int | None = None) -> None:
+        self.model = model
+        self.embedded: list[str] = []
+        self.batches: dict[str, list[str]] = {}
+        self.fail_after_batches = fail_after_batches
+
+    def submit(self, texts):
+        handle = f"b{len(self.batches)}"
+        self.batches[handle] = list(texts)
+        return handle
+
+    def collect(self, handle, timeout):
+        if self.fail_after_batches is not None and len(self.embedded) and int(handle[1:]) >= self.fail_after_batches:
+            raise ServerUnavailable("lane down")
+        texts = self.batches[handle]
+        vectors, errors = [], []
+        for i, text in enumerate(texts):
+            if len(text) > 200:
+                vectors.append(None)
+                errors.append(ItemError(id=i, error="InputTooLong", message="too long"))
+            else:
+                self.embedded.append(text)
+                vectors.append(vector_of(text))
+                errors.append(None)
+        now = datetime.now(timezone.utc)
+        timing = TaskTiming(task="athena.embed_bulk", queue="embeddings_bulk", model=self.model, started_at=now, finished_at=now, run_ms=1.0)
+        return EmbedBulkResult(embeddings=vectors, errors=errors, dimension=4, model=self.model, timing=timing)
+
+    def backlog(self):
+        return 0
+
+    def probe(self, timeout):
+        return self.model, 4
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def redis_client():
+    return fakeredis.FakeRedis()
+
+
+def write_source(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def run_job(tmp_path, redis_client, lane, output="out.npy", batch_texts=4, window=2, **source):
+    jobs = JobStore(redis_client)
+    spec = JsonlSource(path=str(tmp_path / "memories.jsonl"), output=str(tmp_path / output), **source)
+    job = jobs.create(ReembedRequest(source=spec, batch_texts=batch_texts, window=window))
+    runner = ReembedRunner(
+        job.job_id, jobs=jobs, leases=JobLeases(redis_client), store=JsonlStore(spec), lane=lane, cache=EmbeddingCache(redis_client, 3600), lease_s=5
+    )
+    return jobs, job.job_id, runner
+
+
+def read_npy(tmp_path, name="out"):
+    matrix = np.load(tmp_path / f"{name}.npy")
+    ids = [json.loads(line) for line in (tmp_path / f"{name}.ids.jsonl").read_text().splitlines()]
+    return matrix, ids
+
+
+def test_every_row_gets_its_vector_in_source_order(tmp_path, redis_client):
+    rows = [{"id": i, "content": f"memory number {i}"} for i in range(23)]
+    write_source(tmp_path / "memories.jsonl", rows)
+    jobs, job_id, runner = run_job(tmp_path, redis_client, InProcessLane())
+    state = runner.run()
+    assert state.status is JobStatus.COMPLETED
+    assert state.counts.model_dump() == {"total": 23, "completed": 23, "failed": 0, "skipped": 0}
+    matrix, ids = read_npy(tmp_path)
+    assert [entry["id"] for entry in ids] == list(range(23))
+    assert {entry["model"] for entry in ids} == {MODEL}
+    np.testing.assert_allclose(matrix, [vector_of(row["content"]) for row in rows], rtol=1e-6)
+
+
+def test_duplicate_texts_are_embedded_once(tmp_path, redis_client):
+    rows = [{"id": i, "content": f"text {i % 5}"} for i in range(40)]
+    write_source(tmp_path / "memories.jsonl", rows)
+    lane = InProcessLane()
+    _, _, runner = run_job(tmp_path, redis_client, lane, output="out.jsonl")
+    assert runner.run().counts.completed == 40
+    assert sorted(lane.embedded) == sorted(f"text {i}" for i in range(5))
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([w["embedding"] for w in written], [vector_of(r["content"]) for r in rows], rtol=1e-6)
+
+
+def test_a_rerun_skips_unchanged_rows_and_redoes_edited_ones(tmp_path, redis_client):
+    rows = [{"id": f"m{i}", "content": f"memory {i}"} for i in range(12)]
+    write_source(tmp_path / "memories.jsonl", rows)
+    run_job(tmp_path, redis_client, InProcessLane())[2].run()
+    rows[3]["content"] = "memory three, edited"
+    write_source(tmp_path / "memories.jsonl", rows)
+    lane = InProcessLane()
+    state = run_job(tmp_path, redis_client, lane)[2].run()
+    assert (state.counts.completed, state.counts.skipped) == (1, 11)
+    assert lane.embedded == ["memory three, edited"]
+    matrix, ids = read_npy(tmp_path)
+    assert ids[3]["content_sha256"] == hashlib.sha256(b"memory three, edited").hexdigest()
+    np.testing.assert_allclose(matrix[3], vector_of("memory three, edited"), rtol=1e-6)
+
+
+def test_bad_rows_are_reported_one_by_one_and_the_job_goes_on(tmp_path, redis_client):
+    lines = [
+        json.dumps({"id": 1, "content": "fine"}),
+        json.dumps({"id": 2, "content": "   "}),
+        "{not json",
+        json.dumps({"id": 4, "content": "x" * 500}),
+        json.dumps({"id": 5}),
+        json.dumps({"id": 6, "content": "also fine"}),
+    ]
+    (tmp_path / "memories.jsonl").write_text("\n".join(lines) + "\n")
+    jobs, job_id, runner = run_job(tmp_path, redis_client, InProcessLane())
+    state = runner.run()
+    assert state.status is JobStatus.COMPLETED
+    assert (state.counts.completed, state.counts.failed) == (2, 4)
+    errors = {str(e.id): e.error for e in jobs.errors(job_id)}
+    assert errors == {"2": "InvalidInput", "line 3": "InvalidInput", "4": "InputTooLong", "5": "InvalidInput"}
+    _, ids = read_npy(tmp_path)
+    assert [entry["id"] for entry in ids] == [1, 6]
+
+
+def test_a_job_that_fails_midway_resumes_without_redoing_or_losing_rows(tmp_path, redis_client):
+    rows = [{"id": i, "content": f"memory {i}"} for i in range(30)]
+    write_source(tmp_path / "memories.jsonl", rows)
+    failing = InProcessLane(fail_after_batches=3)
+    jobs, job_id, runner = run_job(tmp_path, redis_client, failing)
+    with pytest.raises(JobError, match="can be resumed"):
+        runner.run()
+    stopped = jobs.get(job_id)
+    assert stopped.status is JobStatus.FAILED and 0 < stopped.counts.done < 30
+
+    lane = InProcessLane()
+    spec = stopped.request.source
+    resumed = ReembedRunner(job_id, jobs=jobs, leases=JobLeases(redis_client), store=JsonlStore(spec), lane=lane, cache=EmbeddingCache(redis_client, 0), lease_s=5)
+    state = resumed.run()
+    assert state.status is JobStatus.COMPLETED
+    assert state.counts.completed + state.counts.skipped == 30
+    assert len(lane.embedded) == 30 - stopped.counts.done
+    matrix, ids = read_npy(tmp_path)
+    assert [entry["id"] for entry in ids] == list(range(30))
+    np.testing.assert_allclose(matrix, [vector_of(r["content"]) for r in rows], rtol=1e-6)
+
+
+def test_cancel_stops_after_the_batches_in_flight_and_leaves_no_output(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": i, "content": f"memory {i}"} for i in range(200)])
+    lane = InProcessLane()
+    jobs, job_id, runner = run_job(tmp_path, redis_client, lane, batch_texts=2)
+    runner.on_progress = lambda progress: progress.state.counts.done >= 10 and jobs.request_cancel(job_id)
+    state = runner.run()
+    assert state.status is JobStatus.CANCELLED
+    assert 10 <= state.counts.completed < 200
+    assert not (tmp_path / "out.npy").exists()
+    # What was written is exactly what was counted.
+    store = JsonlStore(JsonlSource(path=str(tmp_path / "memories.jsonl"), output=str(tmp_path / "out.npy")))
+    assert sum(row.up_to_date for row in store.rows(-1, MODEL)) == state.counts.completed
+
+
+def test_a_job_held_by_a_live_runner_is_refused(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": 1, "content": "one"}])
+    jobs, job_id, runner = run_job(tmp_path, redis_client, InProcessLane())
+    assert JobLeases(redis_client).acquire(job_id, "someone-else", 30)
+    with pytest.raises(JobError, match="held by runner someone-else"):
+        runner.run()
+    assert jobs.get(job_id).status is JobStatus.QUEUED
+
+
+def test_the_expected_model_guards_against_a_swapped_lane(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": 1, "content": "one"}])
+    jobs = JobStore(redis_client)
+    spec = JsonlSource(path=str(tmp_path / "memories.jsonl"), output=str(tmp_path / "out.jsonl"))
+    job = jobs.create(ReembedRequest(source=spec, expected_model="nomic-embed-text-v1.5"))
+    runner = ReembedRunner(job.job_id, jobs=jobs, leases=JobLeases(redis_client), store=JsonlStore(spec), lane=InProcessLane(), cache=EmbeddingCache(redis_client, 0))
+    with pytest.raises(JobError, match="not the expected model"):
+        runner.run()
+    assert jobs.get(job.job_id).status is JobStatus.FAILED
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_job_cancelled_while_queued_does_not_run_until_resumed(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": 1, "content": "one"}])
+    lane = InProcessLane()
+    jobs, job_id, runner = run_job(tmp_path, redis_client, lane)
+    jobs.request_cancel(job_id)
+    assert runner.run().status is JobStatus.CANCELLED
+    assert lane.embedded == []
+
+    jobs.clear_cancel(job_id)
+    spec = jobs.get(job_id).request.source
+    again = ReembedRunner(job_id, jobs=jobs, leases=JobLeases(redis_client), store=JsonlStore(spec), lane=lane, cache=EmbeddingCache(redis_client, 0))
+    assert again.run().status is JobStatus.COMPLETED
+    assert lane.embedded == ["one"]

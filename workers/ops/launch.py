@@ -1,0 +1,81 @@
+"""Turning this process into one process of the stack: a server, a worker or Flower.
+
+Each replaces the `athena-inference` process with the real one (`exec`), so
+the process manager's signals reach the server itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import httpx
+
+from athena_client.routes import Queue
+from athena_inference.config.celery import WORKER_QUEUE_ENV
+from athena_inference.config.servers import SERVER_QUEUES, server_config
+from athena_inference.config.settings import Settings
+from athena_inference.workers.llama_server import LlamaServer
+from athena_inference.workers.ops import processes, provision
+
+SERVED = {"embeddings": Queue.EMBEDDINGS, "embeddings-bulk": Queue.EMBEDDINGS_BULK, "reasoning": Queue.REASONING}
+
+
+class FlowerRefused(Exception):
+    """Flower would start without a password, and nobody said that is wanted."""
+
+
+def _exec(argv: list[str]) -> None:
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+def serve_redis(settings: Settings) -> None:
+    _exec(processes.redis_argv(settings, provision.redis_server_binary()))
+
+
+def serve_llama(what: str, settings: Settings) -> None:
+    queue = SERVED[what]
+    server = server_config(queue, settings)
+    model = provision.embedding_model(settings) if server.embeds else provision.reasoning_model(settings)
+    os.nice(server.nice)
+    cpus = processes.server_cpus(queue, settings, sorted(os.sched_getaffinity(0)))
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    _exec(processes.llama_server_argv(queue, settings, provision.llama_server_binary(settings), model))
+
+
+def run_worker(queue: Queue, settings: Settings, node_suffix: str) -> None:
+    _warn_if_slots_differ(queue, settings)
+    # The compression worker's processes load their model at start.
+    os.environ[WORKER_QUEUE_ENV] = queue.value
+    _exec(processes.worker_argv(queue, settings, node_suffix=node_suffix))
+
+
+def _warn_if_slots_differ(queue: Queue, settings: Settings) -> None:
+    if queue not in SERVER_QUEUES:
+        return
+    url = server_config(queue, settings).url
+    server = LlamaServer(url, timeout=httpx.Timeout(2.0))
+    slots = server.slots()
+    server.close()
+    concurrency = processes.worker_concurrency(queue, settings)
+    if slots is not None and slots != concurrency:
+        setting = f"ATHENA_{queue.value.upper()}_SLOTS"
+        print(
+            f"warning: {url} has {slots} slots but the {queue.value} worker runs {concurrency} "
+            f"processes; set {setting}={slots} so the backlog waits in the queue, not in the server",
+            file=sys.stderr,
+        )
+
+
+def run_flower(settings: Settings) -> None:
+    if settings.flower_basic_auth is None:
+        if not settings.flower_unauthenticated:
+            raise FlowerRefused(
+                "set ATHENA_FLOWER_BASIC_AUTH=user:password (`up` sets one for you); Flower shows every "
+                "task's arguments and results, so it starts without a password only with ATHENA_FLOWER_UNAUTHENTICATED=true"
+            )
+        print("warning: Flower runs WITHOUT authentication (ATHENA_FLOWER_UNAUTHENTICATED=true)", file=sys.stderr)
+    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None
+    _exec(processes.flower_argv(settings, auth))

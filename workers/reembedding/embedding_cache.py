@@ -1,0 +1,41 @@
+"""Vectors already made, by (model, text hash), so a duplicate text is embedded once."""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from typing import Sequence
+
+import redis
+
+PREFIX = "athena:embcache:"
+
+
+class EmbeddingCache:
+    """Vectors as float32 bytes in Redis, each with a time to live."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+
+    def _key(self, model: str, sha: str) -> str:
+        return f"{PREFIX}{hashlib.sha256(model.encode()).hexdigest()[:16]}:{sha}"
+
+    def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, list[float]]:
+        if not hashes or self.ttl_s == 0:
+            return {}
+        found: dict[str, list[float]] = {}
+        for sha, blob in zip(hashes, self.redis.mget([self._key(model, h) for h in hashes]), strict=True):
+            if blob is not None:
+                vector = array("f")
+                vector.frombytes(blob)
+                found[sha] = vector.tolist()
+        return found
+
+    def put_many(self, model: str, vectors: dict[str, list[float]]) -> None:
+        if not vectors or self.ttl_s == 0:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for sha, vector in vectors.items():
+            pipe.set(self._key(model, sha), array("f", vector).tobytes(), ex=self.ttl_s)
+        pipe.execute()
