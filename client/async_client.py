@@ -66,8 +66,10 @@ class AsyncAthenaClient:
         temperature: float = 0.7,
         top_p: float = 0.9,
         stop: Sequence[str] = (),
+        json_schema: Optional[dict[str, Any]] = None,
+        grammar: Optional[str] = None,
     ) -> ReasoningResult:
-        return await asyncio.to_thread(self.sync.reason, prompt, system, max_tokens, temperature, top_p, stop)
+        return await asyncio.to_thread(self.sync.reason, prompt, system, max_tokens, temperature, top_p, stop, json_schema, grammar)
 
     async def compress_prompt(
         self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = ""

@@ -101,8 +101,14 @@ class AthenaClient:
         temperature: float = 0.7,
         top_p: float = 0.9,
         stop: Sequence[str] = (),
+        json_schema: Optional[dict[str, Any]] = None,
+        grammar: Optional[str] = None,
     ) -> ReasoningResult:
-        fields = dict(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop))
+        """Athena's `reason`; with `json_schema` or a GBNF `grammar`, the answer is held to it."""
+        fields = dict(
+            prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
+            json_schema=json_schema, grammar=grammar,
+        )
         return self.call(TaskName.REASON, parse(ReasonRequest, fields))
 
     def compress_prompt(

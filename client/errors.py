@@ -1,25 +1,30 @@
 """One exception family for everything the inference back end can refuse.
 
-    AthenaError
-    ├── InvalidInput            the request itself is wrong; retrying cannot help
-    │   └── InputTooLong        a text exceeds what the server accepts in one batch
-    ├── ServerUnavailable       connection refused or 503 while loading, after retries
-    ├── ServerTimeout           the server took longer than the configured timeout
-    ├── ServerError             the server answered with an error or a malformed reply
-    ├── ModelOutputInvalid      the model's answer failed validation, even after a repair attempt
-    ├── CompressionUnavailable  compression is switched off or its model is missing
-    ├── JobError                a re-embedding job cannot start or go on
-    │   └── JobNotFound         no job has that id
-    ├── ConfigurationError      a setting is wrong (named in the message)
-    │   └── DimensionMismatch   the embedding server's vectors are not the configured size
-    └── InternalError           a worker failed in a way it has no class for (a bug); names the original
+    RuntimeError
+    └── AthenaError
+        ├── InvalidInput            the request itself is wrong; retrying cannot help
+        │   └── InputTooLong        a text exceeds what the server accepts in one batch
+        ├── ServerUnavailable       connection refused or 503 while loading, after retries
+        ├── ServerTimeout           the server took longer than the configured timeout
+        ├── ServerError             the server answered with an error or a malformed reply
+        ├── ModelOutputInvalid      the model's answer failed validation, even after a repair attempt
+        ├── CompressionUnavailable  compression is switched off or its model is missing
+        ├── JobError                a re-embedding job cannot start or go on
+        │   └── JobNotFound         no job has that id
+        ├── ConfigurationError      a setting is wrong (named in the message)
+        │   └── DimensionMismatch   the embedding server's vectors are not the configured size
+        └── InternalError           a worker failed in a way it has no class for (a bug); names the original
+
+`AthenaError` is a `RuntimeError` because Athena's code already catches
+`RuntimeError` around every model call (its old client raised nothing else);
+`except RuntimeError` keeps working, and `except AthenaError` is the precise name.
 
 Every class takes one message string, so Celery can carry it through a JSON
 result backend and rebuild it on the caller's side.
 """
 
 
-class AthenaError(Exception):
+class AthenaError(RuntimeError):
     """Base of every error raised by Athena's inference back end."""
 
 

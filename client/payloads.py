@@ -9,7 +9,7 @@ request. Results are what the worker stored in Redis, rebuilt with
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -49,6 +49,16 @@ class ReasonRequest(_Request):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, max_length=8)
+    # Hold the answer to this JSON schema (llama.cpp turns it into a grammar),
+    # or to this GBNF grammar (athena_client.grammar makes compact JSON ones).
+    json_schema: Optional[dict[str, Any]] = None
+    grammar: Optional[str] = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> "ReasonRequest":
+        if self.json_schema is not None and self.grammar is not None:
+            raise ValueError("give json_schema or grammar, not both")
+        return self
 
 
 class CompressRequest(_Request):
@@ -117,11 +127,17 @@ class EmbeddingResult(_Timed):
     dimension: int
     model: str
 
+    def metric_samples(self) -> dict[str, float]:
+        return {"dimension": self.dimension}
+
 
 class EmbeddingBatchResult(_Timed):
     embeddings: list[list[float]]
     dimension: int
     model: str
+
+    def metric_samples(self) -> dict[str, float]:
+        return {"dimension": self.dimension}
 
 
 class ReasoningResult(_Timed):
@@ -168,6 +184,9 @@ class CompressionResult(BaseModel):
 
     def metric_totals(self) -> dict[str, float]:
         return {"tokens_saved": self.tokens_saved, "money_saved_usd": self.money_saved_usd}
+
+    def metric_samples(self) -> dict[str, float]:
+        return {"compression_ratio": self.ratio}
 
 
 class CompressorStatus(BaseModel):

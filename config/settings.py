@@ -20,6 +20,11 @@ from athena_client.validation import describe
 from athena_inference.config.retry import RetryPolicy
 
 ENV_PREFIX = "ATHENA_"
+# Values that examples and templates ship with; a deployment that still carries
+# one has not set its secret, so it is refused at start rather than run open.
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "change_me", "password", "secret", "redis", "example", "placeholder", "xxx", "todo"}
+)
 LLMLINGUA2_MODEL = "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 RESULT_SCHEMES = ("redis", "rediss")
@@ -169,12 +174,12 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        return _check_scheme(value, BROKER_SCHEMES)
+        return _no_placeholder(urlsplit(value).password, _check_scheme(value, BROKER_SCHEMES))
 
     @field_validator("result_backend", "metrics_url")
     @classmethod
     def _redis_url(cls, value: Optional[str]) -> Optional[str]:
-        return None if value is None else _check_scheme(value, RESULT_SCHEMES)
+        return None if value is None else _no_placeholder(urlsplit(value).password, _check_scheme(value, RESULT_SCHEMES))
 
     @field_validator("flower_basic_auth")
     @classmethod
@@ -183,6 +188,7 @@ class Settings(BaseSettings):
             user, _, password = value.get_secret_value().partition(":")
             if not user or not password:
                 raise ValueError("expected user:password")
+            _no_placeholder(password, value)
         return value
 
     @field_validator(
@@ -234,6 +240,12 @@ class Settings(BaseSettings):
     @property
     def compression_lm_dir(self) -> Path:
         return self.compression_lm_path or self.cache_dir / "models" / "SmolLM2-135M-Instruct-hf"
+
+
+def _no_placeholder(password: Optional[str], value):
+    if password is not None and password.lower() in PLACEHOLDER_SECRETS:
+        raise ValueError(f"the password is the placeholder {password!r}; set a real secret")
+    return value
 
 
 def _check_scheme(value: str, schemes: tuple[str, ...]) -> str:

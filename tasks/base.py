@@ -167,18 +167,19 @@ def map_foreign_error(task: str, exc: Exception) -> AthenaError:
 
 
 def _sample(ok: bool, latency_ms: float, result: Optional[BaseModel]) -> dict[str, Any]:
-    """A call's metrics: latency always; tokens and the result's own totals when it succeeded."""
+    """A call's metrics: latency always; tokens, the result's own sums and samples when it succeeded."""
     if not ok or result is None:
         return {"ok": ok, "latency_ms": latency_ms}
     timing = getattr(result, "timing", None)
     server = timing.server if isinstance(timing, TaskTiming) else None
-    totals = result.metric_totals() if hasattr(result, "metric_totals") else {}
     return {
         "ok": True,
         "latency_ms": latency_ms,
-        "tokens": server.prompt_tokens + server.generated_tokens if server else 0,
+        "prompt_tokens": server.prompt_tokens if server else 0,
+        "output_tokens": server.generated_tokens if server else 0,
         "tokens_per_second": server.tokens_per_second if server else None,
-        "totals": totals,
+        "totals": result.metric_totals() if hasattr(result, "metric_totals") else {},
+        "samples": result.metric_samples() if hasattr(result, "metric_samples") else {},
     }
 
 

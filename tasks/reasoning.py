@@ -20,6 +20,12 @@ def reason(request: ReasonRequest, clock: TaskClock) -> ReasoningResult:
         temperature=request.temperature,
         top_p=request.top_p,
         stop=list(request.stop),
+        response_format=(
+            {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": request.json_schema}}
+            if request.json_schema is not None
+            else None
+        ),
+        grammar=request.grammar,
     )
     return ReasoningResult(
         text=out.text,

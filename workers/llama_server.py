@@ -141,6 +141,7 @@ class LlamaServer:
         top_p: float,
         stop: list[str],
         response_format: Optional[dict[str, Any]] = None,
+        grammar: Optional[str] = None,
     ) -> Completion:
         """One chat completion; the server applies the model's own chat template."""
         payload: dict[str, Any] = {
@@ -153,6 +154,8 @@ class LlamaServer:
             payload["stop"] = stop
         if response_format is not None:
             payload["response_format"] = response_format
+        if grammar is not None:
+            payload["grammar"] = grammar
         started = time.perf_counter()
         response = self._post("/v1/chat/completions", payload)
         request_ms = (time.perf_counter() - started) * 1000

@@ -3,14 +3,16 @@
 The schema keeps the model to the answer's shape; what it cannot check
 (ranges, ids from the input) is validated here, and an answer that fails gets
 one repair request that quotes the problems. A second failure is
-`ModelOutputInvalid`, with the raw answer in its message.
+`ModelOutputInvalid`, with the raw answer in its message. Near-duplicate
+patterns in one answer (a small model often says the same thing twice) are
+merged into one.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
-from athena_client.consolidation import ConsolidateOptions, Pattern
+from athena_client.consolidation import ConsolidateOptions, Pattern, merge_near_duplicates
 from athena_client.errors import ModelOutputInvalid
 from athena_inference.tasks.consolidation import prompt
 from athena_inference.tasks.consolidation.schema import parse_patterns, response_format
@@ -33,14 +35,14 @@ def extract_patterns(server: LlamaServer, event_text: str, event_ids: list[str],
     )
     out = server.chat(prompt.messages(event_text, options.max_patterns), **ask)
     try:
-        return Extraction(patterns=parse_patterns(out.text, event_ids), model=out.model, repaired=False)
+        return Extraction(patterns=merge_near_duplicates(parse_patterns(out.text, event_ids)), model=out.model, repaired=False)
     except ValueError as first:
         if out.finish_reason == "length":
             first = ValueError(f"{first}; the answer was cut at max_tokens")
         problems = str(first)
     retry = server.chat(prompt.repair_messages(event_text, options.max_patterns, out.text, problems), **ask)
     try:
-        return Extraction(patterns=parse_patterns(retry.text, event_ids), model=retry.model, repaired=True)
+        return Extraction(patterns=merge_near_duplicates(parse_patterns(retry.text, event_ids)), model=retry.model, repaired=True)
     except ValueError as second:
         raise ModelOutputInvalid(
             f"patterns failed validation twice ({problems}; after repair: {second}); raw answer: {retry.text}"

@@ -8,7 +8,7 @@ import json
 
 from pydantic import BaseModel, ValidationError
 
-from athena_client.consolidation import Pattern
+from athena_client.consolidation import UNIT_SCORE_SCHEMA, Pattern
 from athena_client.validation import describe
 
 MAX_SOURCES = 8
@@ -29,7 +29,7 @@ def patterns_schema(event_ids: list[str], max_patterns: int) -> dict:
                         # until max_tokens cuts the JSON short.
                         "description": {"type": "string", "minLength": 1, "maxLength": 200},
                         "type": {"type": "string", "enum": ["pattern", "decision", "workflow", "fact"]},
-                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                        "confidence": UNIT_SCORE_SCHEMA,
                         "tags": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 4},
                         "evidence": {"type": "array", "items": {"type": "string", "maxLength": 120}, "maxItems": 2},
                         "source_events": {

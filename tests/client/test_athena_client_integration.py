@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -53,15 +52,6 @@ for name in ("torch", "httpx", "transformers", "llmlingua", "pydantic_settings")
 out["absent"] = missing
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def client_only_python(tmp_path_factory) -> str:
-    """A fresh virtual environment with the base install only: what Athena installs."""
-    venv = tmp_path_factory.mktemp("athena-client-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True, timeout=600)
-    return str(venv / "bin" / "python")
 
 
 def test_client_works_sync_and_from_asyncio_with_only_its_own_dependencies(sender, stack, client_only_python):

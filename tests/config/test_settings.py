@@ -208,3 +208,22 @@ def test_configuration_error_is_raised_instead_of_pydantic_validation_error(monk
         load_settings()
     assert not isinstance(caught.value, ValidationError)
     assert caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize("placeholder", ["change-me", "CHANGE-ME", "changeme", "password", "secret"])
+@pytest.mark.parametrize("variable", ["ATHENA_BROKER_URL", "ATHENA_RESULT_BACKEND", "ATHENA_METRICS_URL"])
+def test_a_placeholder_redis_password_is_refused_naming_the_variable(clean_settings_env, monkeypatch, variable, placeholder):
+    monkeypatch.setenv(variable, f"redis://:{placeholder}@redis:6379/0")
+    with pytest.raises(ConfigurationError, match=f"{variable}: .*placeholder"):
+        load_settings()
+
+
+def test_a_placeholder_flower_password_is_refused(clean_settings_env, monkeypatch):
+    monkeypatch.setenv("ATHENA_FLOWER_BASIC_AUTH", "athena:change-me")
+    with pytest.raises(ConfigurationError, match="ATHENA_FLOWER_BASIC_AUTH: .*placeholder"):
+        load_settings()
+
+
+def test_a_real_password_is_taken(clean_settings_env, monkeypatch):
+    monkeypatch.setenv("ATHENA_BROKER_URL", "redis://:s3cret-4f9a@redis:6379/0")
+    assert load_settings().broker_url == "redis://:s3cret-4f9a@redis:6379/0"

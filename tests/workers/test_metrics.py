@@ -144,9 +144,9 @@ def test_window_keeps_only_the_last_calls_latencies(redis_client):
 
 
 def test_tokens_are_summed_over_successful_calls_only(store):
-    store.record(KIND, ok=True, latency_ms=1.0, tokens=12)
-    store.record(KIND, ok=True, latency_ms=1.0, tokens=30)
-    store.record(KIND, ok=False, latency_ms=1.0, tokens=99)
+    store.record(KIND, ok=True, latency_ms=1.0, prompt_tokens=12)
+    store.record(KIND, ok=True, latency_ms=1.0, prompt_tokens=20, output_tokens=10)
+    store.record(KIND, ok=False, latency_ms=1.0, prompt_tokens=99)
     assert store.stats(KIND).tokens == 42
 
 
@@ -227,3 +227,37 @@ def test_stores_with_the_same_redis_share_figures(redis_client):
 def test_prefix_separates_stores_on_one_redis(redis_client):
     MetricsStore(redis_client, prefix="a").record(KIND, ok=True, latency_ms=1.0)
     assert MetricsStore(redis_client, prefix="b").get_all_stats() == {}
+
+
+def test_prompt_and_output_tokens_are_kept_apart(store):
+    store.record("athena.reason", ok=True, latency_ms=1.0, prompt_tokens=40, output_tokens=7)
+    store.record("athena.reason", ok=True, latency_ms=1.0, prompt_tokens=10, output_tokens=3)
+    stats = store.stats("athena.reason")
+    assert (stats.prompt_tokens, stats.output_tokens, stats.tokens) == (50, 10, 60)
+
+
+def test_a_kinds_own_samples_get_min_avg_and_max_over_the_window(store):
+    for ratio in (0.4, 0.5, 0.9):
+        store.record("athena.compress_prompt", ok=True, latency_ms=1.0, samples={"compression_ratio": ratio})
+    store.record("athena.compress_prompt", ok=False, latency_ms=1.0, samples={"compression_ratio": 0.01})
+    ratio = store.stats("athena.compress_prompt").samples["compression_ratio"]
+    assert (ratio.min, ratio.max) == (0.4, 0.9)
+    assert ratio.avg == pytest.approx(0.6)
+
+
+def test_combined_kinds_add_their_counts_and_pool_their_windows(store):
+    store.record("athena.embed", ok=True, latency_ms=10.0, prompt_tokens=3, at=100.0)
+    store.record("athena.embed_batch", ok=True, latency_ms=30.0, prompt_tokens=9, at=102.0)
+    store.record("athena.embed_batch", ok=False, latency_ms=1.0, at=104.0)
+    both = store.combined("embedding", ["athena.embed", "athena.embed_batch"])
+    assert (both.kind, both.count, both.success, both.failures, both.prompt_tokens) == ("embedding", 3, 2, 1, 12)
+    assert (both.latency_ms.min, both.latency_ms.max) == (10.0, 30.0)
+    assert both.rate_per_s == pytest.approx(0.5)
+
+
+def test_reset_of_some_kinds_keeps_the_others(store):
+    store.record("athena.embed", ok=True, latency_ms=1.0, samples={"dimension": 384})
+    store.record("athena.reason", ok=True, latency_ms=1.0)
+    store.reset(["athena.embed"])
+    assert store.kinds() == ["athena.reason"]
+    assert store.stats("athena.embed").count == 0 and store.stats("athena.embed").samples == {}

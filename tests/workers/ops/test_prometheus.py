@@ -23,7 +23,7 @@ def scrape(store: MetricsStore, depths: dict[str, int]) -> dict[str, dict]:
 def test_latency_histogram_counts_every_successful_call_in_its_bucket():
     store = MetricsStore(fakeredis.FakeRedis())
     for ms in (3, 20, 20, 700, 400_000):
-        store.record("athena.embed", ok=True, latency_ms=ms, tokens=5, tokens_per_second=100.0)
+        store.record("athena.embed", ok=True, latency_ms=ms, prompt_tokens=5, tokens_per_second=100.0)
     store.record("athena.embed", ok=False, latency_ms=1)
     out = scrape(store, {})
     buckets = out["athena_task_latency_seconds_bucket"]

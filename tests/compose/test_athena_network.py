@@ -1,0 +1,84 @@
+"""Athena, in a compose project of its own, reaches the inference stack's Redis
+over a network with a fixed name; an Athena on the host, over a loopback port."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose"
+NETWORK = "athena-inference"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((COMPOSE / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    return load("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def athena() -> dict:
+    return load("athena.example.yml")
+
+
+def network_key(project: dict) -> str:
+    """The project's own key for the athena-inference network."""
+    [key] = [key for key, network in project["networks"].items() if (network or {}).get("name") == NETWORK]
+    return key
+
+
+def test_the_stack_declares_the_network_by_its_fixed_name_and_every_service_joins_it(stack):
+    key = network_key(stack)
+    assert not stack["networks"][key].get("external")
+    for name, service in stack["services"].items():
+        assert key in service["networks"], name
+
+
+def test_athenas_example_joins_the_same_network_as_external_from_its_athena_service(athena):
+    key = network_key(athena)
+    assert athena["networks"][key]["external"] is True
+    assert key in athena["services"]["athena"]["networks"]
+
+
+def test_athenas_database_stays_on_athenas_own_network(athena):
+    postgres = athena["services"]["postgres"]
+    assert network_key(athena) not in postgres["networks"]
+    assert set(postgres["networks"]) <= set(athena["services"]["athena"]["networks"])
+
+
+def test_athenas_broker_host_is_the_stacks_redis_service(stack, athena):
+    url = urlsplit(re.sub(r"\$\{[^}]*\}", "password", athena["services"]["athena"]["environment"]["ATHENA_BROKER_URL"]))
+    assert url.scheme == "redis"
+    assert url.hostname in stack["services"]
+    assert stack["services"][url.hostname]["image"].startswith("redis:")
+    assert url.port == 6379
+
+
+def test_athenas_example_uses_the_stacks_broker_result_backend_and_dimension(stack, athena):
+    ours = stack["services"]["embeddings-worker"]["environment"]
+    theirs = athena["services"]["athena"]["environment"]
+    assert theirs["ATHENA_BROKER_URL"] == ours["ATHENA_BROKER_URL"]
+    assert theirs["ATHENA_RESULT_BACKEND"] == theirs["ATHENA_METRICS_URL"] == ours["ATHENA_RESULT_BACKEND"]
+    assert theirs["LLAMACPP_EMBEDDING_DIM"] == ours["LLAMACPP_EMBEDDING_DIM"] == "768"
+
+
+def test_the_stack_publishes_no_redis_port(stack):
+    assert "ports" not in stack["services"]["redis"]
+
+
+def test_the_host_override_publishes_redis_on_loopback_only():
+    override = load("docker-compose.host-redis.yml")
+    assert override["services"].keys() == {"redis"}
+    assert override["services"]["redis"].keys() == {"ports"}
+    [published] = override["services"]["redis"]["ports"]
+    ip, host_port, container_port = re.fullmatch(r"([^:]+):(\$\{[^}]*\}|\d+):(\d+)", published).groups()
+    assert ip == "127.0.0.1"
+    assert host_port == "${REDIS_HOST_PORT:-6380}"
+    assert container_port == "6379"
