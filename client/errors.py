@@ -23,6 +23,8 @@ Every class takes one message string, so Celery can carry it through a JSON
 result backend and rebuild it on the caller's side.
 """
 
+from typing import Optional
+
 
 class AthenaError(RuntimeError):
     """Base of every error raised by Athena's inference back end."""
@@ -35,11 +37,13 @@ class InvalidInput(AthenaError):
 class InputTooLong(InvalidInput):
     """A text has more tokens than the server can take in one batch."""
 
-    def __init__(self, message: str, positions: tuple[int, ...] = ()) -> None:
-        # Only the message travels through Celery; `positions` serves the worker
-        # that raised it, to fail those texts alone.
+    def __init__(self, message: str, positions: tuple[int, ...] = (), limit: Optional[int] = None) -> None:
+        # Only the message travels through Celery; `positions` and `limit` (the
+        # server's tokens per input, when it said) serve the worker that raised
+        # it, to fail or cut those texts alone.
         super().__init__(message)
         self.positions = tuple(positions)
+        self.limit = limit
 
 
 class ServerUnavailable(AthenaError):

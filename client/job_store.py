@@ -22,7 +22,7 @@ from athena_client.jobs import ItemError, JobCounts, JobState, JobStatus, Reembe
 
 PREFIX = "athena:job:"
 INDEX = "athena:jobs"
-_COUNTS = ("total", "completed", "failed", "skipped")
+_COUNTS = ("total", "completed", "failed", "skipped", "chunked", "truncated")
 
 
 def _now() -> str:
@@ -114,11 +114,15 @@ class JobStore:
         completed: int = 0,
         failed: Sequence[ItemError] = (),
         skipped: int = 0,
+        chunked: int = 0,
+        truncated: int = 0,
     ) -> None:
         """Count one contiguous stretch of rows as dealt with, up to `cursor`."""
         pipe = self.redis.pipeline(transaction=True)
         key = self._key(job_id)
         pipe.hincrby(key, "completed", completed)
+        pipe.hincrby(key, "chunked", chunked)
+        pipe.hincrby(key, "truncated", truncated)
         pipe.hincrby(key, "failed", len(failed))
         pipe.hincrby(key, "skipped", skipped)
         pipe.hset(key, "cursor", cursor)

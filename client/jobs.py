@@ -8,13 +8,15 @@ the CLI, Athena and Flower all see the same counts.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal, Optional, Union
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from athena_client.payloads import TaskTiming
+from athena_client.payloads import LongTextPolicy, TaskTiming, VectorNote
 
 # A SQL identifier we are willing to quote into DDL: plain lower-case names only.
 SqlName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
@@ -28,10 +30,12 @@ class _Spec(BaseModel):
 class JsonlSource(_Spec):
     """A JSONL file of memories, one object per line, re-embedded into `output`.
 
-    `output` ending in `.npy` gets a float32 matrix plus `<output>.ids.jsonl`
-    (one `{"id", "model", "content_sha256"}` per matrix row); anything else gets
-    JSONL lines `{"id", "model", "content_sha256", "embedding"}`. Work done so far
-    is kept in `<output>.state.sqlite`, which lets a re-run skip unchanged texts.
+    `output` ending in `.npy` (say `vectors.npy`) gets a float32 matrix plus
+    `vectors.ids.jsonl` (one `{"id", "model", "content_sha256"}` per matrix
+    row, and `"note"` for a truncated or chunked vector), published together
+    under `vectors.npy.manifest.json`; anything else gets JSONL lines
+    `{"id", "model", "content_sha256", "embedding"}`. Work done so far is kept
+    in `<output>.state.sqlite`, which lets a re-run skip unchanged texts.
     """
 
     kind: Literal["jsonl"] = "jsonl"
@@ -50,24 +54,67 @@ class JsonlSource(_Spec):
 class PostgresSource(_Spec):
     """A table shaped like Athena's `memory_vectors` (`id BIGSERIAL`, `content TEXT`, `embedding`).
 
-    With `target_column` unset, vectors are written in place into
-    `embedding_column`; naming a new column re-embeds into it (a model
-    migration), created as `vector(n)` with pgvector or `real[]` without. Two
-    bookkeeping columns, `<target>_model` and `<target>_content_sha256`, are
-    added next to it.
+    Where the new vectors go:
+
+    - by default, a side table the job creates (`side_table`, or
+      `<table>__<model>`), holding the row id, the vector, the model id, the
+      text's hash and how the vector was made; the user's table is not altered,
+      and `athena-inference reembed switch` later swaps the vectors in;
+    - with `target_column`, a new column of the user's table (created as
+      `vector(n)` with pgvector, `real[]` without), with the bookkeeping in
+      `<target>_model`, `<target>_content_sha256` and `<target>_note` beside it;
+    - with `in_place`, the column search reads (`embedding_column`): only when
+      the model's dimension equals every existing vector's, with the
+      bookkeeping in the side table.
+
+    The connection is `connection`, a name the process running the job
+    resolves from its own environment (`ATHENA_POSTGRES_<NAME>`), or a `dsn`
+    without a password (libpq reads PGPASSWORD or ~/.pgpass): a job's request
+    is kept in Redis, so it never holds a password. `where` limits the job to
+    rows whose columns equal the values given (sent as bound parameters).
     """
 
     kind: Literal["postgres"] = "postgres"
-    dsn: str
+    connection: Optional[SqlName] = None
+    dsn: Optional[str] = None
     table: SqlName = "memory_vectors"
     id_column: SqlName = "id"
     content_column: SqlName = "content"
     embedding_column: SqlName = "embedding"
     target_column: Optional[SqlName] = None
+    in_place: bool = False
+    side_table: Optional[SqlName] = None
+    where: dict[SqlName, Union[StrictBool, StrictInt, StrictStr]] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "PostgresSource":
+        if (self.connection is None) == (self.dsn is None):
+            raise ValueError("give a connection name or a dsn, not both and not neither")
+        if self.dsn is not None and dsn_has_password(self.dsn):
+            raise ValueError(
+                "the dsn holds a password, which would be stored with the job in Redis; put the DSN in "
+                "ATHENA_POSTGRES_<NAME> on the process that runs the job and pass connection=<name> "
+                "(--connection NAME), or leave the password to PGPASSWORD or ~/.pgpass"
+            )
+        if self.in_place and self.target_column is not None:
+            raise ValueError("in_place writes into embedding_column; target_column writes into a new column: choose one")
+        if self.target_column is not None and self.target_column == self.embedding_column:
+            raise ValueError(f"target_column is the column search reads ({self.embedding_column}); to write there, use in_place")
+        return self
 
     @property
-    def column(self) -> str:
-        return self.target_column or self.embedding_column
+    def mode(self) -> Literal["side_table", "column", "in_place"]:
+        if self.in_place:
+            return "in_place"
+        return "column" if self.target_column is not None else "side_table"
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether a libpq connection string (URL or key=value form) carries a password."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        return bool(parts.password) or "password" in {k.lower() for k, _ in parse_qsl(parts.query)}
+    return re.search(r"(^|\s)password\s*=", dsn, re.IGNORECASE) is not None
 
 
 StoreSpec = Annotated[Union[JsonlSource, PostgresSource], Field(discriminator="kind")]
@@ -82,6 +129,9 @@ class ReembedRequest(_Spec):
     batch_texts: int = Field(256, ge=1, le=MAX_BULK_TEXTS)
     # Batches in flight at once; also the most the bulk queue may hold before the runner waits.
     window: int = Field(4, ge=1, le=64)
+    # A memory with no vector is invisible to search, so a job embeds an
+    # over-long text in windows by default (see LongTextPolicy).
+    long_text: LongTextPolicy = "chunk"
 
 
 class ReembedJobRef(BaseModel):
@@ -117,6 +167,9 @@ class JobCounts(BaseModel):
     completed: int = 0
     failed: int = 0
     skipped: int = 0
+    # Of `completed`: vectors made from windows of an over-long text, or from its first window only.
+    chunked: int = 0
+    truncated: int = 0
 
     @property
     def done(self) -> int:
@@ -149,6 +202,7 @@ class EmbedBulkRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     texts: list[str] = Field(min_length=1, max_length=MAX_BULK_TEXTS)
+    long_text: LongTextPolicy = "fail"
 
 
 class EmbedBulkResult(BaseModel):
@@ -158,6 +212,8 @@ class EmbedBulkResult(BaseModel):
     timing: TaskTiming
     embeddings: list[Optional[list[float]]]
     errors: list[Optional[ItemError]]
+    # notes[i] says how vector i was made when not from the whole text; empty when every one was.
+    notes: list[Optional[VectorNote]] = []
     dimension: int
     model: str
 

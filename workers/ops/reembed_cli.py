@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Optional
 
@@ -47,9 +48,10 @@ class ProgressBar:
 
 def _summary(state: JobState, jobs: JobStore) -> int:
     counts = state.counts
+    made = [f"{n} {what}" for n, what in ((counts.chunked, "chunked"), (counts.truncated, "truncated")) if n]
     click.echo(
-        f"job {state.job_id}: {state.status.value}; {counts.completed} embedded, {counts.skipped} skipped, "
-        f"{counts.failed} failed of {counts.total} (model {state.model})"
+        f"job {state.job_id}: {state.status.value}; {counts.completed} embedded{' (' + ', '.join(made) + ')' if made else ''}, "
+        f"{counts.skipped} skipped, {counts.failed} failed of {counts.total} (model {state.model})"
     )
     for error in jobs.errors(state.job_id, 0, 9):
         click.echo(f"  {error.id}: {error.error}: {error.message}")
@@ -99,14 +101,31 @@ def reembed() -> None:
     """Re-embed a JSONL file or a PostgreSQL table; resumable jobs (docs/reembedding.md)."""
 
 
+def _where(pairs: tuple[str, ...]) -> dict[str, object]:
+    """`column=value` filters; a value of digits is an integer, true/false a boolean, anything else text."""
+    filters: dict[str, object] = {}
+    for pair in pairs:
+        column, sep, value = pair.partition("=")
+        if not sep or not column:
+            raise click.BadParameter(f"{pair!r} is not column=value", param_hint="--where")
+        filters[column.strip()] = int(value) if re.fullmatch(r"-?\d+", value) else {"true": True, "false": False}.get(value, value)
+    return filters
+
+
 @reembed.command()
 @click.option("--jsonl", metavar="PATH", help="JSONL source, one memory per line.")
-@click.option("--postgres", metavar="DSN", help="PostgreSQL connection string, e.g. postgresql://user@host/db.")
+@click.option("--postgres", metavar="DSN", help="PostgreSQL connection string without a password, e.g. postgresql://user@host/db.")
+@click.option("--connection", metavar="NAME", help="PostgreSQL connection named by ATHENA_POSTGRES_<NAME> where the job runs.")
 @click.option("--output", help="JSONL source only: output .jsonl or .npy.")
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--text-field", default="content", show_default=True)
 @click.option("--table", default="memory_vectors", show_default=True)
-@click.option("--target-column", help="PostgreSQL only: write into this new column instead of in place.")
+@click.option("--side-table", help="PostgreSQL: the side table for the new vectors (default <table>__<model>).")
+@click.option("--target-column", help="PostgreSQL: write into this new column of the table instead of a side table.")
+@click.option("--in-place", is_flag=True, help="PostgreSQL: write into the column search reads (same dimension only).")
+@click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE", help="PostgreSQL: only rows where the column equals the value (repeatable).")
+@click.option("--long-text", type=click.Choice(["chunk", "truncate", "fail"]), default=DEFAULTS["long_text"].default, show_default=True,
+              help="Texts over the model's input limit: mean of their windows, first window only, or an item error.")
 @click.option("--expected-model", help="Refuse to write if the bulk lane serves another model.")
 @click.option("--batch-tokens", type=int, default=DEFAULTS["batch_tokens"].default, show_default=True)
 @click.option("--batch-texts", type=int, default=DEFAULTS["batch_texts"].default, show_default=True)
@@ -116,11 +135,16 @@ def reembed() -> None:
 def start(
     jsonl: Optional[str],
     postgres: Optional[str],
+    connection: Optional[str],
     output: Optional[str],
     id_field: str,
     text_field: str,
     table: str,
+    side_table: Optional[str],
     target_column: Optional[str],
+    in_place: bool,
+    where: tuple[str, ...],
+    long_text: str,
     expected_model: Optional[str],
     batch_tokens: int,
     batch_texts: int,
@@ -129,15 +153,20 @@ def start(
     no_watch: bool,
 ) -> int:
     """Create a job and run it here with a progress bar (or --queue it)."""
-    if bool(jsonl) == bool(postgres):
-        raise click.UsageError("give exactly one of --jsonl PATH or --postgres DSN")
+    if sum(map(bool, (jsonl, postgres, connection))) != 1:
+        raise click.UsageError("give exactly one of --jsonl PATH, --postgres DSN or --connection NAME")
     if jsonl:
         if not output:
             raise InvalidInput("--jsonl needs --output (a .jsonl or .npy path)")
         source = {"kind": "jsonl", "path": jsonl, "output": output, "id_field": id_field, "text_field": text_field}
     else:
-        source = {"kind": "postgres", "dsn": postgres, "table": table, "target_column": target_column}
-    options = dict(expected_model=expected_model, batch_tokens=batch_tokens, batch_texts=batch_texts, window=window)
+        source = {
+            "kind": "postgres", "dsn": postgres, "connection": connection, "table": table, "side_table": side_table,
+            "target_column": target_column, "in_place": in_place, "where": _where(where),
+        }
+    options = dict(
+        expected_model=expected_model, batch_tokens=batch_tokens, batch_texts=batch_texts, window=window, long_text=long_text,
+    )
     request = parse(ReembedRequest, {"source": source, **options})
     jobs = _jobs()
     if queued:
@@ -190,6 +219,33 @@ def status(job_id: str, errors: bool) -> int:
     if errors:
         for error in jobs.errors(job_id):
             click.echo(error.model_dump_json())
+    return 0
+
+
+@reembed.command(name="switch")
+@click.argument("job_id")
+@click.option("--undo", is_flag=True, help="Put the old vectors back (one transaction).")
+@click.option("--yes", is_flag=True, help="Switch without asking, after printing the counts.")
+@click.option("--allow-null", is_flag=True, help="Switch even if rows would be left with no vector (NULL, invisible to search).")
+def switch_job(job_id: str, undo: bool, yes: bool, allow_null: bool) -> int:
+    """Swap a completed PostgreSQL job's new vectors in for the old ones, in one transaction (docs/reembedding.md)."""
+    from athena_inference.workers.reembedding.switch import Switch, connect
+
+    state = _jobs().get(job_id)
+    with connect(state) as conn:
+        switch = Switch(state, conn)
+        if undo:
+            report = switch.undo()
+            click.echo(f"undone: {report.table}.{report.column} holds the old vectors again; the new ones are parked")
+            return 0
+        report = switch.plan()
+        click.echo("\n".join(report.lines()))
+        if not yes and not click.confirm("switch now?", default=False):
+            click.echo("nothing changed")
+            return 1
+        report = switch.switch(allow_null=allow_null)
+    click.echo(f"switched: {report.table}.{report.column} now holds {state.model} vectors; the old ones are in {report.old_column} "
+               f"(undo: athena-inference reembed switch {job_id} --undo; drop them: ALTER TABLE {report.table} DROP COLUMN {report.old_column})")
     return 0
 
 

@@ -9,6 +9,7 @@ from kombu import Connection
 
 from athena_client.errors import JobError
 from athena_client.jobs import EmbedBulkRequest, EmbedBulkResult
+from athena_client.payloads import LongTextPolicy
 from athena_client.routes import Queue, TaskName
 from athena_client.transport import TaskTransport
 from athena_inference.workers.broker import queue_depth
@@ -32,12 +33,14 @@ class EmbeddingLane(Protocol):
 
 
 class CeleryLane:
-    def __init__(self, transport: TaskTransport) -> None:
+    def __init__(self, transport: TaskTransport, *, long_text: LongTextPolicy = "fail") -> None:
         self.transport = transport
+        # The job's policy for texts over the model's input limit.
+        self.long_text = long_text
         self._connection: Optional[Connection] = None
 
     def submit(self, texts: Sequence[str]) -> str:
-        return self.transport.submit(TaskName.EMBED_BULK, EmbedBulkRequest(texts=list(texts)))
+        return self.transport.submit(TaskName.EMBED_BULK, EmbedBulkRequest(texts=list(texts), long_text=self.long_text))
 
     def collect(self, handle: str, timeout: float) -> EmbedBulkResult:
         # The jobs worker waits on another queue's tasks by design (see tasks/jobs.py).

@@ -95,7 +95,7 @@ class ReembedRunner:
         # Texts sent and not yet back, and rows of later batches waiting on them.
         self._in_flight: Counter[str] = Counter()
         self._waiting: Counter[str] = Counter()
-        self._recent: dict[str, Union[list[float], ItemError]] = {}
+        self._recent: dict[str, tuple[Union[list[float], ItemError], Optional[str]]] = {}
 
     # --- the job ---
 
@@ -255,22 +255,28 @@ class ReembedRunner:
 
     def _finish(self, batch: Batch) -> None:
         vectors: dict[str, Union[list[float], ItemError]] = dict(batch.cached)
+        notes: dict[str, str] = {}
         if batch.handle is not None:
             result = self._collect(batch)
             if result.model and result.model != self.model:
                 raise JobError(f"the bulk lane switched from {self.model!r} to {result.model!r} during the job; resume it to start over")
             for sha, vector, error in zip(batch.hashes, result.embeddings, result.errors, strict=True):
                 vectors[sha] = vector if vector is not None else error
+            notes = {sha: note for sha, note in zip(batch.hashes, result.notes) if note}
             for sha in batch.hashes:
                 self._in_flight[sha] -= 1
                 if not self._in_flight[sha]:
                     del self._in_flight[sha]
-            self.cache.put_many(self.model, {sha: v for sha, v in vectors.items() if isinstance(v, list) and sha not in batch.cached})
+            # A truncated or chunked vector is not cached: the cache keeps no note, and such texts are rare.
+            fresh = {sha: v for sha, v in vectors.items() if isinstance(v, list) and sha not in batch.cached and sha not in notes}
+            self.cache.put_many(self.model, fresh)
             for sha in batch.hashes:
                 if self._waiting[sha]:
-                    self._recent[sha] = vectors[sha]
+                    self._recent[sha] = (vectors[sha], notes.get(sha))
         for row in batch.deferred:
-            vectors[row.content_sha256] = self._recent[row.content_sha256]
+            vectors[row.content_sha256], note = self._recent[row.content_sha256]
+            if note:
+                notes[row.content_sha256] = note
             self._waiting[row.content_sha256] -= 1
             if not self._waiting[row.content_sha256]:
                 del self._waiting[row.content_sha256], self._recent[row.content_sha256]
@@ -279,7 +285,7 @@ class ReembedRunner:
         for row in [*batch.rows, *batch.deferred]:
             outcome = vectors[row.content_sha256]
             if isinstance(outcome, list):
-                done.append((row, outcome))
+                done.append((row.model_copy(update={"note": notes.get(row.content_sha256)}), outcome))
             else:
                 failed.append((row, outcome.model_copy(update={"id": row.id})))
         changed = self.store.write(self.model, done, [row for row, _ in failed])
@@ -287,12 +293,19 @@ class ReembedRunner:
             (row, ItemError(id=row.id, error="ContentChanged", message="the text changed while the job ran; run the job again to embed the new text"))
             for row in changed
         ]
+        # What became of a failed row's vector (in place: kept, or cleared) is part of its error.
+        after = getattr(self.store, "failure_note", None)
+        errors = [error.model_copy(update={"message": f"{error.message}; {after}"}) if after else error for _, error in failed]
+        kept = {row.id for row in changed}
+        written_notes = [row.note for row, _ in done if row.note and row.id not in kept]
         self.jobs.checkpoint(
             self.job_id,
             cursor=batch.last_position,
             completed=len(done) - len(changed),
-            failed=[error for _, error in failed],
+            failed=errors,
             skipped=batch.skipped,
+            chunked=written_notes.count("chunked"),
+            truncated=written_notes.count("truncated"),
         )
         self._report()
 
@@ -329,7 +342,10 @@ def build_runner(job_id: str, settings: Settings, on_progress: Callable[[Progres
         jobs=jobs,
         leases=JobLeases(client),
         store=open_store(state.request.source),
-        lane=CeleryLane(TaskTransport.connect(settings.broker_url, settings.result_backend, timeout=settings.job_batch_timeout_s)),
+        lane=CeleryLane(
+            TaskTransport.connect(settings.broker_url, settings.result_backend, timeout=settings.job_batch_timeout_s),
+            long_text=state.request.long_text,
+        ),
         cache=EmbeddingCache(client, settings.embedding_cache_ttl_s),
         lease_s=settings.job_lease_s,
         batch_timeout_s=settings.job_batch_timeout_s,

@@ -15,44 +15,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from athena_client.client import AthenaClient
-from athena_client.job_store import JobStore
 from athena_client.jobs import JobState, JobStatus, JsonlSource, PostgresSource, ReembedRequest
 from athena_inference.workers.reembedding.stores import content_sha256
-from tests.harness import CLI, Stack, local_stack_env, redis_port, wait_for
+from athena_inference.workers.reembedding.stores.postgres import side_table_name
+from tests.harness import CLI, Stack, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def lane(provisioned, tmp_path_factory):
-    """Redis, the bulk embedding server and its worker, and a jobs worker: a stack of
-    its own, because these tests kill workers."""
-    env = local_stack_env(
-        LLAMACPP_N_THREADS="1",
-        ATHENA_JOB_LEASE_S="3",
-        ATHENA_JOB_BATCH_TIMEOUT_S="8",
-        ATHENA_RETRY_ATTEMPTS="3",
-        ATHENA_RETRY_BACKOFF_S="0.2",
-    )
-    stack = Stack(tmp_path_factory.mktemp("reembed-logs"), env)
-    try:
-        stack.redis(redis_port(env))
-        stack.llama("embeddings-bulk", env["ATHENA_EMBEDDINGS_BULK_URL"])
-        stack.worker("embeddings_bulk", "w1")
-        stack.worker("jobs", "w1")
-        client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-        wait_for(
-            lambda: {"embeddings_bulk@w1", "jobs@w1"} <= {n for r in client.app.control.ping(timeout=1.0) for n in r},
-            "bulk and jobs workers",
-            60,
-        )
-        stack.client = client
-        stack.jobs = JobStore.from_url(env["ATHENA_RESULT_BACKEND"])
-        yield stack
-        client.close()
-    finally:
-        stack.stop_all()
 
 
 def direct_vectors(lane: Stack, texts: list[str]) -> np.ndarray:
@@ -92,15 +60,23 @@ def wait_terminal(lane: Stack, job_id: str, timeout: float = 300) -> JobState:
     return lane.jobs.get(job_id)
 
 
-def assert_table_matches_direct(lane: Stack, dsn: str, table: str, model: str, column: str = "embedding") -> None:
+def assert_table_matches_direct(lane: Stack, dsn: str, table: str, model: str) -> None:
+    """Every row has the model's vector for its current text, in the job's side table (the default)."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            f"SELECT content, {column}, {column}_model, {column}_content_sha256 FROM {table} ORDER BY id"
+            f"SELECT t.content, s.embedding, s.model, s.content_sha256 FROM {table} t "
+            f"JOIN {side_table_name(table, model)} s ON s.row_id = t.id ORDER BY t.id"
         ).fetchall()
+    assert len(rows) == len(fetch_ids(dsn, table))
     assert {row[2] for row in rows} == {model}
     assert all(row[3] == content_sha256(row[0]) for row in rows)
     got = np.array([row[1] for row in rows], dtype=np.float32)
     np.testing.assert_allclose(got, direct_vectors(lane, [row[0] for row in rows]), atol=2e-4)
+
+
+def fetch_ids(dsn: str, table: str) -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        return [row[0] for row in conn.execute(f"SELECT id FROM {table} ORDER BY id")]
 
 
 def cli(lane: Stack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -154,7 +130,7 @@ def test_bad_rows_are_reported_and_the_rest_embedded_through_the_real_server(lan
     ]
     source = tmp_path / "memories.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    done = cli(lane, "start", "--jsonl", str(source), "--output", str(tmp_path / "out.jsonl"))
+    done = cli(lane, "start", "--jsonl", str(source), "--output", str(tmp_path / "out.jsonl"), "--long-text", "fail")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 embedded, 0 skipped, 2 failed of 5" in done.stdout
     assert "2: InvalidInput: text is empty" in done.stdout

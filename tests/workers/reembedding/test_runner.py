@@ -102,7 +102,7 @@ def test_every_row_gets_its_vector_in_source_order(tmp_path, redis_client):
     jobs, job_id, runner = run_job(tmp_path, redis_client, InProcessLane())
     state = runner.run()
     assert state.status is JobStatus.COMPLETED
-    assert state.counts.model_dump() == {"total": 23, "completed": 23, "failed": 0, "skipped": 0}
+    assert state.counts.model_dump() == {"total": 23, "completed": 23, "failed": 0, "skipped": 0, "chunked": 0, "truncated": 0}
     matrix, ids = read_npy(tmp_path)
     assert [entry["id"] for entry in ids] == list(range(23))
     assert {entry["model"] for entry in ids} == {MODEL}
@@ -225,3 +225,26 @@ def test_a_job_cancelled_while_queued_does_not_run_until_resumed(tmp_path, redis
     again = ReembedRunner(job_id, jobs=jobs, leases=JobLeases(redis_client), store=JsonlStore(spec), lane=lane, cache=EmbeddingCache(redis_client, 0))
     assert again.run().status is JobStatus.COMPLETED
     assert lane.embedded == ["one"]
+
+
+class ChunkingLane(InProcessLane):
+    """Embeds a long text as the bulk task does with long_text="chunk": a vector, noted "chunked"."""
+
+    def collect(self, handle, timeout):
+        texts = self.batches[handle]
+        result = super().collect(handle, timeout)
+        vectors = [vector_of(text) if len(text) > 200 else v for text, v in zip(texts, result.embeddings)]
+        return result.model_copy(update={
+            "embeddings": vectors,
+            "errors": [None] * len(texts),
+            "notes": ["chunked" if len(text) > 200 else None for text in texts],
+        })
+
+
+def test_a_chunked_vector_is_written_with_its_note_and_counted(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": 1, "content": "short"}, {"id": 2, "content": "long " * 100}])
+    jobs, job_id, runner = run_job(tmp_path, redis_client, ChunkingLane())
+    state = runner.run()
+    assert (state.counts.completed, state.counts.chunked, state.counts.failed) == (2, 1, 0)
+    _, ids = read_npy(tmp_path)
+    assert [entry.get("note") for entry in ids] == [None, "chunked"]

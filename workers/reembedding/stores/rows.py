@@ -23,6 +23,8 @@ class StoreRow(BaseModel):
     up_to_date: bool = False
     # Why this row cannot be embedded at all (a malformed line, a NULL text).
     problem: Optional[str] = None
+    # How its new vector was made when not from the whole text ("truncated", "chunked").
+    note: Optional[str] = None
 
 
 class MemoryStore(Protocol):
