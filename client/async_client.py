@@ -1,14 +1,20 @@
 """`AsyncAthenaClient`: every method of `AthenaClient`, awaitable.
 
 Celery's client is blocking, so each call runs the sync client's method in a
-worker thread (`asyncio.to_thread`); the event loop is never blocked on the
-broker or on a result.
+thread of the clients' own pool (`in_client_thread`); the event loop is never
+blocked on the broker or on a result. The pool is not asyncio's default (which
+has min(32, CPUs + 4) threads, 6 on a 2-core machine), so that `asyncio.gather`
+of many embeds has them all in flight at once, where the embeddings worker can
+send them to the server together.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional, Sequence
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from pydantic import BaseModel
 
@@ -21,6 +27,22 @@ from athena_client.payloads import CompressionResult, EmbeddingResult, Reasoning
 from athena_client.routes import TaskName
 
 
+T = TypeVar("T")
+# Calls the async clients of a process keep in flight at once; more wait for a thread.
+MAX_CALLS_IN_FLIGHT = 64
+_threads: Optional[ThreadPoolExecutor] = None
+_threads_made = threading.Lock()
+
+
+async def in_client_thread(method: Callable[..., T], *args: Any) -> T:
+    """`method(*args)`, a blocking client call, awaited from a thread of the clients' pool."""
+    global _threads
+    with _threads_made:
+        if _threads is None:
+            _threads = ThreadPoolExecutor(max_workers=MAX_CALLS_IN_FLIGHT, thread_name_prefix="athena-client")
+    return await asyncio.get_running_loop().run_in_executor(_threads, method, *args)
+
+
 class AsyncAthenaClient:
     def __init__(
         self,
@@ -30,6 +52,10 @@ class AsyncAthenaClient:
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.sync = AthenaClient(broker_url, result_backend, timeout=timeout)
+
+    @staticmethod
+    async def _call(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await in_client_thread(functools.partial(method, *args, **kwargs))
 
     @property
     def timeout(self) -> float:
@@ -42,21 +68,21 @@ class AsyncAthenaClient:
     # --- fire and forget, fetch later ---
 
     async def submit(self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None) -> str:
-        return await asyncio.to_thread(self.sync.submit, task, request, queue=queue)
+        return await self._call(self.sync.submit, task, request, queue=queue)
 
-    async def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None) -> Any:
-        return await asyncio.to_thread(self.sync.result, task, task_id, timeout)
+    async def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, keep: bool = False) -> Any:
+        return await self._call(self.sync.result, task, task_id, timeout, keep=keep)
 
     async def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
-        return await asyncio.to_thread(self.sync.call, task, request, timeout)
+        return await self._call(self.sync.call, task, request, timeout)
 
     # --- Athena's methods ---
 
     async def embed(self, text: str) -> EmbeddingResult:
-        return await asyncio.to_thread(self.sync.embed, text)
+        return await self._call(self.sync.embed, text)
 
     async def embed_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[EmbeddingResult]:
-        return await asyncio.to_thread(self.sync.embed_batch, texts, batch_size)
+        return await self._call(self.sync.embed_batch, texts, batch_size)
 
     async def reason(
         self,
@@ -69,51 +95,51 @@ class AsyncAthenaClient:
         json_schema: Optional[dict[str, Any]] = None,
         grammar: Optional[str] = None,
     ) -> ReasoningResult:
-        return await asyncio.to_thread(self.sync.reason, prompt, system, max_tokens, temperature, top_p, stop, json_schema, grammar)
+        return await self._call(self.sync.reason, prompt, system, max_tokens, temperature, top_p, stop, json_schema, grammar)
 
     async def compress_prompt(
         self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = ""
     ) -> CompressionResult:
-        return await asyncio.to_thread(self.sync.compress_prompt, context, instruction, compression_ratio, question)
+        return await self._call(self.sync.compress_prompt, context, instruction, compression_ratio, question)
 
     async def consolidate(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> list[Pattern]:
-        return await asyncio.to_thread(self.sync.consolidate, events, **options)
+        return await self._call(self.sync.consolidate, events, **options)
 
     async def consolidation(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> ConsolidationResult:
-        return await asyncio.to_thread(self.sync.consolidation, events, **options)
+        return await self._call(self.sync.consolidation, events, **options)
 
     async def consolidate_with_reasoning(
         self, events_text: str, task_description: str = DEFAULT_TASK_DESCRIPTION
     ) -> ReasoningResult:
-        return await asyncio.to_thread(self.sync.consolidate_with_reasoning, events_text, task_description)
+        return await self._call(self.sync.consolidate_with_reasoning, events_text, task_description)
 
     # --- re-embedding jobs ---
 
     async def reembed(self, source: JsonlSource | PostgresSource | dict, **options: Any) -> str:
-        return await asyncio.to_thread(self.sync.reembed, source, **options)
+        return await self._call(self.sync.reembed, source, **options)
 
     async def resume_job(self, job_id: str) -> str:
-        return await asyncio.to_thread(self.sync.resume_job, job_id)
+        return await self._call(self.sync.resume_job, job_id)
 
     async def job(self, job_id: str) -> JobState:
-        return await asyncio.to_thread(self.sync.job, job_id)
+        return await self._call(self.sync.job, job_id)
 
     async def job_errors(self, job_id: str, start: int = 0, stop: int = -1) -> list[ItemError]:
-        return await asyncio.to_thread(self.sync.job_errors, job_id, start, stop)
+        return await self._call(self.sync.job_errors, job_id, start, stop)
 
     async def cancel_job(self, job_id: str) -> JobState:
-        return await asyncio.to_thread(self.sync.cancel_job, job_id)
+        return await self._call(self.sync.cancel_job, job_id)
 
     # --- health ---
 
     async def health(self, timeout: float = 5.0) -> HealthReport:
-        return await asyncio.to_thread(self.sync.health, timeout)
+        return await self._call(self.sync.health, timeout)
 
     async def check_health(self) -> dict[str, bool]:
-        return await asyncio.to_thread(self.sync.check_health)
+        return await self._call(self.sync.check_health)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.sync.close)
+        await self._call(self.sync.close)
 
     async def __aenter__(self) -> "AsyncAthenaClient":
         return self

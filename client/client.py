@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent, Pattern
 from athena_client.errors import ServerTimeout
 from athena_client.health import HealthReport, QueueHealth, ServerHealth
-from athena_client.job_store import JobStore
+from athena_client.job_store import JobStore, job_ttl_from_env
 from athena_client.jobs import ItemError, JobState, JsonlSource, PostgresSource, ReembedJobRef, ReembedRequest
 from athena_client.payloads import (
     CompressionResult,
@@ -68,9 +68,13 @@ class AthenaClient:
         """Enqueue and return the task id at once."""
         return self.transport.submit(task, request, queue=queue)
 
-    def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None) -> Any:
-        """The typed result of a submitted task; waits up to `timeout` seconds."""
-        return self.transport.result(task, task_id, timeout)
+    def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, keep: bool = False) -> Any:
+        """The typed result of a submitted task; waits up to `timeout` seconds.
+
+        The result is deleted from Redis once read; `keep=True` leaves it there
+        (until ATHENA_RESULT_EXPIRES_S) for another reader.
+        """
+        return self.transport.result(task, task_id, timeout, keep=keep)
 
     def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
         return self.transport.call(task, request, timeout)
@@ -134,7 +138,7 @@ class AthenaClient:
     @property
     def jobs(self) -> JobStore:
         if self._jobs is None:
-            self._jobs = JobStore.from_url(self.result_backend)
+            self._jobs = JobStore.from_url(self.result_backend, ttl_s=job_ttl_from_env())
         return self._jobs
 
     def reembed(self, source: JsonlSource | PostgresSource | dict, **options: Any) -> str:

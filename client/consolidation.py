@@ -13,15 +13,16 @@ import hashlib
 import re
 from datetime import datetime
 from difflib import SequenceMatcher
-from typing import Any, Callable, Iterable, Literal, Optional, TypeVar
+from typing import Annotated, Any, Callable, Iterable, Literal, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from athena_client.payloads import NonBlankText, TaskTiming
+from athena_client.limits import DEFAULT_LIMITS, capped
+from athena_client.payloads import NonBlankText, ShortText, TaskTiming
 
 # A cluster is what a consolidation pass looks at together; more than this is a
 # batch job, not a cluster, and is refused rather than silently cut.
-MAX_EVENTS = 500
+MAX_EVENTS = DEFAULT_LIMITS.events
 PatternType = Literal["pattern", "decision", "workflow", "fact"]
 # The fields of Athena's EpisodicEvent that consolidation does not read. An
 # event carrying any of them is Athena's shape: these are dropped, and any
@@ -49,9 +50,9 @@ class EpisodicEvent(BaseModel):
 
     id: str = Field(min_length=1, max_length=128)
     timestamp: datetime
-    event_type: NonBlankText
-    content: NonBlankText
-    tags: list[str] = Field(default_factory=list, max_length=64)
+    event_type: Annotated[NonBlankText, capped("short_chars")]
+    content: Annotated[NonBlankText, capped("event_chars")]
+    tags: list[ShortText] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="before")
     @classmethod
@@ -82,7 +83,7 @@ def athena_event_fields(event: dict[str, Any]) -> dict[str, Any]:
 
 
 class ConsolidateOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     compress: bool = False
     max_patterns: int = Field(default=5, ge=1, le=20)
@@ -93,7 +94,7 @@ class ConsolidateOptions(BaseModel):
 class ConsolidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    events: list[EpisodicEvent] = Field(min_length=1, max_length=MAX_EVENTS)
+    events: Annotated[list[EpisodicEvent], Field(min_length=1), capped("events")]
     options: ConsolidateOptions = ConsolidateOptions()
 
     @model_validator(mode="after")
@@ -110,14 +111,14 @@ class ConsolidateRequest(BaseModel):
 
 
 class Pattern(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    description: str = Field(min_length=1)
+    description: Annotated[ShortText, Field(min_length=1)]
     type: PatternType
     confidence: float = Field(ge=0.0, le=1.0)
-    tags: list[str] = Field(default_factory=list)
-    evidence: list[str] = Field(default_factory=list)
-    source_events: list[str] = Field(min_length=1)
+    tags: Annotated[list[ShortText], capped("list_items")] = Field(default_factory=list)
+    evidence: Annotated[list[ShortText], capped("list_items")] = Field(default_factory=list)
+    source_events: Annotated[list[ShortText], Field(min_length=1), capped("events")]
     # Filled when the caller asked for embedded patterns.
     embedding: Optional[list[float]] = None
 

@@ -13,6 +13,7 @@
         │   └── JobNotFound         no job has that id
         ├── ConfigurationError      a setting is wrong (named in the message)
         │   └── DimensionMismatch   the embedding server's vectors are not the configured size
+        ├── PoisonMessage           its worker died every time it ran the task; it is not run again
         └── InternalError           a worker failed in a way it has no class for (a bug); names the original
 
 `AthenaError` is a `RuntimeError` because Athena's code already catches
@@ -49,6 +50,11 @@ class InputTooLong(InvalidInput):
 class ServerUnavailable(AthenaError):
     """The model server could not be reached or was still loading, after retries."""
 
+    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+        # `retry_after` (seconds), when known, serves the worker that retries the task.
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class ServerTimeout(AthenaError):
     """The model server did not answer within the configured timeout."""
@@ -80,6 +86,10 @@ class ConfigurationError(AthenaError):
 
 class DimensionMismatch(ConfigurationError):
     """The embedding server returns vectors of another size than LLAMACPP_EMBEDDING_DIM."""
+
+
+class PoisonMessage(AthenaError):
+    """The task was delivered ATHENA_MAX_DELIVERIES times and its worker died each time (memory, a crash)."""
 
 
 class InternalError(AthenaError):

@@ -5,37 +5,60 @@ The client creates, reads and cancels jobs here; the runner
 the job through a lease of its own (`workers/reembedding/lease.py`).
 
 Counts and the cursor move together in one MULTI, so a runner killed at any
-moment leaves a state it (or the next runner) can resume from.
+moment leaves a state it (or the next runner) can resume from. A job that has
+ended (completed, failed, cancelled) keeps its record and errors for `ttl_s`
+(ATHENA_JOB_TTL_S), then Redis drops them; resuming it keeps them again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 
 import redis
 
-from athena_client.errors import JobError, JobNotFound
+from athena_client.errors import ConfigurationError, JobError, JobNotFound
 from athena_client.jobs import ItemError, JobCounts, JobState, JobStatus, ReembedRequest
+from athena_client.redis_connect import redis_client
 
 PREFIX = "athena:job:"
 INDEX = "athena:jobs"
 _COUNTS = ("total", "completed", "failed", "skipped", "chunked", "truncated")
+# A week: long enough to read a finished job's errors and switch its vectors in.
+DEFAULT_JOB_TTL_S = 7 * 86400
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def job_ttl_from_env() -> int:
+    """ATHENA_JOB_TTL_S for a client that has no settings object; the default when unset."""
+    raw = os.environ.get("ATHENA_JOB_TTL_S")
+    if raw is None:
+        return DEFAULT_JOB_TTL_S
+    # As the workers' settings read it: at least a minute (EXPIRE 0 would delete the record at once).
+    if not raw.strip().isdigit() or int(raw) < 60:
+        raise ConfigurationError(f"ATHENA_JOB_TTL_S must be a whole number of seconds, at least 60, not {raw!r}")
+    return int(raw)
+
+
+def lease_key(job_id: str) -> str:
+    """The key of a job's runner lease (`workers/reembedding/lease.py`)."""
+    return PREFIX + job_id + ":lease"
+
+
 class JobStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int = DEFAULT_JOB_TTL_S) -> None:
         self.redis = client
+        self.ttl_s = ttl_s
 
     @classmethod
-    def from_url(cls, url: str) -> "JobStore":
-        return cls(redis.Redis.from_url(url))
+    def from_url(cls, url: str, *, ttl_s: int = DEFAULT_JOB_TTL_S) -> "JobStore":
+        return cls(redis_client(url), ttl_s=ttl_s)
 
     # --- keys ---
 
@@ -85,8 +108,21 @@ class JobStore:
     def job_ids(self, limit: int = 50) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(INDEX, 0, limit - 1)]
 
+    def recent(self, limit: int = 50) -> list[JobState]:
+        """The latest jobs still on record; ids whose record has expired leave the index."""
+        states, gone = [], []
+        for job_id in self.job_ids(limit):
+            try:
+                states.append(self.get(job_id))
+            except JobNotFound:
+                gone.append(job_id)
+        if gone:
+            self.redis.zrem(INDEX, *gone)
+        return states
+
     def start(self, job_id: str, *, runner: str, model: str, dimension: int, total: int) -> None:
-        self.redis.hset(
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
             self._key(job_id),
             mapping={
                 "status": JobStatus.RUNNING.value,
@@ -99,12 +135,33 @@ class JobStore:
                 "cancel_requested": 0,
             },
         )
+        self._keep(pipe, job_id)
+        pipe.execute()
 
     def set_status(self, job_id: str, status: JobStatus, error: str = "") -> None:
         fields: dict[str, str] = {"status": status.value, "error": error}
         if status.terminal:
             fields["finished_at"] = _now()
-        self.redis.hset(self._key(job_id), mapping=fields)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._key(job_id), mapping=fields)
+        if status.terminal:
+            self._expire(pipe, job_id)
+        else:
+            self._keep(pipe, job_id)
+        pipe.execute()
+
+    # --- how long a record stays ---
+
+    def _expire(self, pipe: redis.client.Pipeline, job_id: str) -> None:
+        pipe.expire(self._key(job_id), self.ttl_s)
+        pipe.expire(self._errors_key(job_id), self.ttl_s)
+        # A held lease keeps its own short TTL (LT: only ever shortened), so a
+        # runner that dies now still frees the job for a resume within seconds.
+        pipe.expire(lease_key(job_id), self.ttl_s, lt=True)
+
+    def _keep(self, pipe: redis.client.Pipeline, job_id: str) -> None:
+        pipe.persist(self._key(job_id))
+        pipe.persist(self._errors_key(job_id))
 
     def checkpoint(
         self,
@@ -153,9 +210,12 @@ class JobStore:
         return self.get(job_id)
 
     def clear_cancel(self, job_id: str) -> None:
-        """Let a cancelled job be resumed."""
+        """Let a cancelled job be resumed; a resumed job's record no longer expires."""
         self.get(job_id)
-        self.redis.hset(self._key(job_id), "cancel_requested", 0)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._key(job_id), "cancel_requested", 0)
+        self._keep(pipe, job_id)
+        pipe.execute()
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.redis.hget(self._key(job_id), "cancel_requested") == b"1"

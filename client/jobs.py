@@ -16,11 +16,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from athena_client.payloads import LongTextPolicy, TaskTiming, VectorNote
+from athena_client.limits import DEFAULT_LIMITS, capped
+from athena_client.payloads import LongTextPolicy, ShortText, TaskTiming, VectorNote
 
 # A SQL identifier we are willing to quote into DDL: plain lower-case names only.
 SqlName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
-MAX_BULK_TEXTS = 1024
+MAX_BULK_TEXTS = DEFAULT_LIMITS.bulk_texts
 
 
 class _Spec(BaseModel):
@@ -39,10 +40,10 @@ class JsonlSource(_Spec):
     """
 
     kind: Literal["jsonl"] = "jsonl"
-    path: str
-    output: str
-    id_field: str = "id"
-    text_field: str = "content"
+    path: ShortText
+    output: ShortText
+    id_field: ShortText = "id"
+    text_field: ShortText = "content"
 
     @model_validator(mode="after")
     def _distinct_paths(self) -> "JsonlSource":
@@ -76,7 +77,7 @@ class PostgresSource(_Spec):
 
     kind: Literal["postgres"] = "postgres"
     connection: Optional[SqlName] = None
-    dsn: Optional[str] = None
+    dsn: Optional[ShortText] = None
     table: SqlName = "memory_vectors"
     id_column: SqlName = "id"
     content_column: SqlName = "content"
@@ -84,7 +85,7 @@ class PostgresSource(_Spec):
     target_column: Optional[SqlName] = None
     in_place: bool = False
     side_table: Optional[SqlName] = None
-    where: dict[SqlName, Union[StrictBool, StrictInt, StrictStr]] = Field(default_factory=dict, max_length=16)
+    where: dict[SqlName, Union[StrictBool, StrictInt, Annotated[StrictStr, capped("short_chars")]]] = Field(default_factory=dict, max_length=16)
 
     @model_validator(mode="after")
     def _one_place(self) -> "PostgresSource":
@@ -123,7 +124,7 @@ StoreSpec = Annotated[Union[JsonlSource, PostgresSource], Field(discriminator="k
 class ReembedRequest(_Spec):
     source: StoreSpec
     # Refuse to write if the lane serves another model than this (e.g. after a swap).
-    expected_model: Optional[str] = None
+    expected_model: Optional[ShortText] = None
     # A batch closes at this many (estimated) tokens or texts, whichever comes first.
     batch_tokens: int = Field(4096, ge=64, le=1_000_000)
     batch_texts: int = Field(256, ge=1, le=MAX_BULK_TEXTS)
@@ -138,7 +139,7 @@ class ReembedJobRef(BaseModel):
     """The `athena.reembed` task's payload: the job is created in Redis first, with its request."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    job_id: str
+    job_id: Annotated[ShortText, Field(min_length=1)]
 
 
 class JobStatus(str, Enum):
@@ -201,7 +202,8 @@ class EmbedBulkRequest(BaseModel):
     """A re-embedding batch. Unlike `embed_batch`, a bad text fails alone, not the batch."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    texts: list[str] = Field(min_length=1, max_length=MAX_BULK_TEXTS)
+    # A text that cannot be embedded (blank, a lone surrogate) fails alone, in the task.
+    texts: Annotated[list[Annotated[str, capped("embed_text_chars")]], Field(min_length=1), capped("bulk_texts")]
     long_text: LongTextPolicy = "fail"
 
 

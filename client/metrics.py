@@ -24,11 +24,17 @@ from __future__ import annotations
 
 import math
 from typing import Any, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from pydantic import BaseModel
 
+from athena_client.redis_connect import redis_client
+
 PREFIX = "athena:metrics"
+# The result backend's database the metrics and caches live in, apart from the
+# broker's and the results': one Redis, three logical databases by default.
+SIDE_DATABASE = 2
 # Upper bounds (ms) of the latency histogram's buckets, from a short embed to a long generation.
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)
 
@@ -104,7 +110,7 @@ class MetricsReader:
 
     @classmethod
     def from_url(cls, url: str, *, window: int = 10000):
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5), window=window)
+        return cls(redis_client(url, socket_timeout=5, socket_connect_timeout=5), window=window)
 
     def _key(self, kind: str, part: str = "") -> str:
         return f"{self._prefix}:{kind}{':' + part if part else ''}"
@@ -209,6 +215,12 @@ def _after(raw: dict[str, Any], baseline: Optional[dict[str, float]]) -> dict[st
         "tps": raw["tps"][:new],
         "samples": {name: values[:new] for name, values in raw["samples"].items()},
     }
+
+
+def with_database(url: str, database: int) -> str:
+    """A redis:// URL with its database number replaced."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 def _text(value) -> str:

@@ -11,23 +11,61 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+import json
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from athena_client.limits import DEFAULT_LIMITS, capped
 
 # A batch bigger than this is a bulk job, which belongs to the re-embed runner.
-MAX_BATCH_TEXTS = 512
+MAX_BATCH_TEXTS = DEFAULT_LIMITS.batch_texts
 
 
-def _not_blank(text: str) -> str:
+
+
+def _not_unicode(text: str) -> Optional[str]:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone UTF-16 surrogate ("\\ud800") is no Unicode text; no server or store can take it.
+        return f"text holds a lone UTF-16 surrogate at position {exc.start}"
+    return None
+
+
+def text_problem(text: str) -> Optional[str]:
+    """Why `text` cannot be embedded or reasoned over, or None: not Unicode, blank, or invisible."""
+    if problem := _not_unicode(text):
+        return problem
     if not text.strip():
-        raise ValueError("text is empty or only whitespace")
+        return "text is empty or only whitespace"
+    if not any(c.isprintable() and not c.isspace() for c in text):
+        return "text has no visible character (only control characters such as NUL)"
+    return None
+
+
+def unicode_text(text: str) -> str:
+    if problem := _not_unicode(text):
+        raise ValueError(problem)
     return text
 
 
-NonBlankText = Annotated[str, AfterValidator(_not_blank)]
+def _not_blank(text: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+UnicodeText = Annotated[str, AfterValidator(unicode_text)]
+NonBlankText = Annotated[UnicodeText, AfterValidator(_not_blank)]
+ShortText = Annotated[UnicodeText, capped("short_chars")]
+PromptText = Annotated[UnicodeText, capped("prompt_chars")]
+EmbedText = Annotated[NonBlankText, capped("embed_text_chars")]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # No NaN or infinity: JSON from another client may carry them, and no bound holds against NaN.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class NoArguments(_Request):
@@ -44,32 +82,39 @@ VectorNote = Literal["truncated", "chunked"]
 
 
 class EmbedRequest(_Request):
-    text: NonBlankText
+    text: EmbedText
     long_text: LongTextPolicy = "fail"
 
 
 class EmbedBatchRequest(_Request):
-    texts: list[NonBlankText] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
+    texts: Annotated[list[EmbedText], Field(min_length=1), capped("batch_texts")]
     long_text: LongTextPolicy = "fail"
 
 
 class ReasonRequest(_Request):
-    prompt: NonBlankText
-    system: Optional[str] = None
+    prompt: Annotated[NonBlankText, capped("prompt_chars")]
+    system: Optional[PromptText] = None
     max_tokens: int = Field(default=512, ge=1, le=32768)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    stop: list[Annotated[ShortText, Field(min_length=1)]] = Field(default_factory=list, max_length=8)
     # Hold the answer to this JSON schema (llama.cpp turns it into a grammar),
     # or to this GBNF grammar (athena_client.grammar makes compact JSON ones).
     json_schema: Optional[dict[str, Any]] = None
-    grammar: Optional[str] = Field(default=None, min_length=1)
+    grammar: Optional[Annotated[UnicodeText, Field(min_length=1), capped("schema_chars")]] = None
 
     @model_validator(mode="after")
     def _one_constraint(self) -> "ReasonRequest":
         if self.json_schema is not None and self.grammar is not None:
             raise ValueError("give json_schema or grammar, not both")
         return self
+
+    @field_validator("json_schema", mode="after")
+    @classmethod
+    def _schema_size(cls, schema: Optional[dict[str, Any]], info: ValidationInfo) -> Optional[dict[str, Any]]:
+        if schema is not None:
+            capped("schema_chars").func(json.dumps(schema), info)
+        return schema
 
 
 class CompressRequest(_Request):
@@ -79,12 +124,12 @@ class CompressRequest(_Request):
     `target_tokens`; with neither, half the tokens are kept.
     """
 
-    context: NonBlankText
-    instruction: str = ""
-    question: str = ""
+    context: Annotated[NonBlankText, capped("context_chars")]
+    instruction: PromptText = ""
+    question: PromptText = ""
     rate: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     target_tokens: Optional[int] = Field(default=None, ge=1)
-    force_tokens: list[NonBlankText] = Field(default_factory=list, max_length=100)
+    force_tokens: Annotated[list[Annotated[NonBlankText, capped("short_chars")]], capped("list_items")] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_target(self) -> "CompressRequest":
@@ -108,6 +153,12 @@ class ServerTiming(BaseModel):
     request_ms: float
     tokens_per_second: Optional[float] = None
     cached_tokens: Optional[int] = None
+    # An embed that shared its request with other tasks' (a threaded embeddings
+    # worker merges concurrent embeds): the texts in that request, and how long
+    # this one waited for the server to be free. Its prompt_tokens are then its
+    # share of the request's, by text length; request_ms is the whole request's.
+    batch_texts: Optional[int] = None
+    wait_ms: Optional[float] = None
 
 
 class TaskTiming(BaseModel):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
 from pydantic import BaseModel
 
 from athena_client.consolidation import ConsolidationResult
@@ -25,6 +27,8 @@ from athena_client.payloads import (
     EmbeddingResult,
     ReasoningResult,
 )
+from athena_client.redis_transport import REDIS_TRANSPORT
+from athena_client.result_forgetter import ResultForgetter
 from athena_client.routes import ENQUEUED_AT_HEADER, TaskName, queue_for
 
 # Celery's defaults, minus pickle: a caller never accepts anything but JSON.
@@ -34,6 +38,16 @@ JSON_ONLY = dict(
     accept_content=["json"],
     result_accept_content=["json"],
 )
+
+# A Redis restart takes its broker away for a second or two, longer while it
+# reloads a large append-only file. Celery's default publish retries last
+# 0.6 s, and a send 8 s into an outage failed (tests/config/
+# test_redis_restart_integration.py); these wait about 35 s before the send
+# fails, so a restart holds a caller up instead of failing it.
+PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+# Reading or deleting a result retries through a Redis restart the same way
+# (Celery retries these only when told to), with backoff up to 10 s.
+RESULT_RETRIES = dict(result_backend_always_retry=True, result_backend_max_retries=20)
 
 # What each task a caller may wait on returns. (Consolidation's inner stages
 # hand their state on to the next stage; only the last one's answer, a
@@ -57,11 +71,18 @@ class TaskTransport:
     def __init__(self, app: Celery, *, timeout: float) -> None:
         self.app = app
         self.timeout = timeout
+        # Deleting a read result is not the caller's wait.
+        self._forgetter = ResultForgetter(self._forget)
 
     @classmethod
     def connect(cls, broker_url: str, result_backend: str, *, timeout: float) -> "TaskTransport":
         app = Celery("athena-client", broker=broker_url, backend=result_backend, set_as_current=False)
-        app.conf.update(JSON_ONLY, broker_connection_retry_on_startup=True)
+        app.conf.update(
+            JSON_ONLY, **RESULT_RETRIES, broker_connection_retry_on_startup=True, task_publish_retry_policy=PUBLISH_RETRY_POLICY
+        )
+        if urlsplit(broker_url).scheme == "redis":
+            # The workers' transport (client/redis_transport.py): a Redis restart handled, less per message.
+            app.conf.broker_transport = REDIS_TRANSPORT
         return cls(app, timeout=timeout)
 
     def submit(self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None) -> str:
@@ -74,28 +95,45 @@ class TaskTransport:
         )
         return sent.id
 
-    def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, allow_in_task: bool = False) -> Any:
+    def result(
+        self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, allow_in_task: bool = False, keep: bool = False
+    ) -> Any:
         """The typed result of a submitted task; waits up to `timeout` seconds.
 
+        Once read, the result is deleted from Redis unless `keep` is set: a
+        caller reads it once, and ATHENA_RESULT_EXPIRES_S is only for results
+        nobody comes back for. A task's own error is its result too, read once.
         `allow_in_task` is for callers that run inside a task and wait on
         another queue's tasks by design (the jobs queue).
         """
         wait = self.timeout if timeout is None else timeout
+        pending = self.app.AsyncResult(task_id)
         try:
-            data = self.app.AsyncResult(task_id).get(timeout=wait, propagate=True, disable_sync_subtasks=not allow_in_task)
+            data = pending.get(timeout=wait, propagate=True, disable_sync_subtasks=not allow_in_task)
         except CeleryTimeout:
             raise ServerTimeout(f"{task.value} {task_id} gave no result within {wait:.0f} s") from None
         except AthenaError:
+            self._done_with(pending, keep)
             raise
         except Exception as exc:  # noqa: BLE001 - a worker error we have no class for
             raise AthenaError(f"{task.value} {task_id} failed: {exc.__class__.__name__}: {exc}") from None
-        return RESULT_TYPES[task].model_validate(data)
+        value = RESULT_TYPES[task].model_validate(data)
+        self._done_with(pending, keep)
+        return value
+
+    def _done_with(self, pending: AsyncResult, keep: bool) -> None:
+        if not keep:
+            self._forgetter.forget(pending.id)
+
+    def _forget(self, task_ids: list[str]) -> None:
+        backend = self.app.backend
+        for task_id in task_ids:
+            backend._cache.pop(task_id, None)
+        backend.client.delete(*[backend.get_key_for_task(task_id) for task_id in task_ids])
 
     def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
         return self.result(task, self.submit(task, request), timeout)
 
-    def forget(self, task_id: str) -> None:
-        self.app.AsyncResult(task_id).forget()
-
     def close(self) -> None:
+        self._forgetter.close()
         self.app.close()

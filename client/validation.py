@@ -8,11 +8,12 @@ everywhere.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from athena_client.errors import InvalidInput
+from athena_client.limits import PayloadLimits
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -26,9 +27,13 @@ def describe(exc: ValidationError, *, name: Callable[[tuple], str] = _dotted, se
     return separator.join(f"{name(error['loc'])}: {error['msg']}" for error in exc.errors())
 
 
-def parse(model: type[ModelT], data: Any) -> ModelT:
-    """`data` as `model`, or InvalidInput naming the model and every bad field."""
+def parse(model: type[ModelT], data: Any, limits: Optional[PayloadLimits] = None) -> ModelT:
+    """`data` as `model`, or InvalidInput naming the model and every bad field.
+
+    `limits` are the size caps to hold strings and lists to (a worker's
+    settings); without them, the defaults apply.
+    """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"limits": limits} if limits is not None else None)
     except ValidationError as exc:
         raise InvalidInput(f"invalid {model.__name__}: {describe(exc)}") from None

@@ -11,8 +11,11 @@ import time
 from celery import Celery
 from celery.signals import before_task_publish
 from kombu import Queue as KombuQueue
+from kombu.transport import TRANSPORT_ALIASES
 
+from athena_client.redis_transport import REDIS_TRANSPORT
 from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, Queue, TaskName
+from athena_client.transport import PUBLISH_RETRY_POLICY, RESULT_RETRIES
 from athena_inference.config.settings import Settings, get_settings
 
 TASK_MODULES = [
@@ -63,14 +66,43 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
+        **redis_restart_settings(),
+        # An unread result goes after this long; the client deletes one as soon as it has read it.
         "result_expires": settings.result_expires_s,
-        # Name, queue and worker are stored with each result, for Flower and the CLI.
-        "result_extended": True,
-        "task_track_started": True,
+        # No result_extended: it would store each task's inputs (up to 512 texts,
+        # 500 events) again beside its result. Flower builds its task pages from
+        # task events, not from stored results, and nothing else reads them.
+        # No task_track_started: it writes a STARTED state to the result backend
+        # before every task (and wakes the waiting client) on the interactive
+        # path; Flower and `health` see a task start from its task-started event.
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
     }
+
+
+def redis_restart_settings() -> dict:
+    """What lets workers ride out a Redis restart (tests/config/test_redis_restart_integration.py)."""
+    return {
+        # Retry the broker forever: under `up`, honcho stops the whole stack
+        # when one worker exits, and the default (100 tries) gives up.
+        "broker_connection_max_retries": None,
+        # A result finished while Redis is away is stored once it is back: without
+        # this, storing failed at once and the caller got a ConnectionError for a
+        # task that had succeeded.
+        **RESULT_RETRIES,
+        # Tasks that publish (consolidation's stages, the jobs runner's batches) wait out a restart too.
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
+    }
+
+
+def use_fixed_redis_transport() -> None:
+    """redis:// and rediss:// get kombu's Redis transport with the fix in
+    client/redis_transport.py, so a Redis restart with a task in flight does not
+    kill the worker. Under the schemes' own names, so URLs, logs and Flower's
+    broker page still say redis://; set before any connection is made."""
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = REDIS_TRANSPORT
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -86,6 +118,7 @@ def _stamp_enqueue_time(headers=None, **_):
         headers[ENQUEUED_AT_HEADER] = time.time()
 
 
+use_fixed_redis_transport()
 app = make_celery(get_settings())
 
 __all__ = ["app", "make_celery", "celery_config", "TaskName"]

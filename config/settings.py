@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from athena_client.errors import ConfigurationError
+from athena_client.metrics import SIDE_DATABASE, with_database
+from athena_client.limits import PayloadLimits
 from athena_client.validation import describe
 from athena_inference.config.retry import RetryPolicy
 
@@ -62,6 +64,17 @@ class Settings(BaseSettings):
     embeddings_slots: int = Field(2, ge=1, le=64)
     reasoning_slots: int = Field(1, ge=1, le=64)
     embeddings_bulk_slots: int = Field(1, ge=1, le=64)
+    # The interactive embeddings worker: "threads" runs up to embed_coalesce_tasks
+    # embeds at once in one process, so concurrent single embeds can share one
+    # server request (below) and no task pays a hand-off to a pool process;
+    # "prefork" runs one per process, `embeddings_slots` processes.
+    embeddings_pool: Literal["threads", "prefork"] = "threads"
+    # Embed tasks one threaded embeddings worker runs at once; single embeds that
+    # wait while the server is busy go to it together, up to this many in a request.
+    embed_coalesce_tasks: int = Field(32, ge=1, le=512)
+    # The longest an embed waits for the server to be free so that it can share
+    # a request; past it, it goes alone. A lone embed never waits.
+    embed_coalesce_wait_ms: float = Field(50.0, ge=0, le=10_000)
     # CPU priority (nice) of each llama-server the stack starts. Generation is bulk
     # work; the embedding server answers interactive calls, so on a small machine
     # the reasoning server yields the CPU to it.
@@ -131,10 +144,20 @@ class Settings(BaseSettings):
     # --- broker, results, metrics ---
     broker_url: str = "redis://127.0.0.1:6380/0"
     result_backend: str = "redis://127.0.0.1:6380/1"
-    # Defaults to the result backend's Redis.
+    # The metrics store. Default: the result backend's Redis, database 2 (beside the caches, apart from the broker).
     metrics_url: Optional[str] = None
     metrics_window: int = Field(10000, ge=10, le=1_000_000)
-    result_expires_s: int = Field(86400, ge=60)
+    # A waiting caller reads its result within milliseconds and the client then
+    # deletes it; an hour is for fire-and-forget callers that fetch later.
+    result_expires_s: int = Field(3600, ge=60)
+    # Caches (embedding vectors, compression answers). Default: the result
+    # backend's Redis, database 2. Their keys expire, so under Redis's maxmemory
+    # policy they (not the broker's queues, which never expire) give way first.
+    cache_url: Optional[str] = None
+    # The embedded Redis's password; when unset, `up` makes one and keeps it in cache_dir.
+    redis_password: Optional[SecretStr] = None
+    # The embedded Redis's memory bound (maxmemory), in megabytes.
+    redis_maxmemory_mb: int = Field(1024, ge=16)
 
     # --- re-embedding jobs ---
     # A job runner holds its job through a lease it renews; a killed runner's job
@@ -142,17 +165,53 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(30.0, gt=0)
     # A batch with no result after this long is sent again (its worker may have died).
     job_batch_timeout_s: float = Field(300.0, gt=0)
-    # Vectors of texts already embedded, keyed by model and text hash.
-    embedding_cache_ttl_s: int = Field(7 * 86400, ge=0)
+    # Vectors of texts already embedded, keyed by model and text hash (about 3 KB
+    # a 768-d vector: a day of a busy store's texts, not its history).
+    embedding_cache_ttl_s: int = Field(86400, ge=0)
+    # How long a finished job's record and item errors stay in Redis.
+    job_ttl_s: int = Field(7 * 86400, ge=60)
 
     # --- HTTP to the servers, and retries ---
     connect_timeout_s: float = Field(5.0, gt=0)
     embed_timeout_s: float = Field(60.0, gt=0)
     reason_timeout_s: float = Field(600.0, gt=0)
-    # Attempts in all (1 = no retry) on connection errors and 503 while loading.
-    retry_attempts: int = Field(5, ge=1, le=50)
+    # Attempts in all (1 = no retry) inside one HTTP call, on connection errors
+    # and 503 while loading: a blip. A longer outage is the task's to wait out
+    # (below), with the worker process free meanwhile.
+    retry_attempts: int = Field(2, ge=1, le=50)
     retry_backoff_s: float = Field(0.5, ge=0)
     retry_backoff_max_s: float = Field(8.0, ge=0)
+
+    # --- a server down or restarting: retries at the task level ---
+    # How long, from its first try, a task keeps retrying a server that is
+    # unavailable before it fails (a 7B model reloading answers 503 for 30 s or more).
+    embed_retry_budget_s: float = Field(90.0, ge=0)
+    reason_retry_budget_s: float = Field(300.0, ge=0)
+    # Exponential backoff between those retries, with full jitter, capped.
+    task_retry_backoff_s: float = Field(1.0, gt=0)
+    task_retry_backoff_max_s: float = Field(10.0, gt=0)
+    # After a server fails, every worker process leaves it alone this long
+    # (doubling while it stays down, up to task_retry_backoff_max_s), then one probes it.
+    breaker_cooldown_s: float = Field(1.0, gt=0)
+
+    # --- poison messages ---
+    # A task whose worker died this many times while running it is failed, not run again.
+    max_deliveries: int = Field(3, ge=1, le=100)
+    # A worker process is replaced after a task leaves it above this much memory, or after this many tasks.
+    worker_max_memory_per_child_mb: int = Field(2048, ge=64)
+    worker_max_tasks_per_child: int = Field(10000, ge=1)
+
+    # --- payload caps: a request over one is refused with InvalidInput ---
+    max_embed_text_chars: int = Field(200_000, ge=1)
+    max_batch_texts: int = Field(512, ge=1)
+    max_bulk_texts: int = Field(1024, ge=1)
+    max_prompt_chars: int = Field(200_000, ge=1)
+    max_context_chars: int = Field(400_000, ge=1)
+    max_schema_chars: int = Field(100_000, ge=1)
+    max_events: int = Field(500, ge=1)
+    max_event_chars: int = Field(20_000, ge=1)
+    max_list_items: int = Field(100, ge=1)
+    max_short_chars: int = Field(1_000, ge=1)
 
     # --- per-kind hard time limits (a soft limit fires 10% earlier) ---
     embed_time_limit_s: int = Field(300, ge=1)
@@ -176,7 +235,7 @@ class Settings(BaseSettings):
     def _broker_url(cls, value: str) -> str:
         return _no_placeholder(urlsplit(value).password, _check_scheme(value, BROKER_SCHEMES))
 
-    @field_validator("result_backend", "metrics_url")
+    @field_validator("result_backend", "metrics_url", "cache_url")
     @classmethod
     def _redis_url(cls, value: Optional[str]) -> Optional[str]:
         return None if value is None else _no_placeholder(urlsplit(value).password, _check_scheme(value, RESULT_SCHEMES))
@@ -189,6 +248,15 @@ class Settings(BaseSettings):
             if not user or not password:
                 raise ValueError("expected user:password")
             _no_placeholder(password, value)
+        return value
+
+    @field_validator("redis_password")
+    @classmethod
+    def _redis_password(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        if value is not None:
+            if not value.get_secret_value():
+                raise ValueError("is empty; unset it and `up` makes one")
+            _no_placeholder(value.get_secret_value(), value)
         return value
 
     @field_validator(
@@ -227,7 +295,15 @@ class Settings(BaseSettings):
 
     @property
     def metrics_redis_url(self) -> str:
-        return self.metrics_url or self.result_backend
+        return self.metrics_url or with_database(self.result_backend, SIDE_DATABASE)
+
+    @property
+    def cache_redis_url(self) -> str:
+        return self.cache_url or with_database(self.result_backend, SIDE_DATABASE)
+
+    @property
+    def payload_limits(self) -> PayloadLimits:
+        return PayloadLimits(**{name: getattr(self, f"max_{name}") for name in PayloadLimits.model_fields})
 
     @property
     def llmlingua2_model_dir(self) -> Path:

@@ -13,12 +13,20 @@ for every task:
 - foreign exceptions mapped into the project's family: a soft time limit
   becomes `ServerTimeout`, a lost connection `ServerUnavailable`, anything
   else unexpected `InternalError`; Celery's own control flow (`replace`,
-  `retry`) passes through untouched.
+  `retry`) passes through untouched;
+- a server that is unavailable (down, restarting, 503 while it loads) is
+  waited out: the task is retried by Celery, with jittered exponential backoff,
+  for as long as its kind's budget allows (`ATHENA_*_RETRY_BUDGET_S`), the
+  worker process free meanwhile; bad input is never retried;
+- a message whose worker died every time it ran it is failed with
+  `PoisonMessage` after `ATHENA_MAX_DELIVERIES` deliveries.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -29,10 +37,12 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 
-from athena_client.errors import AthenaError, InternalError, InvalidInput, ServerTimeout, ServerUnavailable
+from athena_client.errors import AthenaError, InternalError, InvalidInput, PoisonMessage, ServerTimeout, ServerUnavailable
 from athena_client.payloads import ServerTiming, TaskTiming
-from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
+from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, Queue, TaskName
+from athena_inference.config.servers import EMBEDDING_QUEUES
 from athena_client.validation import parse
+from athena_inference.config.settings import get_settings
 from athena_inference.tasks import seams
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,10 @@ log = logging.getLogger(__name__)
 # Celery's control flow: a task replaced by its next stage raises Ignore, one
 # that retries raises Retry. Neither is a failure.
 _HANDED_OVER = (Ignore, Reject)
+# When a task first tried its server, carried across its retries.
+FIRST_TRY_HEADER = "athena_first_try_at"
+# Queues whose tasks call no model server: nothing to wait for.
+NO_SERVER_QUEUES = (Queue.COMPRESSION, Queue.JOBS)
 
 
 @dataclass
@@ -84,6 +98,8 @@ class AthenaTask(Task):
     # Results are JSON-ready dicts built from pydantic models; Celery need not
     # check arguments against `run`'s signature, this class does it better.
     typing = False
+    # Retries are bounded by time (the kind's retry budget), not by a count.
+    max_retries = None
     # Set on a stage of a multi-task job: the metrics kind the whole job is recorded under.
     job_kind: Optional[TaskName] = None
 
@@ -95,13 +111,15 @@ class AthenaTask(Task):
         request: Optional[BaseModel] = None
         result: Optional[BaseModel] = None
         outcome = "failure"
+        counted = False
         try:
+            counted = self._count_delivery()
             if args:
                 raise InvalidInput(
                     f"{self.name} takes keyword arguments only (the fields of {self.request_model.__name__}); "
                     f"it was sent {len(args)} positional argument(s)"
                 )
-            request = parse(self.request_model, kwargs)
+            request = parse(self.request_model, kwargs, limits=get_settings().payload_limits)
             result = self.run(request, clock)
             outcome = "success"
             return result.model_dump(mode="json")
@@ -112,6 +130,10 @@ class AthenaTask(Task):
             # Counted when the last attempt ends, not at each attempt.
             outcome = "retrying"
             raise
+        except ServerUnavailable as exc:
+            final = self._retry_later(exc, clock)
+            outcome = "retrying" if isinstance(final, Retry) else "failure"
+            raise final from None
         except AthenaError:
             raise
         except SoftTimeLimitExceeded:
@@ -119,7 +141,78 @@ class AthenaTask(Task):
         except Exception as exc:  # noqa: BLE001 - the one place foreign errors become ours
             raise map_foreign_error(self.name, exc) from None
         finally:
-            self._record(clock, request, result, outcome)
+            if outcome != "retrying":
+                done = (clock, request, result, outcome, counted)
+                ending = sys.exc_info()[1]
+                if outcome in ("success", "failure") and self._traced() and (ending is None or isinstance(ending, Exception)):
+                    # Once the result is stored (after_return): the caller never waits on bookkeeping.
+                    self.request.athena_done = done
+                else:
+                    self._done(*done)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        done = getattr(self.request, "athena_done", None)
+        if done is not None:
+            self.request.athena_done = None
+            self._done(*done)
+
+    def _traced(self) -> bool:
+        """Run by Celery's tracer, which calls after_return once the result is stored."""
+        return self.request.id is not None and not self.request.called_directly
+
+    def _done(self, clock: TaskClock, request: Optional[BaseModel], result: Optional[BaseModel], outcome: str, counted: bool) -> None:
+        if counted:
+            self._forget_delivery()
+        self._record(clock, request, result, outcome)
+
+    # --- a server down: retried by the task, under a budget ---
+
+    def _retry_later(self, exc: ServerUnavailable, clock: TaskClock) -> BaseException:
+        """Celery's Retry, to try again once the server may be back; or, past the
+        task's budget, the error that says which server and for how long."""
+        settings = get_settings()
+        queue = TASK_QUEUES[TaskName(self.name)]
+        budget = settings.embed_retry_budget_s if queue in EMBEDDING_QUEUES else settings.reason_retry_budget_s
+        if queue in NO_SERVER_QUEUES:
+            budget = 0.0
+        first = float(self.request.get(FIRST_TRY_HEADER) or clock.started_at)
+        tried_s = time.time() - first
+        retries = self.request.retries or 0
+        delay = max(exc.retry_after or 0.0, random.uniform(0, min(settings.task_retry_backoff_max_s, settings.task_retry_backoff_s * 2**retries)))
+        if self.request.id is None or tried_s + delay > budget:
+            return ServerUnavailable(
+                f"{exc} — gave up after {tried_s:.0f} s and {retries + 1} tries of this task "
+                f"(its budget: {budget:g} s, ATHENA_{'EMBED' if queue in EMBEDDING_QUEUES else 'REASON'}_RETRY_BUDGET_S)"
+            )
+        log.warning("%s: %s; retrying in %.1f s (tried for %.0f s)", self.name, exc, delay, tried_s)
+        try:
+            return self.retry(countdown=delay, max_retries=None, headers={FIRST_TRY_HEADER: first})
+        except Retry as retry:
+            return retry
+
+    # --- poison messages ---
+
+    def _count_delivery(self) -> bool:
+        """Refuse a message whose worker died every time it ran it, instead of
+        running it once more. True when this delivery was counted in Redis (a redelivery)."""
+        if self.request.id is None or self.request.called_directly:
+            return False
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        deliveries = seams.deliveries().delivered(self.request.id, self.request.retries or 0, redelivered=redelivered)
+        limit = get_settings().max_deliveries
+        if deliveries > limit:
+            raise PoisonMessage(
+                f"{self.name} {self.request.id} was delivered {deliveries} times and its worker died each time it "
+                f"ran (out of memory, a crash); it is not run again (ATHENA_MAX_DELIVERIES={limit})"
+            )
+        return redelivered
+
+    def _forget_delivery(self) -> None:
+        if self.request.id is not None and not self.request.called_directly:
+            try:
+                seams.deliveries().done(self.request.id, self.request.retries or 0)
+            except Exception:  # noqa: BLE001 - bookkeeping; the key expires anyway
+                log.warning("could not clear the delivery count of %s", self.request.id, exc_info=True)
 
     @property
     def request_model(self) -> type[BaseModel]:
@@ -136,8 +229,6 @@ class AthenaTask(Task):
     # --- metrics: a side channel, so losing one never fails the task ---
 
     def _record(self, clock: TaskClock, request: Optional[BaseModel], result: Optional[BaseModel], outcome: str) -> None:
-        if outcome == "retrying":
-            return
         try:
             store = seams.metrics()
             # A job's entry task is counted once, as the job (below).

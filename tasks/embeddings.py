@@ -17,24 +17,28 @@ from athena_client.payloads import (
     EmbedRequest,
     LongTextPolicy,
     VectorNote,
+    text_problem,
 )
 from athena_client.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
 from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, TaskClock
-from athena_inference.tasks.long_texts import Vectors, embed_texts
-from athena_inference.workers.llama_server import Embeddings, LlamaServer
+from athena_inference.tasks.long_texts import Embed, Vectors, embed_texts
+from athena_inference.workers.llama_server import Embeddings
 
 
-def _vectors(texts: list[str], policy: LongTextPolicy, queue: Queue = Queue.EMBEDDINGS) -> Vectors:
+def _vectors(
+    texts: list[str], policy: LongTextPolicy, queue: Queue = Queue.EMBEDDINGS, send: Optional[Embed] = None
+) -> Vectors:
+    """Vectors for `texts` under `policy`, each server request through `send`
+    (the server's own `embed` unless given), its vectors checked before anything is made of them."""
     server = seams.llama(queue)
-    return embed_texts(server, texts, policy, lambda inputs: _embed(server, inputs))
+    send = send or server.embed
+    return embed_texts(server, texts, policy, lambda inputs: _checked(send(inputs)))
 
 
-def _embed(server: LlamaServer, texts: list[str]) -> Embeddings:
-    """One server request, its vectors checked before anything is made of them."""
-    out = server.embed(texts)
+def _checked(out: Embeddings) -> Embeddings:
     expected = get_settings().embedding_dim
     sizes = {len(vector) for vector in out.vectors}
     if sizes != {expected}:
@@ -46,8 +50,8 @@ def _embed(server: LlamaServer, texts: list[str]) -> Embeddings:
 
 @app.task(name=TaskName.EMBED.value, base=AthenaTask)
 def embed(request: EmbedRequest, clock: TaskClock) -> EmbeddingResult:
-    """One text to one vector."""
-    out = _vectors([request.text], request.long_text)
+    """One text to one vector; concurrent ones in a threaded worker share a server request."""
+    out = _vectors([request.text], request.long_text, send=seams.embed_coalescer().embed)
     return EmbeddingResult(
         embedding=out.vectors[0],
         dimension=len(out.vectors[0]),
@@ -82,11 +86,11 @@ CANNOT_CUT = (
 
 @app.task(name=TaskName.EMBED_BULK.value, base=AthenaTask)
 def embed_bulk(request: EmbedBulkRequest, clock: TaskClock) -> EmbedBulkResult:
-    """A re-embedding batch on the bulk lane. Blank texts, and over-long texts
-    its policy does not cut, get an error of their own; the rest is embedded."""
+    """A re-embedding batch on the bulk lane. Blank or unembeddable texts, and
+    over-long texts its policy does not cut, get an error of their own; the rest is embedded."""
     texts = list(request.texts)
     errors: list[ItemError | None] = [
-        None if text.strip() else ItemError(id=i, error="InvalidInput", message="text is empty or only whitespace")
+        ItemError(id=i, error="InvalidInput", message=problem) if (problem := text_problem(text)) else None
         for i, text in enumerate(texts)
     ]
     # Each refusal fails at least one more text, so this ends.

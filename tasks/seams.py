@@ -17,11 +17,15 @@ import httpx
 import redis
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from athena_client.redis_connect import redis_client
 from athena_client.routes import Queue
 from athena_inference.config.celery import WORKER_QUEUE_ENV
 from athena_inference.config.servers import server_config
 from athena_inference.config.settings import get_settings
+from athena_inference.workers.circuit_breaker import CircuitBreaker
 from athena_inference.workers.compression_cache import CompressionCache
+from athena_inference.workers.deliveries import DeliveryCounter
+from athena_inference.workers.embed_coalescer import EmbedCoalescer
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.metrics import MetricsStore
@@ -38,30 +42,76 @@ _compressor_loaded = threading.Event()
 _compressor_lock = threading.Lock()
 _compressor_loader: Optional[threading.Thread] = None
 _compression_cache: Optional[CompressionCache] = None
+_side_redis: Optional[redis.Redis] = None
+_deliveries: Optional[DeliveryCounter] = None
+_coalescer: Optional[EmbedCoalescer] = None
+# A threaded worker's tasks ask for a seam at the same moment: each is made once.
+_making = threading.RLock()
 
 
 def llama_server_for(queue: Queue) -> LlamaServer:
     settings = get_settings()
     server = server_config(queue, settings)
+    breaker = CircuitBreaker(
+        side_redis(), server.url, cooldown_s=settings.breaker_cooldown_s, max_cooldown_s=settings.task_retry_backoff_max_s
+    )
     return LlamaServer(
         server.url,
         timeout=httpx.Timeout(server.read_timeout_s, connect=settings.connect_timeout_s),
         retry=settings.retry_policy,
+        breaker=breaker,
     )
 
 
+def side_redis() -> redis.Redis:
+    """The Redis of caches, metrics and the workers' shared bookkeeping (breakers, deliveries), one client per process."""
+    global _side_redis
+    with _making:
+        if _side_redis is None:
+            # Retrying through a Redis restart: a task's bookkeeping failing would fail the task.
+            _side_redis = redis_client(get_settings().cache_redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return _side_redis
+
+
+def deliveries() -> DeliveryCounter:
+    global _deliveries
+    with _making:
+        if _deliveries is None:
+            # Kept as long as the broker may redeliver a message, and a little more.
+            _deliveries = DeliveryCounter(side_redis(), ttl_s=get_settings().visibility_timeout_s * 2)
+        return _deliveries
+
+
 def llama(queue: Queue) -> LlamaServer:
-    if queue not in _servers:
-        _servers[queue] = llama_server_for(queue)
-    return _servers[queue]
+    with _making:
+        if queue not in _servers:
+            _servers[queue] = llama_server_for(queue)
+        return _servers[queue]
+
+
+def embed_coalescer() -> EmbedCoalescer:
+    """Single embeds to the interactive server, sent together while it is busy
+    (a threaded worker runs many at once; in a prefork process one is always alone)."""
+    global _coalescer
+    with _making:
+        if _coalescer is None:
+            settings = get_settings()
+            _coalescer = EmbedCoalescer(
+                llama(Queue.EMBEDDINGS).embed,
+                max_in_flight=server_config(Queue.EMBEDDINGS, settings).slots,
+                max_texts=settings.embed_coalesce_tasks,
+                max_wait_s=settings.embed_coalesce_wait_ms / 1000,
+            )
+        return _coalescer
 
 
 def metrics() -> MetricsStore:
     global _metrics
-    if _metrics is None:
-        settings = get_settings()
-        _metrics = MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window)
-    return _metrics
+    with _making:
+        if _metrics is None:
+            settings = get_settings()
+            _metrics = MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window)
+        return _metrics
 
 
 def start_loading_compressor() -> None:
@@ -101,15 +151,16 @@ def compressor(timeout: float = 600) -> Compressor:
 
 def compression_cache() -> CompressionCache:
     global _compression_cache
-    if _compression_cache is None:
-        settings = get_settings()
-        client = redis.Redis.from_url(settings.result_backend, socket_timeout=5, socket_connect_timeout=5)
-        _compression_cache = CompressionCache(client, ttl_s=settings.compression_cache_ttl_s)
-    return _compression_cache
+    with _making:
+        if _compression_cache is None:
+            _compression_cache = CompressionCache(side_redis(), ttl_s=get_settings().compression_cache_ttl_s)
+        return _compression_cache
 
 
 def use_llama(queue: Queue, server: LlamaServer) -> None:
+    global _coalescer
     _servers[queue] = server
+    _coalescer = None
 
 
 def use_metrics(store: MetricsStore) -> None:
@@ -119,13 +170,16 @@ def use_metrics(store: MetricsStore) -> None:
 
 def reset() -> None:
     """Close and forget every seam; the next task makes new ones."""
-    global _metrics, _compressor, _compression_cache, _compressor_loader
+    global _metrics, _compressor, _compression_cache, _compressor_loader, _side_redis, _deliveries, _coalescer
     for server in _servers.values():
         server.close()
     _servers.clear()
     _metrics = None
     _compressor = None
     _compression_cache = None
+    _side_redis = None
+    _deliveries = None
+    _coalescer = None
     _compressor_loaded.clear()
     _compressor_loader = None
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Callable, Iterator, Optional
 import httpx
 import redis
 
+from athena_client.metrics import SIDE_DATABASE, with_database
 from athena_inference.workers.ops.provision import redis_server_binary
 
 CLI = [sys.executable, "-m", "athena_inference.workers.ops.cli"]
@@ -97,6 +99,11 @@ def redis_port(env: dict[str, str]) -> int:
     return int(env["ATHENA_RESULT_BACKEND"].rsplit(":", 1)[1].split("/")[0])
 
 
+def side_url(env: dict[str, str]) -> str:
+    """Where a stack started with `env` keeps metrics and caches: the result backend's Redis, database 2."""
+    return with_database(env["ATHENA_RESULT_BACKEND"], SIDE_DATABASE)
+
+
 class Stack:
     """Settings (as environment variables) plus the processes started with them."""
 
@@ -146,6 +153,68 @@ class Stack:
 
     def tails(self) -> str:
         return "\n".join(proc.log_tail() for proc in self.procs)
+
+
+class UpStack:
+    """`athena-inference up`, as a user starts it, on free ports and in a cache
+    dir of its own (sharing the machine's built llama-server): its own Redis
+    with a password, the three servers, every worker, Flower and the exporter."""
+
+    def __init__(self, workdir: Path, **extra_env: str) -> None:
+        from athena_inference.config.settings import load_settings
+        from athena_inference.workers.ops.provision import provision
+
+        self.env = local_stack_env(**extra_env)
+        self.cache_dir = workdir / "up-cache"
+        self.env["ATHENA_CACHE_DIR"] = str(self.cache_dir)
+        self.env["ATHENA_LLAMA_SERVER_BIN"] = str(provision(load_settings()).llama_server)
+        self.popen = subprocess.Popen([*CLI, "up"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        for line in self.popen.stdout:
+            self.output.append(line)
+            if "stack is up" in line:
+                break
+        else:
+            raise RuntimeError(f"up exited with {self.popen.wait()} before the stack was up:\n{''.join(self.output[-40:])}")
+        # Keep reading, so `up` never blocks on a full pipe.
+        threading.Thread(target=lambda: self.output.extend(self.popen.stdout), daemon=True).start()
+
+    def url(self, name: str) -> str:
+        """ATHENA_BROKER_URL or ATHENA_RESULT_BACKEND, with the password `up` made."""
+        from athena_inference.workers.ops.stack import with_password
+
+        return with_password(self.env[name], (self.cache_dir / "redis-password").read_text().strip())
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(timeout=timeout)
+
+
+class RestartableRedis:
+    """The embedded Redis (`athena-inference serve redis`: append-only file, a password)
+    of a stack, which a test or bench can stop and start again on the same port and folder."""
+
+    def __init__(self, stack: Stack, port: int, cache_dir: Path, password: str) -> None:
+        self.stack, self.port = stack, port
+        self.env = {"ATHENA_CACHE_DIR": str(cache_dir)}
+        self.client = redis.Redis(port=port, password=password, socket_timeout=2)
+        self.proc = self.start()
+
+    def start(self) -> Proc:
+        proc = self.stack.start(f"redis-{self.port}", [*CLI, "serve", "redis"], self.env)
+        wait_for(self.client.ping, f"redis on {self.port}", 30, proc)
+        return proc
+
+    def restart(self, stopped: threading.Event, down_s: float) -> float:
+        """SIGTERM, wait for the exit, stay down `down_s`, start again; the seconds Redis was away."""
+        began = time.monotonic()
+        os.kill(self.proc.popen.pid, signal.SIGTERM)
+        assert self.proc.popen.wait(timeout=30) == 0
+        stopped.set()
+        time.sleep(down_s)
+        self.proc = self.start()
+        return time.monotonic() - began
 
 
 POSTGRES_DSN = os.environ.get("ATHENA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

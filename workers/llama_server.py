@@ -20,6 +20,7 @@ from athena_client.health import ServerHealth
 from athena_client.payloads import ServerTiming
 from athena_client.validation import describe
 from athena_inference.config.retry import RetryPolicy
+from athena_inference.workers.circuit_breaker import CircuitBreaker
 
 _TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large(?:.*current batch size: (\d+))?")
 
@@ -97,9 +98,12 @@ class LlamaServer:
         retry: RetryPolicy = RetryPolicy(),
         transport: Optional[httpx.BaseTransport] = None,
         sleep: Callable[[float], None] = time.sleep,
+        breaker: Optional[CircuitBreaker] = None,
     ) -> None:
         self.base_url = base_url
         self._retry = retry
+        # Shared with every worker process: a server that keeps failing is left alone for a while.
+        self._breaker = breaker
         self._sleep = sleep
         self._client = httpx.Client(
             base_url=base_url,
@@ -227,6 +231,22 @@ class LlamaServer:
     # --- transport, retries and error mapping ---
 
     def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+        if self._breaker is None:
+            return self._post_with_retries(path, payload)
+        self._breaker.before_call()
+        unavailable = False
+        try:
+            return self._post_with_retries(path, payload)
+        except ServerUnavailable as exc:
+            unavailable = True
+            exc.retry_after = self._breaker.failure()
+            raise
+        finally:
+            # Any answer, an error or a slow one included, shows the server is up.
+            if not unavailable:
+                self._breaker.success()
+
+    def _post_with_retries(self, path: str, payload: dict[str, Any]) -> httpx.Response:
         last_problem = ""
         for attempt in range(1, self._retry.attempts + 1):
             try:

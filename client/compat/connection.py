@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from athena_client.client import DEFAULT_RESULT_BACKEND, AthenaClient
+from athena_client.metrics import SIDE_DATABASE, with_database
 
 _lock = threading.Lock()
 _clients: dict[float, AthenaClient] = {}
@@ -24,5 +25,7 @@ def shared_client(timeout_s: float) -> AthenaClient:
 
 
 def metrics_url() -> str:
-    """Where the workers keep their metrics: ATHENA_METRICS_URL, else the result backend."""
-    return os.environ.get("ATHENA_METRICS_URL") or os.environ.get("ATHENA_RESULT_BACKEND", DEFAULT_RESULT_BACKEND)
+    """Where the workers keep their metrics: ATHENA_METRICS_URL, else the result backend's Redis, database 2."""
+    return os.environ.get("ATHENA_METRICS_URL") or with_database(
+        os.environ.get("ATHENA_RESULT_BACKEND", DEFAULT_RESULT_BACKEND), SIDE_DATABASE
+    )

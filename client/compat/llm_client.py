@@ -10,7 +10,6 @@ for its result. Failures raise `athena_client.errors` classes, which are
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Dict, List, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
+from athena_client.async_client import in_client_thread
 from athena_client.compat.connection import shared_client
 from athena_client.consolidation import UNIT_SCORE_SCHEMA, merge_near_duplicates
 from athena_client.errors import ModelOutputInvalid
@@ -202,19 +202,19 @@ class LocalLLMClient:
         self._client = shared_client(timeout_seconds)
 
     async def check_health(self) -> Dict[str, bool]:
-        health = await asyncio.to_thread(self._client.check_health)
+        health = await in_client_thread(self._client.check_health)
         if not self.enable_compression:
             health["compression"] = False
         return health
 
     async def embed(self, text: str) -> EmbeddingResult:
         started = time.perf_counter()
-        out = await asyncio.to_thread(self._client.embed, text)
+        out = await in_client_thread(self._client.embed, text)
         return EmbeddingResult(out.embedding, out.dimension, (time.perf_counter() - started) * 1000)
 
     async def embed_batch(self, texts: List[str], batch_size: int = 32) -> List[EmbeddingResult]:
         started = time.perf_counter()
-        out = await asyncio.to_thread(self._client.embed_batch, list(texts), batch_size)
+        out = await in_client_thread(self._client.embed_batch, list(texts), batch_size)
         latency_ms = (time.perf_counter() - started) * 1000
         return [EmbeddingResult(r.embedding, r.dimension, latency_ms) for r in out]
 
@@ -227,7 +227,7 @@ class LocalLLMClient:
         top_p: float = 0.9,
     ) -> ReasoningResult:
         started = time.perf_counter()
-        out = await asyncio.to_thread(self._client.reason, prompt, system, max_tokens, temperature, top_p)
+        out = await in_client_thread(self._client.reason, prompt, system, max_tokens, temperature, top_p)
         return ReasoningResult(out.text, out.tokens, (time.perf_counter() - started) * 1000)
 
     async def compress_prompt(self, context: str, instruction: str, compression_ratio: float = 0.5) -> CompressionResult:
@@ -236,7 +236,7 @@ class LocalLLMClient:
             words = len(context.split())
             return CompressionResult(context, words, words, 1.0, 0.0)
         started = time.perf_counter()
-        out = await asyncio.to_thread(self._client.compress_prompt, context, instruction, compression_ratio)
+        out = await in_client_thread(self._client.compress_prompt, context, instruction, compression_ratio)
         return CompressionResult(
             out.compressed_prompt, out.original_tokens, out.compressed_tokens, out.ratio, (time.perf_counter() - started) * 1000
         )
@@ -252,7 +252,7 @@ class LocalLLMClient:
         reads); `answer` holds the whole object, relationships and insights too.
         """
         started = time.perf_counter()
-        out = await asyncio.to_thread(
+        out = await in_client_thread(
             self._client.reason,
             consolidation_prompt(task_description, events_text),
             CONSOLIDATION_SYSTEM_PROMPT,

@@ -10,13 +10,15 @@ the last stage's `ConsolidationResult`, and no worker ever waits for another.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from celery import Task
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, Pattern, StageTiming
 from athena_client.errors import InvalidInput
+from athena_client.limits import capped
+from athena_client.payloads import NonBlankText, ShortText
 from athena_client.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
@@ -29,23 +31,29 @@ COMPRESSION_RATE = 0.5
 Stage = Literal["prepare", "compression", "reasoning", "embedding"]
 
 
-class ConsolidationState(BaseModel):
-    """What one stage hands the next: the job so far, and the stages still to run."""
+EventIds = Annotated[list[Annotated[ShortText, Field(min_length=1)]], capped("events")]
 
-    model_config = ConfigDict(extra="forbid")
+
+class ConsolidationState(BaseModel):
+    """What one stage hands the next: the job so far, and the stages still to run.
+
+    It arrives over the broker like any payload, so it is held to the same caps.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     options: ConsolidateOptions
-    event_ids: list[str]
-    event_text: str
-    dropped_event_ids: list[str]
+    event_ids: Annotated[EventIds, Field(min_length=1)]
+    event_text: Annotated[NonBlankText, capped("context_chars")]
+    dropped_event_ids: EventIds
     compressed: bool = False
     repaired: bool = False
-    model: str = ""
-    patterns: list[Pattern] = []
-    stages: list[StageTiming] = []
-    remaining: list[TaskName]
+    model: ShortText = ""
+    patterns: list[Pattern] = Field(default_factory=list, max_length=20)
+    stages: list[StageTiming] = Field(default_factory=list, max_length=8)
+    remaining: list[TaskName] = Field(max_length=3)
     # When the job began (epoch seconds), for its end-to-end time.
-    started_at: float
+    started_at: float = Field(gt=0)
 
 
 def hand_on(task: Task, state: ConsolidationState, stage: Stage, clock: TaskClock) -> ConsolidationResult:

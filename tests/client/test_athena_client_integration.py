@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from athena_client import AthenaClient
 from athena_client.consolidation import ConsolidateRequest
 from athena_client.errors import AthenaError, InvalidInput, ServerTimeout
+from athena_client.payloads import EmbedRequest
 from athena_client.routes import TaskName
 from tests.harness import wait_for
 from tests.tasks.consolidation.test_consolidation_integration import EVENTS
@@ -139,3 +141,23 @@ def test_consolidation_survives_its_reasoning_worker_being_killed(stack):
         else:
             assert out.patterns
         assert time.monotonic() - started < 300
+
+
+def stored_result(stack, task_id: str):
+    return redis.Redis.from_url(stack.env["ATHENA_RESULT_BACKEND"]).get(f"celery-task-meta-{task_id}")
+
+
+def test_a_result_once_read_is_gone_from_redis(sender, stack):
+    with AthenaClient(stack.env["ATHENA_BROKER_URL"], stack.env["ATHENA_RESULT_BACKEND"]) as client:
+        task_id = client.submit(TaskName.EMBED, EmbedRequest(text="read once"))
+        assert client.result(TaskName.EMBED, task_id, timeout=60).dimension == 384
+    assert stored_result(stack, task_id) is None
+
+
+def test_a_result_read_with_keep_can_be_read_again(sender, stack):
+    with AthenaClient(stack.env["ATHENA_BROKER_URL"], stack.env["ATHENA_RESULT_BACKEND"]) as client:
+        task_id = client.submit(TaskName.EMBED, EmbedRequest(text="kept for a second reader"))
+        first = client.result(TaskName.EMBED, task_id, timeout=60, keep=True)
+        assert stored_result(stack, task_id) is not None
+        assert client.result(TaskName.EMBED, task_id, timeout=5).embedding == first.embedding
+    assert stored_result(stack, task_id) is None

@@ -7,14 +7,17 @@ import json
 import fakeredis
 import pytest
 
-from athena_client.errors import JobError, JobNotFound
-from athena_client.job_store import JobStore, state_json
+from athena_client.errors import ConfigurationError, JobError, JobNotFound
+from athena_client.job_store import DEFAULT_JOB_TTL_S, JobStore, job_ttl_from_env, lease_key, state_json
 from athena_client.jobs import ItemError, JobStatus, PostgresSource, ReembedRequest
+
+
+TTL = 3600
 
 
 @pytest.fixture
 def jobs():
-    return JobStore(fakeredis.FakeRedis())
+    return JobStore(fakeredis.FakeRedis(), ttl_s=TTL)
 
 
 def request() -> ReembedRequest:
@@ -64,3 +67,87 @@ def test_printed_state_hides_the_database_password(jobs):
     printed = state_json(state)
     assert "secret" not in printed
     assert json.loads(printed)["request"]["source"]["dsn"] == "<hidden>"
+
+
+# --- how long a job's record stays ---
+
+
+def record_ttls(jobs: JobStore, job_id: str) -> tuple[int, int]:
+    return jobs.redis.ttl(f"athena:job:{job_id}"), jobs.redis.ttl(f"athena:job:{job_id}:errors")
+
+
+def failed_item(jobs: JobStore, job_id: str) -> None:
+    jobs.start(job_id, runner="r", model="m", dimension=3, total=2)
+    jobs.checkpoint(job_id, cursor=1, completed=1, failed=[ItemError(id=2, error="InvalidInput", message="empty")])
+
+
+@pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED])
+def test_an_ended_jobs_record_and_errors_expire_after_the_job_ttl(jobs, status):
+    job = jobs.create(request())
+    failed_item(jobs, job.job_id)
+    jobs.set_status(job.job_id, status)
+    record, errors = record_ttls(jobs, job.job_id)
+    assert TTL - 5 <= record <= TTL and TTL - 5 <= errors <= TTL
+
+
+def test_a_running_jobs_record_does_not_expire(jobs):
+    job = jobs.create(request())
+    failed_item(jobs, job.job_id)
+    jobs.set_status(job.job_id, JobStatus.FINISHING)
+    assert record_ttls(jobs, job.job_id) == (-1, -1)
+
+
+def test_resuming_an_ended_job_keeps_its_record_again(jobs):
+    job = jobs.create(request())
+    failed_item(jobs, job.job_id)
+    jobs.set_status(job.job_id, JobStatus.FAILED, "lane down")
+    jobs.clear_cancel(job.job_id)
+    assert record_ttls(jobs, job.job_id) == (-1, -1)
+
+
+def test_a_runner_starting_an_ended_job_again_keeps_its_record(jobs):
+    job = jobs.create(request())
+    failed_item(jobs, job.job_id)
+    jobs.set_status(job.job_id, JobStatus.CANCELLED)
+    jobs.start(job.job_id, runner="r2", model="m", dimension=3, total=2)
+    assert record_ttls(jobs, job.job_id) == (-1, -1)
+
+
+def test_a_lease_still_held_when_the_job_ends_keeps_its_own_shorter_ttl(jobs):
+    job = jobs.create(request())
+    jobs.redis.set(lease_key(job.job_id), "runner-1", px=30_000)
+    jobs.set_status(job.job_id, JobStatus.COMPLETED)
+    assert 0 < jobs.redis.pttl(lease_key(job.job_id)) <= 30_000
+
+
+def test_a_lease_without_a_ttl_gets_the_jobs(jobs):
+    job = jobs.create(request())
+    jobs.redis.set(lease_key(job.job_id), "runner-1")
+    jobs.set_status(job.job_id, JobStatus.COMPLETED)
+    assert TTL - 5 <= jobs.redis.ttl(lease_key(job.job_id)) <= TTL
+
+
+def test_the_job_list_skips_jobs_whose_record_has_expired_and_forgets_them(jobs):
+    kept = jobs.create(request(), job_id="kept")
+    jobs.create(request(), job_id="expired")
+    jobs.redis.delete("athena:job:expired")
+    assert [state.job_id for state in jobs.recent()] == [kept.job_id]
+    assert jobs.job_ids() == ["kept"]
+
+
+def test_the_default_job_ttl_is_a_week():
+    assert JobStore(fakeredis.FakeRedis()).ttl_s == DEFAULT_JOB_TTL_S == 7 * 86400
+
+
+def test_the_clients_job_ttl_comes_from_athena_job_ttl_s(monkeypatch):
+    monkeypatch.setenv("ATHENA_JOB_TTL_S", "120")
+    assert job_ttl_from_env() == 120
+    monkeypatch.delenv("ATHENA_JOB_TTL_S")
+    assert job_ttl_from_env() == DEFAULT_JOB_TTL_S
+
+
+@pytest.mark.parametrize("value", ["a week", "0", "-5", "59"])
+def test_a_job_ttl_that_is_not_a_number_of_seconds_of_at_least_a_minute_is_named(monkeypatch, value):
+    monkeypatch.setenv("ATHENA_JOB_TTL_S", value)
+    with pytest.raises(ConfigurationError, match="ATHENA_JOB_TTL_S"):
+        job_ttl_from_env()

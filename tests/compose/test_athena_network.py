@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from athena_client.metrics import SIDE_DATABASE
+
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"
 NETWORK = "athena-inference"
 
@@ -65,7 +67,15 @@ def test_athenas_example_uses_the_stacks_broker_result_backend_and_dimension(sta
     ours = stack["services"]["embeddings-worker"]["environment"]
     theirs = athena["services"]["athena"]["environment"]
     assert theirs["ATHENA_BROKER_URL"] == ours["ATHENA_BROKER_URL"]
-    assert theirs["ATHENA_RESULT_BACKEND"] == theirs["ATHENA_METRICS_URL"] == ours["ATHENA_RESULT_BACKEND"]
+    assert theirs["ATHENA_RESULT_BACKEND"] == ours["ATHENA_RESULT_BACKEND"]
+
+
+def test_athenas_monitor_reads_the_metrics_where_the_workers_write_them(stack, athena):
+    ours = stack["services"]["embeddings-worker"]["environment"]
+    theirs = athena["services"]["athena"]["environment"]
+    # By its last path segment: the ${...:?message} in the URL is no URL syntax urlsplit could read.
+    workers_write_to = ours.get("ATHENA_METRICS_URL") or ours["ATHENA_RESULT_BACKEND"].rsplit("/", 1)[0] + f"/{SIDE_DATABASE}"
+    assert theirs["ATHENA_METRICS_URL"] == workers_write_to
     assert theirs["LLAMACPP_EMBEDDING_DIM"] == ours["LLAMACPP_EMBEDDING_DIM"] == "768"
 
 

@@ -123,7 +123,17 @@ def test_flower_has_credentials_and_listens_for_the_published_port(compose):
     flower = compose["services"]["flower"]
     assert flower["environment"]["ATHENA_FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert flower["environment"]["ATHENA_FLOWER_ADDRESS"] == "0.0.0.0"
-    assert flower["ports"] == ["5555:5555"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+
+
+def test_the_exporter_listens_for_the_port_published_on_the_hosts_loopback_only(compose):
+    exporter = compose["services"]["exporter"]
+    assert exporter["environment"]["ATHENA_EXPORTER_ADDRESS"] == "0.0.0.0"
+    assert exporter["ports"] == ["127.0.0.1:9808:9808"]
+
+
+def test_outside_a_container_the_exporter_binds_to_loopback_unless_told_otherwise(clean_settings_env):
+    assert load_settings().exporter_address == "127.0.0.1"
 
 
 def test_every_worker_has_a_healthcheck_on_its_own_queue(compose):

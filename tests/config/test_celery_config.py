@@ -4,7 +4,7 @@
 import pytest
 
 from athena_client.routes import TASK_QUEUES, Queue, TaskName, queue_for
-from athena_inference.config.celery import celery_config, time_limits
+from athena_inference.config.celery import celery_config, make_celery, time_limits
 from athena_inference.config.settings import load_settings
 
 
@@ -114,11 +114,19 @@ def test_time_limits_map_each_queue_to_its_setting(settings):
     }
 
 
-def test_task_events_and_extended_results_are_on(config):
+def test_task_events_are_on(config):
     assert config["task_send_sent_event"] is True
     assert config["worker_send_task_events"] is True
-    assert config["result_extended"] is True
-    assert config["task_track_started"] is True
+    # A STARTED state in the result backend would cost every task a write before it runs.
+    assert not config.get("task_track_started", False)
+
+
+def test_a_result_stores_no_second_copy_of_the_tasks_inputs(config):
+    assert not config.get("result_extended", False)
+
+
+def test_results_expire_after_the_setting():
+    assert celery_config(load_settings(result_expires_s=120))["result_expires"] == 120
 
 
 def test_module_app_is_configured_with_celery_config():
@@ -153,3 +161,37 @@ def test_queue_for_unknown_task_raises_key_error_naming_known_tasks():
     assert "athena.summarise" in message
     for name in TaskName:
         assert name.value in message
+
+
+# --- a Redis restart ---
+
+
+def test_workers_retry_the_broker_for_as_long_as_it_takes(config):
+    assert config["broker_connection_max_retries"] is None
+
+
+def test_a_result_finished_while_redis_is_away_is_stored_once_it_is_back(config):
+    assert config["result_backend_always_retry"] is True
+    assert config["result_backend_max_retries"] > 0
+
+
+def test_sending_a_task_waits_out_a_restart_of_several_seconds(config):
+    policy = config["task_publish_retry_policy"]
+    waited = sum(min(policy["interval_start"] + n * policy["interval_step"], policy["interval_max"]) for n in range(policy["max_retries"]))
+    assert waited >= 30
+
+
+def test_redis_urls_get_the_fixed_transport_under_their_own_scheme():
+    from athena_client.redis_transport import Transport
+
+    with make_celery(load_settings(broker_url="redis://127.0.0.1:6390/0")).connection_for_write() as connection:
+        assert isinstance(connection.transport, Transport)
+        assert connection.as_uri().startswith("redis://")
+
+
+def test_the_client_waits_out_a_restart_as_the_workers_do():
+    from athena_client.transport import TaskTransport
+
+    transport = TaskTransport.connect("redis://127.0.0.1:6390/0", "redis://127.0.0.1:6390/1", timeout=1)
+    assert transport.app.conf.result_backend_always_retry is True
+    assert transport.app.conf.task_publish_retry_policy == celery_config(load_settings())["task_publish_retry_policy"]

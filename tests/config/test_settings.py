@@ -26,7 +26,8 @@ def test_defaults_describe_the_embedded_stack():
     assert settings.embedding_max_tokens == 512
     assert settings.broker_url == "redis://127.0.0.1:6380/0"
     assert settings.result_backend == "redis://127.0.0.1:6380/1"
-    assert settings.retry_attempts == 5
+    assert settings.retry_attempts == 2
+    assert (settings.embed_retry_budget_s, settings.reason_retry_budget_s, settings.max_deliveries) == (90, 300, 3)
     assert settings.visibility_timeout_s == 7200
     assert settings.flower_basic_auth is None
 
@@ -42,10 +43,11 @@ def test_default_visibility_timeout_outlasts_every_default_time_limit():
     assert settings.visibility_timeout_s > longest
 
 
-def test_metrics_redis_url_falls_back_to_result_backend():
-    settings = load_settings(result_backend="redis://example:6379/3")
+def test_metrics_and_caches_fall_back_to_the_result_backends_redis_in_a_database_of_their_own():
+    settings = load_settings(result_backend="redis://:pw@example:6379/3")
     assert settings.metrics_url is None
-    assert settings.metrics_redis_url == "redis://example:6379/3"
+    assert settings.metrics_redis_url == "redis://:pw@example:6379/2"
+    assert settings.cache_redis_url == "redis://:pw@example:6379/2"
 
 
 def test_metrics_url_wins_over_result_backend_when_set(monkeypatch):
@@ -227,3 +229,10 @@ def test_a_placeholder_flower_password_is_refused(clean_settings_env, monkeypatc
 def test_a_real_password_is_taken(clean_settings_env, monkeypatch):
     monkeypatch.setenv("ATHENA_BROKER_URL", "redis://:s3cret-4f9a@redis:6379/0")
     assert load_settings().broker_url == "redis://:s3cret-4f9a@redis:6379/0"
+
+
+@pytest.mark.parametrize("value", ["change-me", "Password", ""])
+def test_a_placeholder_or_empty_embedded_redis_password_is_refused(clean_settings_env, monkeypatch, value):
+    monkeypatch.setenv("ATHENA_REDIS_PASSWORD", value)
+    with pytest.raises(ConfigurationError, match="ATHENA_REDIS_PASSWORD: "):
+        load_settings()

@@ -150,3 +150,24 @@ def test_failures_and_health_checks_are_recorded_like_any_call(tasks, metrics):
     answer_with(lambda request: httpx.Response(503))
     assert tasks["athena.health.embeddings"]() == {"ready": False, "detail": "loading model (503)", "model": None}
     assert metrics.stats("athena.health.embeddings").success == 1
+
+
+def test_an_unavailable_server_outside_a_worker_fails_at_once_naming_the_budget(tasks):
+    answer_with(lambda request: httpx.Response(503))
+    with pytest.raises(ServerUnavailable, match=r"gave up after \d+ s and 1 tries .*ATHENA_EMBED_RETRY_BUDGET_S"):
+        tasks["athena.embed"](text="a")
+
+
+@pytest.mark.parametrize("payload, problem", [
+    ({"text": "\x00"}, "no visible character"),
+    ({"text": "\ud800"}, "lone UTF-16 surrogate"),
+    ({"text": "x" * 200_001}, "ATHENA_MAX_EMBED_TEXT_CHARS"),
+])
+def test_text_no_server_could_take_is_invalid_input(tasks, payload, problem):
+    with pytest.raises(InvalidInput, match=problem):
+        tasks["athena.embed"](**payload)
+
+
+def test_a_not_a_number_is_invalid_input(tasks):
+    with pytest.raises(InvalidInput, match="finite number"):
+        tasks["athena.reason"](prompt="why?", temperature=float("nan"))

@@ -9,7 +9,7 @@ from athena_client.payloads import CompressionResult, CompressorStatus, Compress
 from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.workers.metrics import MetricsStore
-from tests.harness import wait_for
+from tests.harness import side_url, wait_for
 
 MEMORY = """On Monday the payments team noticed that the nightly reconciliation job had been failing silently for three days.
 The job reads settlement files from the bank's SFTP server, matches each line against the ledger in PostgreSQL, and
@@ -45,7 +45,7 @@ def test_compression_is_shorter_and_close_to_the_rate_asked(sender):
 
 def test_tokens_and_money_saved_go_into_the_shared_metrics(sender, stack):
     compress(sender, CompressRequest(context=MEMORY, rate=0.5))
-    stats = MetricsStore.from_url(stack.env["ATHENA_RESULT_BACKEND"]).stats(TaskName.COMPRESS_PROMPT.value)
+    stats = MetricsStore.from_url(side_url(stack.env)).stats(TaskName.COMPRESS_PROMPT.value)
     assert stats.success >= 1
     assert stats.totals["tokens_saved"] > 0 and stats.totals["money_saved_usd"] > 0
 

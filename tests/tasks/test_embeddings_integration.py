@@ -56,7 +56,8 @@ def test_embed_matches_reference_model(sender, reference_vectors):
 
 def test_embed_result_and_timing_are_stored_in_redis(sender, stack):
     pending = sender.send(TaskName.EMBED, EmbedRequest(text="timing goes with the result"))
-    out = sender.wait(TaskName.EMBED, pending)
+    # Kept, so it can be read again from Redis (the client deletes what it has read).
+    out = sender.result(TaskName.EMBED, pending.id, 60, keep=True)
     raw = redis.Redis.from_url(stack.env["ATHENA_RESULT_BACKEND"]).get(f"celery-task-meta-{pending.id}")
     stored = json.loads(raw)
     assert stored["status"] == "SUCCESS"

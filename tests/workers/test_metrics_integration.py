@@ -8,7 +8,7 @@ import subprocess
 from athena_client.payloads import EmbedRequest
 from athena_client.routes import TaskName
 from athena_inference.workers.metrics import MetricsStore
-from tests.harness import CLI
+from tests.harness import CLI, side_url
 
 
 def test_metrics_are_shared_in_redis_and_readable_from_cli(sender, stack):
@@ -17,7 +17,7 @@ def test_metrics_are_shared_in_redis_and_readable_from_cli(sender, stack):
     failed = sender.app.send_task(TaskName.EMBED.value, kwargs={"text": ""}, queue="embeddings")
     failed.get(timeout=30, propagate=False)
 
-    store = MetricsStore.from_url(stack.env["ATHENA_RESULT_BACKEND"])
+    store = MetricsStore.from_url(side_url(stack.env))
     embed = store.get_all_stats()["athena.embed"]
     assert embed.success >= 3 and embed.failures >= 1
     assert embed.latency_ms.min <= embed.latency_ms.p50 <= embed.latency_ms.p95 <= embed.latency_ms.max

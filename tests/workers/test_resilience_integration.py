@@ -10,12 +10,14 @@ import pickle
 import time
 
 import pytest
+import redis
 from kombu import Connection
 
 from athena_client.errors import ServerUnavailable
 from athena_client.payloads import EmbedRequest
 from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
+from athena_inference.workers.circuit_breaker import CircuitBreaker
 from tests.harness import free_port, wait_for
 
 
@@ -27,7 +29,12 @@ def outage(stack):
     env = {
         "ATHENA_BROKER_URL": f"{redis_url}/2",
         "ATHENA_RESULT_BACKEND": f"{redis_url}/3",
+        # Metrics, caches and breakers of their own, away from the main stack's.
+        "ATHENA_METRICS_URL": f"{redis_url}/4",
+        "ATHENA_CACHE_URL": f"{redis_url}/4",
         "LLAMACPP_EMBEDDINGS_URL": url,
+        # These tests are about the HTTP call's own retries: no waiting it out at the task level.
+        "ATHENA_EMBED_RETRY_BUDGET_S": "0",
     }
     server = stack.llama("embeddings", url, env)
     stack.worker("embeddings", "outage", env)
@@ -53,6 +60,10 @@ def test_server_that_comes_back_is_used_again(outage, stack):
     if server.popen.poll() is None:
         server.stop()
     stack.llama("embeddings", url, env)
+    # With no task-level retries, the call must come after the breaker's cooldown
+    # (the failures above opened it); the first call after it probes and closes it.
+    breaker = CircuitBreaker(redis.Redis.from_url(env["ATHENA_CACHE_URL"]), url)
+    wait_for(lambda: not breaker.state(), "the breaker's cooldown", 30)
     out = sender.call(TaskName.EMBED, EmbedRequest(text="after the outage"), timeout=60)
     assert out.dimension == 384
 

@@ -59,14 +59,19 @@ def _warn_if_slots_differ(queue: Queue, settings: Settings) -> None:
     server = LlamaServer(url, timeout=httpx.Timeout(2.0))
     slots = server.slots()
     server.close()
-    concurrency = processes.worker_concurrency(queue, settings)
-    if slots is not None and slots != concurrency:
+    # A threaded embeddings worker runs more tasks than that, but sends at most this many requests at once.
+    expected = server_config(queue, settings).slots
+    if slots is not None and slots != expected:
         setting = f"ATHENA_{queue.value.upper()}_SLOTS"
         print(
-            f"warning: {url} has {slots} slots but the {queue.value} worker runs {concurrency} "
-            f"processes; set {setting}={slots} so the backlog waits in the queue, not in the server",
+            f"warning: {url} has {slots} slots but the {queue.value} worker expects {expected} "
+            f"({setting}); set {setting}={slots} so the backlog waits in the queue, not in the server",
             file=sys.stderr,
         )
+
+
+# Flower reads its own options from FLOWER_<OPTION> variables.
+FLOWER_LOGIN_ENV = "FLOWER_BASIC_AUTH"
 
 
 def run_flower(settings: Settings) -> None:
@@ -77,5 +82,11 @@ def run_flower(settings: Settings) -> None:
                 "task's arguments and results, so it starts without a password only with ATHENA_FLOWER_UNAUTHENTICATED=true"
             )
         print("warning: Flower runs WITHOUT authentication (ATHENA_FLOWER_UNAUTHENTICATED=true)", file=sys.stderr)
-    auth = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None
-    _exec(processes.flower_argv(settings, auth))
+        # Flower would take a login left in the environment by someone else; the
+        # warning above must stay true, and the settings alone decide.
+        os.environ.pop(FLOWER_LOGIN_ENV, None)
+    else:
+        # Flower's own variable for its login. A process's environment is readable
+        # only by its user and root, while its arguments are shown by `ps` to all.
+        os.environ[FLOWER_LOGIN_ENV] = settings.flower_basic_auth.get_secret_value()
+    _exec(processes.flower_argv(settings))

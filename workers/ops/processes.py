@@ -6,14 +6,15 @@ The Procfile names these through `athena-inference serve ...` and
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlsplit
 
 from athena_client.routes import Queue
 from athena_inference.config.servers import SERVER_QUEUES, server_config
 from athena_inference.config.settings import Settings
+from athena_inference.workers.ops.secrets import new_password, stored_secret
 
 
 def host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -54,15 +55,24 @@ def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[i
     return set(available[:embeddings] if queue is Queue.EMBEDDINGS else available[-reasoning:])
 
 
+def worker_pool(queue: Queue, settings: Settings) -> str:
+    return settings.embeddings_pool if queue is Queue.EMBEDDINGS else "prefork"
+
+
 def worker_concurrency(queue: Queue, settings: Settings) -> int:
-    """A server's slots for the queues in front of one; one process for the rest."""
+    """A server's slots for the queues in front of one (a threaded embeddings
+    worker: the embeds it may merge); one process for the rest."""
+    if worker_pool(queue, settings) == "threads":
+        return settings.embed_coalesce_tasks
     return server_config(queue, settings).slots if queue in SERVER_QUEUES else 1
 
 
 def worker_argv(queue: Queue, settings: Settings, *, node_suffix: str = "%h") -> list[str]:
-    return [
+    pool = worker_pool(queue, settings)
+    argv = [
         sys.executable, "-m", "celery", "-A", "athena_inference.config.celery", "worker",
         "-Q", queue.value,
+        "-P", pool,
         "-c", str(worker_concurrency(queue, settings)),
         "-n", f"{queue.value}@{node_suffix}",
         # Task events, so Flower shows each queue's tasks.
@@ -70,19 +80,100 @@ def worker_argv(queue: Queue, settings: Settings, *, node_suffix: str = "%h") ->
         "--loglevel", "INFO",
         "--without-gossip", "--without-mingle",
     ]
+    if pool == "prefork":
+        # A process left holding too much memory (a leak, a huge input) is replaced after its task.
+        argv += [
+            "--max-memory-per-child", str(settings.worker_max_memory_per_child_mb * 1024),
+            "--max-tasks-per-child", str(settings.worker_max_tasks_per_child),
+        ]
+    return argv
+
+
+REDIS_PORT = 6379
+
+
+def redis_password_file(settings: Settings) -> Path:
+    return settings.cache_dir / "redis-password"
+
+
+def redis_password(settings: Settings) -> str:
+    """ATHENA_REDIS_PASSWORD, else the one made the first time and kept in cache_dir (0600)."""
+    if settings.redis_password is not None:
+        return settings.redis_password.get_secret_value()
+    return stored_secret(redis_password_file(settings), new_password)
+
+
+def redis_data_dir(settings: Settings) -> Path:
+    # One folder per port: two embedded stacks on one machine (a test's beside
+    # yours) must never write the same append-only file.
+    _, port = host_port(settings.result_backend, REDIS_PORT)
+    return settings.cache_dir / "redis" / str(port)
+
+
+def _redis_quoted(value: str) -> str:
+    # Redis reads a double-quoted value with backslash escapes, so any password stays one value on one line.
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def redis_config(settings: Settings, password: str) -> str:
+    host, port = host_port(settings.result_backend, REDIS_PORT)
+    return "\n".join(
+        [
+            "# Written by `athena-inference serve redis` at every start, from settings; edits here are lost.",
+            f"bind {host}",
+            f"port {port}",
+            f"dir {_redis_quoted(str(redis_data_dir(settings)))}",
+            f"requirepass {_redis_quoted(password)}",
+            # Queued tasks, unacknowledged ones and unread results survive a restart,
+            # losing at most the last second of writes.
+            "appendonly yes",
+            "appendfsync everysec",
+            # No RDB snapshots besides: the AOF's own rewrites start from an RDB
+            # preamble, so it stays compact; a snapshot would add a fork of the whole
+            # dataset every few minutes on a 2-core machine and a save at every stop.
+            # For a backup, BGSAVE writes one on demand.
+            'save ""',
+            f"maxmemory {settings.redis_maxmemory_mb}mb",
+            # Only keys with a TTL may be evicted: the broker's queues, unacknowledged
+            # tasks, metrics and running jobs have none, so they are never dropped (at
+            # the bound, writes fail instead). volatile-lru rather than volatile-ttl:
+            # the soonest to expire are a running job's lease (seconds) and fresh
+            # results (an hour), which volatile-ttl would evict before day-old cache
+            # entries; least recently used picks stale cache entries and results nobody
+            # came back for, while a lease renewed every few seconds stays.
+            "maxmemory-policy volatile-lru",
+            "",
+        ]
+    )
+
+
+def write_redis_config(settings: Settings, password: str) -> Path:
+    """The config file, private from its first byte: created 0600 under a new name, then renamed into place."""
+    data = redis_data_dir(settings)
+    data.mkdir(parents=True, exist_ok=True)
+    # The append-only file holds every queued payload and result.
+    data.chmod(0o700)
+    path = data / "redis.conf"
+    partial = data / f".redis.conf.{os.getpid()}"
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(redis_config(settings, password))
+    os.replace(partial, path)
+    return path
 
 
 def redis_argv(settings: Settings, binary: Path) -> list[str]:
-    host, port = host_port(settings.result_backend, 6379)
-    data = settings.cache_dir / "redis"
-    data.mkdir(parents=True, exist_ok=True)
-    # Append-only persistence: a restart of the embedded stack keeps queued tasks.
-    return [str(binary), "--bind", host, "--port", str(port), "--dir", str(data), "--appendonly", "yes", "--save", ""]
+    """Writes the config file and returns the command that reads it: the password is on no command line."""
+    return [str(binary), str(write_redis_config(settings, redis_password(settings)))]
 
 
-def flower_argv(settings: Settings, basic_auth: Optional[str]) -> list[str]:
-    argv = [
-        sys.executable, "-m", "celery", "-A", "athena_inference.config.celery", "flower",
+def flower_argv(settings: Settings) -> list[str]:
+    # Our launcher rather than `celery flower`: it puts /metrics and the whole API
+    # behind the password too. The password is not an argument: `ps` shows every
+    # argument list to every user, so launch.run_flower hands it over in the environment.
+    return [
+        sys.executable, "-m", "athena_inference.workers.ops.flower_app",
         f"--port={settings.flower_port}", f"--address={settings.flower_address}",
     ]
-    return argv + [f"--basic-auth={basic_auth}"] if basic_auth else argv

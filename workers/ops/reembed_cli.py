@@ -88,7 +88,8 @@ def _watch(jobs: JobStore, job_id: str) -> int:
 
 
 def _jobs() -> JobStore:
-    return JobStore.from_url(get_settings().result_backend)
+    settings = get_settings()
+    return JobStore.from_url(settings.result_backend, ttl_s=settings.job_ttl_s)
 
 
 def _client() -> AthenaClient:
@@ -252,8 +253,7 @@ def switch_job(job_id: str, undo: bool, yes: bool, allow_null: bool) -> int:
 @reembed.command(name="list")
 def list_jobs() -> int:
     """The latest jobs."""
-    jobs = _jobs()
-    for job_id in jobs.job_ids():
-        state = jobs.get(job_id)
-        click.echo(f"{job_id}  {state.status.value:10}  {state.counts.done}/{state.counts.total}  {state.created_at:%Y-%m-%d %H:%M}")
+    # A finished job's record expires (ATHENA_JOB_TTL_S); only those still on record are listed.
+    for state in _jobs().recent():
+        click.echo(f"{state.job_id}  {state.status.value:10}  {state.counts.done}/{state.counts.total}  {state.created_at:%Y-%m-%d %H:%M}")
     return 0

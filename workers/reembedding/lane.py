@@ -44,10 +44,8 @@ class CeleryLane:
 
     def collect(self, handle: str, timeout: float) -> EmbedBulkResult:
         # The jobs worker waits on another queue's tasks by design (see tasks/jobs.py).
-        result = self.transport.result(TaskName.EMBED_BULK, handle, timeout, allow_in_task=True)
-        # A batch's vectors are written to the store at once; keeping them in Redis for a day would not help anyone.
-        self.transport.forget(handle)
-        return result
+        # Read once and deleted: a batch's vectors are written to the store at once.
+        return self.transport.result(TaskName.EMBED_BULK, handle, timeout, allow_in_task=True)
 
     def backlog(self) -> int:
         if self._connection is None:

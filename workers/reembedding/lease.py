@@ -11,7 +11,7 @@ from typing import Optional
 
 import redis
 
-PREFIX = "athena:job:"
+from athena_client.job_store import lease_key
 
 
 class JobLeases:
@@ -20,7 +20,8 @@ class JobLeases:
 
     @staticmethod
     def _key(job_id: str) -> str:
-        return PREFIX + job_id + ":lease"
+        # Its layout is the job store's, which caps a held lease's TTL at the record's when the job ends.
+        return lease_key(job_id)
 
     def acquire(self, job_id: str, token: str, lease_s: float) -> bool:
         return bool(self.redis.set(self._key(job_id), token, nx=True, px=int(lease_s * 1000)))

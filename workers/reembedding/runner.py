@@ -19,11 +19,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
-import redis
-
 from athena_client.errors import AthenaError, JobError, ServerTimeout
 from athena_client.job_store import JobStore
 from athena_client.jobs import ItemError, JobState, JobStatus
+from athena_client.redis_connect import redis_client
 from athena_client.transport import TaskTransport
 from athena_inference.config.settings import Settings
 from athena_inference.workers.reembedding.embedding_cache import EmbeddingCache
@@ -334,8 +333,8 @@ def iter_progress(jobs: JobStore, job_id: str, interval_s: float = 0.5) -> Itera
 
 def build_runner(job_id: str, settings: Settings, on_progress: Callable[[Progress], None] = lambda progress: None) -> ReembedRunner:
     """A runner wired to the real seams named by `settings` (broker, Redis, the job's store)."""
-    client = redis.Redis.from_url(settings.result_backend)
-    jobs = JobStore(client)
+    client = redis_client(settings.result_backend)
+    jobs = JobStore(client, ttl_s=settings.job_ttl_s)
     state = jobs.get(job_id)
     return ReembedRunner(
         job_id,
@@ -346,7 +345,8 @@ def build_runner(job_id: str, settings: Settings, on_progress: Callable[[Progres
             TaskTransport.connect(settings.broker_url, settings.result_backend, timeout=settings.job_batch_timeout_s),
             long_text=state.request.long_text,
         ),
-        cache=EmbeddingCache(client, settings.embedding_cache_ttl_s),
+        # The cache's own database: its keys expire and may be evicted, apart from the jobs' records.
+        cache=EmbeddingCache(redis_client(settings.cache_redis_url), settings.embedding_cache_ttl_s),
         lease_s=settings.job_lease_s,
         batch_timeout_s=settings.job_batch_timeout_s,
         on_progress=on_progress,

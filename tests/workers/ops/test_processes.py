@@ -1,5 +1,6 @@
 """The command lines of the stack's processes, and the Procfile that names them."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -143,16 +144,45 @@ def test_worker_runs_with_this_python(settings):
     assert worker_argv(Queue.EMBEDDINGS, settings)[:3] == [sys.executable, "-m", "celery"]
 
 
-def test_flower_argv_uses_port_and_basic_auth(settings):
-    argv = flower_argv(settings, "admin:pw")
-    assert "flower" in argv
+def test_flower_argv_uses_port_and_address(settings):
+    argv = flower_argv(settings)
     assert f"--port={settings.flower_port}" in argv
-    assert "--basic-auth=admin:pw" in argv
     assert "--address=127.0.0.1" in argv
 
 
-def test_flower_argv_without_credentials_has_no_auth_flag(settings):
-    assert not [a for a in flower_argv(settings, None) if a.startswith("--basic-auth")]
+def test_flower_runs_through_our_launcher_with_this_python(settings):
+    assert flower_argv(settings)[:3] == [sys.executable, "-m", "athena_inference.workers.ops.flower_app"]
+
+
+@pytest.fixture
+def launched_flower(monkeypatch):
+    """Runs `athena-inference flower`'s launcher up to its exec; returns the argv it would exec."""
+    from athena_inference.workers.ops import launch
+
+    # Recorded by monkeypatch, so whatever the launcher sets is undone after the test.
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "left:over")
+    execed: list[list[str]] = []
+    monkeypatch.setattr(launch, "_exec", execed.append)
+
+    def run() -> list[str]:
+        launch.run_flower(load_settings())
+        [argv] = execed
+        return argv
+
+    return run
+
+
+def test_flower_password_is_in_the_launchers_environment_not_its_argv(monkeypatch, launched_flower):
+    monkeypatch.setenv("ATHENA_FLOWER_BASIC_AUTH", "admin:s3cret-pw")
+    argv = launched_flower()
+    assert not [arg for arg in argv if "s3cret-pw" in arg]
+    assert os.environ["FLOWER_BASIC_AUTH"] == "admin:s3cret-pw"
+
+
+def test_flower_without_a_password_inherits_no_stray_login(monkeypatch, launched_flower):
+    monkeypatch.setenv("ATHENA_FLOWER_UNAUTHENTICATED", "true")
+    launched_flower()
+    assert "FLOWER_BASIC_AUTH" not in os.environ
 
 
 def test_flower_refuses_to_start_open_unless_told(clean_settings_env, capsys):

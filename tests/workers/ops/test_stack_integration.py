@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import threading
 import time
 
-from tests.harness import CLI, local_stack_env
+import pytest
+
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.processes import redis_data_dir, redis_password, redis_password_file
+from tests.harness import CLI, local_stack_env, redis_port
 
 
 def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned):
     env = local_stack_env()
-    done = subprocess.run([*CLI, "up", "--check"], env=env, capture_output=True, text=True, timeout=600)
+    try:
+        done = subprocess.run([*CLI, "up", "--check"], env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        forget_redis_data(env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout
     assert "starting: redis, embeddings-server, reasoning-server" in out
@@ -50,25 +59,98 @@ def alive(pid: int) -> bool:
         return stat.read().split(")")[-1].split()[0] != "Z"
 
 
+def start_up(env: dict[str, str]) -> subprocess.Popen:
+    # Its own process group, like a shell's foreground job, so SIGINT reaches the group as Ctrl-C does.
+    return subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def read_until_up(up: subprocess.Popen) -> list[str]:
+    """What `up` printed, up to the line that ends its report."""
+    lines = []
+    for line in up.stdout:
+        lines.append(line)
+        if "health: athena-inference health" in line:
+            return lines
+    raise AssertionError(f"up exited with {up.wait()} before the stack was up:\n{''.join(lines[-40:])}")
+
+
+def forget_redis_data(env: dict[str, str]) -> None:
+    # Each test's Redis keeps its append-only file under the cache, in a folder named by its (free) port.
+    shutil.rmtree(redis_data_dir(load_settings(result_backend=env["ATHENA_RESULT_BACKEND"])), ignore_errors=True)
+
+
+def all_gone(pids: set[int], within_s: float) -> list[int]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.5)
+    return [pid for pid in pids if alive(pid)]
+
+
 def test_ctrl_c_stops_every_process_up_started(provisioned):
     env = local_stack_env()
-    # Its own process group, like a shell's foreground job, so SIGINT reaches the group as Ctrl-C does.
-    up = subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    up = start_up(env)
     try:
-        for line in up.stdout:
-            if "stack is up" in line:
-                break
-        else:
-            raise AssertionError(f"up exited with {up.wait()} before the stack was up")
+        read_until_up(up)
         started = descendants(up.pid)
         assert len(started) >= 9  # honcho, redis, two servers, four workers, flower
         os.killpg(up.pid, signal.SIGINT)
         up.stdout.read()
         assert up.wait(timeout=60) == 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(alive(pid) for pid in started):
-            time.sleep(0.5)
-        assert not [pid for pid in started if alive(pid)]
+        assert all_gone(started, 30) == []
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
+        forget_redis_data(env)
+
+
+def test_sigterm_to_up_stops_every_process_it_started(provisioned):
+    env = local_stack_env()
+    up = start_up(env)
+    try:
+        read_until_up(up)
+        started = descendants(up.pid)
+        assert len(started) >= 9
+        # To `up` alone, as systemd or a container runtime sends it to the process it started.
+        up.send_signal(signal.SIGTERM)
+        up.stdout.read()
+        assert up.wait(timeout=60) == 0
+        assert all_gone(started, 30) == []
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+        forget_redis_data(env)
+
+
+@pytest.fixture(scope="module")
+def running_up(provisioned):
+    """One `up` for the tests that only look at it; its output keeps being read so it never blocks."""
+    env = local_stack_env()
+    up = start_up(env)
+    try:
+        printed = read_until_up(up)
+        drain = threading.Thread(target=lambda: [printed.append(line) for line in up.stdout], daemon=True)
+        drain.start()
+        yield up, "".join(printed), env
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+        forget_redis_data(env)
+
+
+def test_the_embedded_redis_password_is_on_no_command_line(running_up):
+    password = redis_password(load_settings())
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert f":{redis_port(running_up[2])}" in listing  # the stack's Redis is among them
+    assert password not in listing
+
+
+def test_up_says_how_a_client_connects_without_printing_the_password(running_up):
+    _, printed, env = running_up
+    password = redis_password(load_settings())
+    assert f"ATHENA_BROKER_URL=redis://:***@127.0.0.1:{redis_port(env)}/0" in printed
+    assert f"its password is in {redis_password_file(load_settings())}" in printed
+    assert password not in printed

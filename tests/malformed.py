@@ -1,0 +1,121 @@
+"""Malformed payloads for every task: what a buggy or hostile caller might send by task name.
+
+Each starts from a valid payload of its task and breaks it one way: positional
+junk, an unknown key, a missing or mistyped field, blank, NUL-only or huge
+text, a lone UTF-16 surrogate, NaN, an empty or oversized list, mixed time
+zones. Every one must be answered with InvalidInput (or InputTooLong), never a
+raw Python exception. Used by the unit tests and by bench/faults.py over the
+broker.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Iterator
+
+from athena_client.routes import TaskName
+
+EVENT = {"id": "e1", "timestamp": "2026-11-02T09:14:00Z", "event_type": "decision", "content": "Batch jobs fail loudly.", "tags": ["batch"]}
+STATE = {
+    "options": {"compress": False, "max_patterns": 2, "temperature": 0.2, "embed_patterns": False},
+    "event_ids": ["e1"], "event_text": "[e1] decision: Batch jobs fail loudly.", "dropped_event_ids": [],
+    "remaining": [], "started_at": 1_790_000_000.0,
+}
+VALID: dict[TaskName, dict[str, Any]] = {
+    TaskName.EMBED: {"text": "a memory"},
+    TaskName.EMBED_BATCH: {"texts": ["one memory", "another"]},
+    TaskName.EMBED_BULK: {"texts": ["one memory"]},
+    TaskName.REEMBED: {"job_id": "0123456789abcdef"},
+    TaskName.REASON: {"prompt": "Why keep a backlog in a queue?", "max_tokens": 8},
+    TaskName.COMPRESS_PROMPT: {"context": "A context worth compressing.", "rate": 0.5},
+    TaskName.COMPRESSOR_STATUS: {},
+    TaskName.CONSOLIDATE: {"events": [EVENT], "options": {"max_patterns": 2}},
+    TaskName.CONSOLIDATE_COMPRESS: STATE,
+    TaskName.CONSOLIDATE_REASON: STATE,
+    TaskName.CONSOLIDATE_EMBED: STATE,
+    TaskName.EMBEDDINGS_HEALTH: {},
+    TaskName.REASONING_HEALTH: {},
+    TaskName.EMBEDDINGS_BULK_HEALTH: {},
+}
+# Fields holding text that must be visible, bounded Unicode.
+TEXT_FIELDS = {"text", "prompt", "context", "event_text"}
+BAD_TEXTS = ["", "   \n\t", "\x00", "\x00\x01\x02", "\ud800", "ok \udfff", "x" * 1_000_001]
+BAD_VALUES = [None, 7, -1, 2.5, float("nan"), float("inf"), True, [], {}, ["nested", ["junk"]], {"a": {"b": 1}}, "text"]
+
+
+def _mutations(task: TaskName, payload: dict[str, Any], rng: random.Random) -> Iterator[tuple[tuple, dict[str, Any], str]]:
+    yield ("junk", 42), {}, "positional arguments"
+    yield (payload,), {}, "the payload as a positional argument"
+    yield (), {**payload, "colour": "blue"}, "an unknown key"
+    yield (), {**payload, "x" * 300: 1}, "an unknown key 300 characters long"
+    for field, value in payload.items():
+        rest = {k: v for k, v in payload.items() if k != field}
+        yield (), rest, f"no {field}"
+        for bad in BAD_VALUES:
+            if type(bad) is not type(value) or (isinstance(bad, float) and bad != bad):
+                yield (), {**payload, field: bad}, f"{field} = {bad!r}"[:80]
+        if field in TEXT_FIELDS:
+            for bad in BAD_TEXTS:
+                yield (), {**payload, field: bad}, f"{field} = {bad[:12]!r} ({len(bad)} chars)"
+        if isinstance(value, list):
+            yield (), {**payload, field: [] if value else [None]}, f"{field} emptied or holding None"
+            yield (), {**payload, field: [value[0] if value else "x"] * 10_000}, f"{field} with 10,000 items"
+            yield (), {**payload, field: [rng.choice(BAD_TEXTS[:6]) for _ in range(3)]}, f"{field} of bad texts"
+    if task is TaskName.CONSOLIDATE:
+        naive = {**EVENT, "id": "e2", "timestamp": "2026-11-02T10:00:00"}
+        yield (), {**payload, "events": [EVENT, naive]}, "time zones mixed"
+        yield (), {**payload, "events": [EVENT, EVENT]}, "repeated ids"
+        yield (), {**payload, "events": [{**EVENT, "content": "\x00"}]}, "NUL-only content"
+        yield (), {**payload, "events": [{**EVENT, "timestamp": "not a time"}]}, "a timestamp that is no time"
+        yield (), {**payload, "options": {"temperature": float("nan")}}, "NaN temperature"
+    if task is TaskName.REASON:
+        yield (), {**payload, "temperature": float("nan")}, "NaN temperature"
+        yield (), {**payload, "json_schema": {"type": "object"}, "grammar": "root ::= \"x\""}, "schema and grammar"
+        yield (), {**payload, "stop": ["\ud800"]}, "a surrogate stop string"
+    if task in (TaskName.CONSOLIDATE_REASON, TaskName.CONSOLIDATE_EMBED, TaskName.CONSOLIDATE_COMPRESS):
+        yield (), {**payload, "started_at": float("nan")}, "NaN start time"
+        yield (), {**payload, "remaining": ["athena.nothing"]}, "an unknown next stage"
+
+
+def request_models() -> dict[TaskName, type]:
+    """Each task's payload model, as the worker validates it."""
+    from athena_inference.config.celery import TASK_MODULES, app
+
+    for module in TASK_MODULES:
+        __import__(module)
+    return {name: app.tasks[name.value].request_model for name in TaskName}
+
+
+def _is_malformed(model: type, args: tuple, kwargs: dict[str, Any]) -> bool:
+    from pydantic import ValidationError
+
+    if args:
+        return True
+    try:
+        model.model_validate(kwargs)
+    except ValidationError:
+        return True
+    return False
+
+
+def malformed_payloads(seed: int = 0) -> list[tuple[TaskName, tuple, dict[str, Any], str]]:
+    """Every malformed payload for every task: (task, args, kwargs, what is wrong).
+
+    A mutation that happens to be valid (an int where a float goes) is left out.
+    """
+    rng = random.Random(seed)
+    models = request_models()
+    return [
+        (task, args, kwargs, what)
+        for task, payload in VALID.items()
+        for args, kwargs, what in _mutations(task, payload, rng)
+        if _is_malformed(models[task], args, kwargs)
+    ]
+
+
+def sample(count: int, seed: int = None) -> list[tuple[TaskName, tuple, dict[str, Any], str]]:
+    """`count` of them, drawn across every task."""
+    everything = malformed_payloads()
+    rng = random.Random(time.time() if seed is None else seed)
+    return [rng.choice(everything) for _ in range(count)]
