@@ -1,13 +1,15 @@
 """A production day's faults, against real processes, in one table (docs/reliability.md).
 
     .venv/bin/python -m bench.faults             # the full day, about 15 minutes
-    .venv/bin/python -m bench.faults --short     # the short form CI runs (tests/test_fault_suite_integration.py)
+    .venv/bin/python -m bench.faults --short     # the short form CI runs (tests/bench/test_faults_integration.py)
 
 One stack of its own: its embedded Redis (`serve redis`: append-only file, a
 password), the three llama-servers, a worker per queue, started with the same
 `athena-inference` commands as the Procfile. Then, one after the other:
 
-1. pool processes killed with SIGKILL under a steady load of embeds and generations;
+1. pool processes killed with SIGKILL, each while it runs a task, under a steady
+   load of embeds and generations (the threaded embeddings worker has no pool
+   process; the reasoning worker's are hit);
 2. the embeddings server killed, and started again after an outage, while
    embeds are sent (in flight and queued);
 3. Redis restarted under a steady load of embeds, a result written before read after;
@@ -209,15 +211,37 @@ class Day:
 
 
 def pool_kills(day: Day, kills: int) -> Row:
-    row = Row(f"SIGKILL of a pool process, {kills} times under load")
-    rng = random.Random(7)
+    row = Row(f"SIGKILL of a pool process running a task, {kills} times under load")
+    # A task whose process dies under it max_deliveries times is a poison
+    # message (its own row): here no task is hit that often.
+    spare = load_settings().max_deliveries - 1
+    hits: dict[str, int] = {}
     with Load(day.client, mixed_load, 0.1) as load:
         time.sleep(2)
         for _ in range(kills):
-            victims = day.pool_processes("embeddings", "reasoning")
-            os.kill(rng.choice(victims), signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not kill_a_busy_pool_process(day, hits, spare):
+                time.sleep(0.05)
             time.sleep(1.5)
+    row.figures["kills"] = sum(hits.values())
+    row.figures["tasks_hit"] = len(hits)
     return tally(row, load.outcomes(180, row))
+
+
+def kill_a_busy_pool_process(day: Day, hits: dict[str, int], spare: int) -> bool:
+    """SIGKILL to a pool process (prefork; a threads pool has none) running a
+    task hit fewer than `spare` times; False if there is none, or it ended first."""
+    pool = set(day.pool_processes(*ALL_QUEUES))
+    for tasks in (day.client.app.control.inspect(timeout=1.0).active() or {}).values():
+        for task in tasks:
+            if task.get("worker_pid") in pool and hits.get(task["id"], 0) < spare:
+                try:
+                    os.kill(task["worker_pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    return False
+                hits[task["id"]] = hits.get(task["id"], 0) + 1
+                return True
+    return False
 
 
 def server_restart(day: Day, outage_s: float) -> Row:

@@ -1,7 +1,7 @@
 """Re-embedding throughput, its cost to interactive embeds, and the runner's memory.
 
-Starts its own redis-server, the interactive embedding server and the bulk one
-(one thread each, as the stack runs them), an `embeddings` and an
+Starts its own redis-server, the interactive embedding server (one thread) and
+the bulk one (every core, at nice 19, as the stack runs them), an `embeddings` and an
 `embeddings_bulk` worker, then measures, in one run, on the same generated
 memories (unique texts of 8 to 60 words):
 
@@ -11,11 +11,16 @@ memories (unique texts of 8 to 60 words):
             (on the first --per-text texts);
   job       texts/s of `athena-inference reembed start --jsonl` over the rows,
             from the job's start to its end, output written as .npy;
+  torch     texts/s of the in-process peer on the same texts: the same
+            checkpoint in torch on every core, sentence-transformers' recipe
+            (bench/torch_peer.py: length-sorted batches of 64, mean pooling);
   idle      interactive `embed` latency (enqueue to finish) with nothing else running;
   loaded    the same embeds while the job runs;
   rss       the runner process's peak RSS (VmHWM) for --rows and for --rss-rows.
 
     .venv/bin/python -m bench.reembed [--rows 10000] [--rss-rows 100000] [--embeds 100]
+
+--rss-rows 0 skips the second, large job.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.metrics import latency_stats
-from athena_inference.workers.ops.provision import provision
+from athena_inference.workers.ops.provision import embedding_source_model, provision
 
+from bench.torch_peer import CPUS, TorchPeer
 from tests.harness import CLI, Stack, local_stack_env, redis_port, wait_for
 
 WORDS = (
@@ -122,8 +128,12 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=0.1, help="seconds between interactive embeds")
     args = parser.parse_args()
 
-    provision(load_settings())
-    env = local_stack_env(LLAMACPP_N_THREADS="1")
+    settings = load_settings()
+    provision(settings)
+    texts = memories(args.rows, seed=1)
+    # The peer first, alone on the machine, as a user would run it.
+    torch_rate, _ = TorchPeer(embedding_source_model(settings)).texts_per_s(texts, CPUS)
+    env = local_stack_env(LLAMACPP_N_THREADS="1", ATHENA_EMBEDDINGS_BULK_THREADS=str(CPUS))
     with tempfile.TemporaryDirectory(prefix="athena-bench-reembed-") as tmp:
         work = Path(tmp)
         stack = Stack(work, env)
@@ -137,7 +147,6 @@ def main() -> None:
             wait_for(lambda: len(sender.app.control.ping(timeout=1.0)) >= 2, "workers", 60)
             jobs = JobStore.from_url(env["ATHENA_RESULT_BACKEND"])
 
-            texts = memories(args.rows, seed=1)
             source = work / "memories.jsonl"
             write_jsonl(source, texts)
             bulk = env["ATHENA_EMBEDDINGS_BULK_URL"]
@@ -159,9 +168,11 @@ def main() -> None:
             job = run_job(stack, jobs, source, work / "vectors.npy", "job", during=during_job)
             running.clear()
 
-            big_source = work / "memories-big.jsonl"
-            write_jsonl(big_source, memories(args.rss_rows, seed=2))
-            big = run_job(stack, jobs, big_source, work / "vectors-big.npy", "job-big")
+            big = None
+            if args.rss_rows:
+                big_source = work / "memories-big.jsonl"
+                write_jsonl(big_source, memories(args.rss_rows, seed=2))
+                big = run_job(stack, jobs, big_source, work / "vectors-big.npy", "job-big")
         finally:
             stack.stop_all()
 
@@ -174,12 +185,17 @@ def main() -> None:
         "job_texts_per_s": round(job["texts_per_s"], 1),
         "job_vs_direct": round(job["texts_per_s"] / direct, 3),
         "job_vs_per_text": round(job["texts_per_s"] / per_text, 3),
+        "torch_texts_per_s": round(torch_rate, 1),
+        "torch_threads": CPUS,
+        "job_vs_torch": round(job["texts_per_s"] / torch_rate, 3),
         "interactive_idle_ms": {"p50": round(idle_stats.p50, 1), "p95": round(idle_stats.p95, 1), "n": len(idle)},
         "interactive_during_job_ms": {"p50": round(loaded_stats.p50, 1), "p95": round(loaded_stats.p95, 1), "n": len(loaded)},
         "interactive_ratio": {"p50": round(loaded_stats.p50 / idle_stats.p50, 2), "p95": round(loaded_stats.p95 / idle_stats.p95, 2)},
-        "runner_peak_rss_mb": {str(args.rows): round(job["peak_rss_mb"], 1), str(args.rss_rows): round(big["peak_rss_mb"], 1)},
-        "big_job_texts_per_s": round(big["texts_per_s"], 1),
+        "runner_peak_rss_mb": {str(args.rows): round(job["peak_rss_mb"], 1)},
     }
+    if big is not None:
+        report["runner_peak_rss_mb"][str(args.rss_rows)] = round(big["peak_rss_mb"], 1)
+        report["big_job_texts_per_s"] = round(big["texts_per_s"], 1)
     print(json.dumps(report, indent=2))
 
 

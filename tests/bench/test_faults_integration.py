@@ -24,6 +24,7 @@ def row(rows: list[Row], starts: str) -> Row:
 
 def test_pool_kills_lose_nothing(rows):
     kills = row(rows, "SIGKILL of a pool process")
+    assert kills.figures["kills"] == SHORT["kills"], kills
     assert kills.sent > 0 and kills.lost == 0, kills
     assert kills.succeeded == kills.sent, kills
 

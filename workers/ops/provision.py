@@ -195,16 +195,22 @@ def embedding_source_model(settings: Settings) -> Path:
 def embedding_model(settings: Settings) -> Path:
     if settings.embeddings_model_path is not None:
         return _existing(settings.embeddings_model_path, "ATHENA_EMBEDDINGS_MODEL_PATH")
-    target = settings.cache_dir / "models" / EMBEDDING_GGUF
+    return embedding_model_as(settings, "f16")
+
+
+def embedding_model_as(settings: Settings, outtype: str) -> Path:
+    """The MiniLM checkpoint converted to GGUF as `outtype` (f16 is the default
+    model; bench/bulk_lane.py compares q8_0 and f32), converted once and cached."""
+    target = settings.cache_dir / "models" / EMBEDDING_GGUF.replace(".F16.", f".{outtype.upper()}.")
     if target.exists():
         return target
     source = embedding_source_model(settings)
     converter = _llama_cpp_converter(settings.cache_dir)
-    say(f"converting {source.name} to GGUF with llama.cpp's convert_hf_to_gguf.py")
+    say(f"converting {source.name} to {outtype} GGUF with llama.cpp's convert_hf_to_gguf.py")
     partial = target.with_name(target.name + ".partial")
     env = dict(os.environ, PYTHONPATH=str(converter.parent / "gguf-py"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, str(converter), str(source), "--outtype", "f16", "--outfile", str(partial)],
+        [sys.executable, str(converter), str(source), "--outtype", outtype, "--outfile", str(partial)],
         env=env,
         capture_output=True,
         text=True,

@@ -115,9 +115,29 @@ def test_host_port_falls_back_to_default_port():
 
 
 @pytest.mark.parametrize("queue, slots", [(Queue.EMBEDDINGS, "4"), (Queue.REASONING, "2")])
-def test_worker_concurrency_equals_its_servers_slots(settings, queue, slots):
-    argv = worker_argv(queue, settings)
+def test_a_prefork_workers_concurrency_equals_its_servers_slots(settings, queue, slots):
+    argv = worker_argv(queue, settings.model_copy(update={"embeddings_pool": "prefork"}))
+    assert value_after(argv, "-P") == "prefork"
     assert value_after(argv, "-c") == slots
+
+
+def test_a_prefork_worker_replaces_its_children_by_memory_and_task_count(settings):
+    argv = worker_argv(Queue.REASONING, settings)
+    assert value_after(argv, "--max-memory-per-child") == str(settings.worker_max_memory_per_child_mb * 1024)
+    assert value_after(argv, "--max-tasks-per-child") == str(settings.worker_max_tasks_per_child)
+
+
+def test_the_threaded_embeddings_worker_runs_as_many_embeds_as_it_may_merge(settings):
+    argv = worker_argv(Queue.EMBEDDINGS, settings.model_copy(update={"embed_coalesce_tasks": 24}))
+    assert value_after(argv, "-P") == "threads"
+    assert value_after(argv, "-c") == "24"
+    # Threads have no child process to replace.
+    assert "--max-memory-per-child" not in argv and "--max-tasks-per-child" not in argv
+
+
+@pytest.mark.parametrize("queue", [Queue.REASONING, Queue.EMBEDDINGS_BULK, Queue.COMPRESSION, Queue.JOBS])
+def test_every_other_worker_runs_a_prefork_pool(settings, queue):
+    assert value_after(worker_argv(queue, settings), "-P") == "prefork"
 
 
 @pytest.mark.parametrize("queue", [Queue.COMPRESSION, Queue.CONSOLIDATION])

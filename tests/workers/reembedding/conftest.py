@@ -25,7 +25,10 @@ def lane(provisioned, postgres_dsn, pgvector_dsn, tmp_path_factory):
     env = local_stack_env(
         LLAMACPP_N_THREADS="1",
         ATHENA_JOB_LEASE_S="3",
-        ATHENA_JOB_BATCH_TIMEOUT_S="8",
+        # Short, so a batch held by a killed worker is sent again soon; long
+        # enough for the batch holding a 66,000-character memory (about 130
+        # windows) on one busy thread.
+        ATHENA_JOB_BATCH_TIMEOUT_S="30",
         ATHENA_RETRY_ATTEMPTS="3",
         ATHENA_RETRY_BACKOFF_S="0.2",
         ATHENA_POSTGRES_ATHENA=pgvector_dsn,

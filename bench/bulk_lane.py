@@ -1,0 +1,142 @@
+"""The bulk embedding server's knobs, each beside the in-process torch peer, in one run.
+
+Starts one llama-server per configuration (at nice 19, unpinned, as the stack
+runs the bulk lane), sends it the same generated memories in batched requests
+and reports texts/s. The peer is what a user would write instead: the same
+all-MiniLM-L6-v2 checkpoint in torch, in this process, mean pooling over
+length-sorted batches of 64 (sentence-transformers' recipe), with the same
+thread count. Each server row carries its ratio to the peer on as many threads.
+
+Rows: threads (1, all cores); physical batch -b = -ub (256 .. 2048); slots
+(-np); request size; model file type (F16, Q8_0, F32). The default
+configuration is the first row; each other row changes one knob.
+
+    .venv/bin/python -m bench.bulk_lane [--texts 2000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel
+
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.provision import embedding_model_as, embedding_source_model, provision
+
+from bench.reembed import memories
+from bench.torch_peer import CPUS, TorchPeer, mean_cosine
+from tests.harness import free_port, wait_for
+
+
+class Config(BaseModel):
+    threads: int = CPUS
+    ubatch: int = 512
+    slots: int = 1
+    request: int = 128
+    outtype: str = "f16"
+
+    def label(self) -> str:
+        return f"-t {self.threads} -b/-ub {self.ubatch} -np {self.slots}, {self.request}/request, {self.outtype.upper()}"
+
+
+def sweep() -> list[Config]:
+    base = Config()
+    rows = [base, base.model_copy(update={"threads": 1})]
+    rows += [base.model_copy(update={"ubatch": ub}) for ub in (256, 1024, 2048)]
+    rows += [base.model_copy(update={"slots": np}) for np in (2, 4)]
+    rows += [base.model_copy(update={"request": n}) for n in (32, 256)]
+    rows += [base.model_copy(update={"outtype": t}) for t in ("q8_0", "f32")]
+    return rows
+
+
+class LlamaUnderTest:
+    """One llama-server on a free port, at nice 19 like the bulk lane."""
+
+    def __init__(self, binary: Path, model: Path, config: Config, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        argv = [
+            "nice", "-n", "19", str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
+            "-t", str(config.threads), "--embedding", "--pooling", "mean", "-np", str(config.slots),
+            "-b", str(config.ubatch), "-ub", str(config.ubatch), "-c", str(config.ubatch * config.slots),
+        ]
+        self._log = log.open("w")
+        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, f"llama-server ({config.label()})", 120)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        self.popen.wait(timeout=30)
+        self._log.close()
+
+
+def server_texts_per_s(url: str, texts: list[str], request: int) -> tuple[float, list[list[float]]]:
+    vectors: list[list[float]] = []
+    with httpx.Client(base_url=url, timeout=600) as client:
+        client.post("/v1/embeddings", json={"input": texts[:request]}).raise_for_status()  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(texts), request):
+            answer = client.post("/v1/embeddings", json={"input": texts[start : start + request]})
+            answer.raise_for_status()
+            vectors += [item["embedding"] for item in answer.json()["data"]]
+        return len(texts) / (time.perf_counter() - started), vectors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    settings = load_settings()
+    binary = provision(settings).llama_server
+    texts = memories(args.texts, seed=3)
+    peer = TorchPeer(embedding_source_model(settings))
+    peers: dict[int, float] = {}
+    reference: list[list[float]] = []
+    for threads in sorted({1, CPUS}):
+        peers[threads], reference = peer.texts_per_s(texts, threads)
+    rows = []
+    logs = settings.cache_dir / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for config in sweep():
+        server = LlamaUnderTest(binary, embedding_model_as(settings, config.outtype), config, logs / "bulk-lane.log")
+        try:
+            rate, vectors = server_texts_per_s(server.url, texts, config.request)
+        finally:
+            server.stop()
+        rows.append({
+            "config": config.label(), "texts_per_s": round(rate, 1),
+            "vs_torch_same_threads": round(rate / peers[config.threads], 2),
+            "cosine_to_torch": round(mean_cosine(vectors, reference), 5),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{args.texts} memories of 8-60 words; {CPUS} CPUs ({_cpu_model()})")
+    print("| torch in-process | " + " | ".join(f"{t} thread(s): {r:.0f} texts/s" for t, r in peers.items()) + " |\n")
+    print("| bulk llama-server | texts/s | vs torch on as many threads | mean cosine to torch |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['config']} | {row['texts_per_s']:.0f} | {row['vs_torch_same_threads']:.2f}x | {row['cosine_to_torch']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"torch": peers, "rows": rows}, indent=2))
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
