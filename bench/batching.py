@@ -15,6 +15,9 @@ with the same `--texts` different memories:
                  `AsyncAthenaClient.embed`, as Athena's async code calls it)
 
 and prints the median texts/s of each, and singles / direct batch, per pool.
+It also adds up the CPU time each process of the stack (and this client) spends
+during the singles rounds, per embed: on a 2-core machine the queue's own CPU
+competes with the model server's, so it is where the singles' time goes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +37,7 @@ import httpx
 from athena_client.async_client import AsyncAthenaClient
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import provision
+from bench.faults import descendants
 from tests.harness import UpStack
 
 SUBJECTS = ["the payments team", "the on-call engineer", "the data platform group", "the support lead", "the release manager"]
@@ -73,6 +78,38 @@ async def singles(client: AsyncAthenaClient, texts: list[str]) -> tuple[float, l
     return elapsed, [r.timing.server.batch_texts or 1 for r in out]
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def role(args: str, env: dict[str, str]) -> str:
+    """What a process of the stack is, from its command line."""
+    if "llama-server" in args:
+        ports = {env[k].rsplit(":", 1)[1]: k for k in ("LLAMACPP_EMBEDDINGS_URL", "LLAMACPP_REASONING_URL", "ATHENA_EMBEDDINGS_BULK_URL")}
+        port = args.split("--port", 1)[1].split()[0] if "--port" in args else ""
+        return {"LLAMACPP_EMBEDDINGS_URL": "embeddings llama-server"}.get(ports.get(port, ""), "other llama-servers")
+    if "celery" in args and " -Q " in args:
+        queue = args.split(" -Q ", 1)[1].split()[0]
+        return "embeddings worker" if queue == "embeddings" else "other workers (idle)"
+    for name in ("redis-server", "flower", "exporter"):
+        if name in args:
+            return name
+    return "up, honcho, wrappers"
+
+
+def stack_cpu(root: int, env: dict[str, str]) -> dict[str, float]:
+    """CPU seconds so far of every process under `root`, by role."""
+    seconds: dict[str, float] = {}
+    for pid in descendants(root):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = role(args, env)
+        seconds[name] = seconds.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return seconds
+
+
 async def measure(up: UpStack, pool: str, rounds: int, count: int) -> dict:
     texts = memories(count)
     url = up.env["LLAMACPP_EMBEDDINGS_URL"]
@@ -80,13 +117,19 @@ async def measure(up: UpStack, pool: str, rounds: int, count: int) -> dict:
     http = httpx.Client(timeout=60)
     times: dict[str, list[float]] = {"direct batch": [], "queued batch": [], "singles": []}
     shared: list[int] = []
+    cpu: dict[str, float] = {}
     try:
         await singles(client, texts)
         await queued_batch(client, texts)
         for _ in range(rounds):
             times["direct batch"].append(direct_batch(http, url, texts))
             times["queued batch"].append(await queued_batch(client, texts))
+            before, mine = stack_cpu(up.popen.pid, up.env), time.process_time()
             elapsed, batch_sizes = await singles(client, texts)
+            after = stack_cpu(up.popen.pid, up.env)
+            cpu["client (this process)"] = cpu.get("client (this process)", 0.0) + time.process_time() - mine
+            for name, used in after.items():
+                cpu[name] = cpu.get(name, 0.0) + used - before.get(name, 0.0)
             times["singles"].append(elapsed)
             shared += batch_sizes
     finally:
@@ -101,6 +144,7 @@ async def measure(up: UpStack, pool: str, rounds: int, count: int) -> dict:
         "singles_vs_direct_batch": rate["singles"] / rate["direct batch"],
         "singles_vs_queued_batch": rate["singles"] / rate["queued batch"],
         "median_texts_per_server_request": statistics.median(shared),
+        "cpu_ms_per_single_embed": {name: used * 1000 / (rounds * count) for name, used in sorted(cpu.items(), key=lambda kv: -kv[1])},
     }
 
 
@@ -115,6 +159,11 @@ def report(rows: list[dict]) -> str:
             f"| {r['pool']} | {t['direct batch']:.0f} | {t['queued batch']:.0f} | {t['singles']:.0f} | "
             f"**{r['singles_vs_direct_batch']:.2f}x** | {r['singles_vs_queued_batch']:.2f}x | {r['median_texts_per_server_request']:.0f} |"
         )
+    lines += ["", "CPU per single embed (ms), during the singles rounds:", "", "| process | " + " | ".join(r["pool"] for r in rows) + " |"]
+    lines.append("|---" * (len(rows) + 1) + "|")
+    names = list(dict.fromkeys(name for r in rows for name in r["cpu_ms_per_single_embed"]))
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{r['cpu_ms_per_single_embed'].get(name, 0.0):.2f}" for r in rows) + " |")
     return "\n".join(lines)
 
 

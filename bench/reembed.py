@@ -1,7 +1,7 @@
 """Re-embedding throughput, its cost to interactive embeds, and the runner's memory.
 
-Starts its own redis-server, the interactive embedding server (one thread) and
-the bulk one (every core, at nice 19, as the stack runs them), an `embeddings` and an
+Starts its own redis-server, the interactive embedding server and the bulk one
+(one thread each, the bulk one at nice 19, as the stack runs them), an `embeddings` and an
 `embeddings_bulk` worker, then measures, in one run, on the same generated
 memories (unique texts of 8 to 60 words):
 
@@ -133,7 +133,7 @@ def main() -> None:
     texts = memories(args.rows, seed=1)
     # The peer first, alone on the machine, as a user would run it.
     torch_rate, _ = TorchPeer(embedding_source_model(settings)).texts_per_s(texts, CPUS)
-    env = local_stack_env(LLAMACPP_N_THREADS="1", ATHENA_EMBEDDINGS_BULK_THREADS=str(CPUS))
+    env = local_stack_env(LLAMACPP_N_THREADS="1")
     with tempfile.TemporaryDirectory(prefix="athena-bench-reembed-") as tmp:
         work = Path(tmp)
         stack = Stack(work, env)
