@@ -22,7 +22,8 @@ def compress_prompt(request: CompressRequest, clock: TaskClock) -> CompressionRe
     hit = False
     if status.ready:
         cache = seams.compression_cache()
-        key = cache.key(request, status.method, status.model)
+        # The selection is part of the key: a switch must not serve the other one's answers.
+        key = cache.key(request, compressor.variant, status.model)
         out = cache.get(key)
         hit = out is not None
         if out is None:

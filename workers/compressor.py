@@ -3,24 +3,38 @@
 `Compressor.load` never raises: a compressor that is switched off, or whose
 model is missing or broken, comes back not ready, with the reason, and the task
 then returns the prompt uncompressed and says why.
+
+The perplexity method selects tokens in one pass by default: LLMLingua's own
+`get_ppl` scores every token of the context once (its surprisal given the text
+before it, with the KV cache carried from window to window), and the kept
+count is then chosen so that the prompt lands on the size asked, since
+recounting a candidate costs a decode, not a forward pass. LLMLingua's
+iterative compression (`compression_selection="iterative"`) reads each window
+twice and needs up to four passes to reach the rate: on the 1,000-token text
+of a 20-event consolidation it took 22 s where one pass takes 5.2 s, on two
+cores (`python -m bench.compression`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 from pydantic import BaseModel
 
 from athena_client.errors import CompressionUnavailable, ConfigurationError
 from athena_client.payloads import CompressorStatus
 from athena_inference.config.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
 
 TOKENIZER = "cl100k_base"
 # tiktoken caches a downloaded encoding under the sha1 of this address.
@@ -31,6 +45,16 @@ MAX_PASSES = 4
 # LLMLingua's default window of 200 tokens barely compresses short texts (asked
 # for 50%, it kept 75% of a 360-token memory); 100 follows the rate much better.
 ITERATIVE_SIZE = 100
+# Tokens scored per forward pass. The logits of a window take window x vocabulary
+# x 4 bytes (100 MB here at 512 with SmolLM2's 49,152 tokens), and the worker is
+# restarted past 2 GB; larger windows were no faster.
+SCORE_WINDOW = 512
+# Tokens scored with one KV cache before it is dropped: attention and the cache
+# grow with it, and SmolLM2 reads at most 8,192 positions.
+SCORE_SPAN = 4096
+# Tokens of the text before a span that it reads again, so that its first
+# tokens are scored in context rather than as the start of a document.
+SCORE_CONTEXT = 256
 # Private-use character standing in for "<", which LLMLingua's structured mode cannot carry.
 _LT = "\ue000"
 # llmlingua 0.2.2 picks its word-boundary rule from the model's path (utils.is_begin_of_new_word).
@@ -72,10 +96,17 @@ class Compressor:
         status: CompressorStatus,
         count_tokens: Callable[[str], int],
         engine: Any = None,
+        selection: Literal["one_pass", "iterative"] = "one_pass",
     ) -> None:
         self.status = status
         self.count_tokens = count_tokens
         self._engine = engine
+        self.selection = selection
+
+    @property
+    def variant(self) -> Optional[str]:
+        """What decides which tokens are kept, for cache keys: the method, and the perplexity method's selection."""
+        return f"perplexity/{self.selection}" if self.status.method == "perplexity" else self.status.method
 
     @classmethod
     def unusable(cls, reason: str) -> "Compressor":
@@ -94,6 +125,12 @@ class Compressor:
         os.environ["TIKTOKEN_CACHE_DIR"] = str(tiktoken_cache(settings))
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        # torch's two OpenMP threads spin at every barrier by default, so when another
+        # process holds one of the two cores each of the model's ~1,000 small ops
+        # waits out a time slice: a 1,000-token compression took 18-41 s that way,
+        # 5-9 s with waiting threads asleep. libgomp reads this once, when torch is
+        # first imported (below, in a worker process); an operator's value wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import tiktoken
 
         encoding = tiktoken.get_encoding(TOKENIZER)
@@ -113,13 +150,17 @@ class Compressor:
                 model_name=str(model_dir),
                 device_map=settings.compression_device,
                 use_llmlingua2=method == "llmlingua2",
+                # The folder's config.json marks its attention as already chosen
+                # (_attn_implementation_autoset), so transformers would fall back to
+                # eager attention: SmolLM2 read 1,172 tokens in 2.9 s with sdpa, 6.6 s eager.
+                model_config={} if method == "llmlingua2" else {"attn_implementation": "sdpa"},
             )
         except Exception as exc:  # noqa: BLE001 - any failure to load means "not available, because ..."
             reason = f"could not load {model_dir}: {exc.__class__.__name__}: {str(exc)[:300]}"
             return cls(CompressorStatus(ready=False, method=method, reason=reason), count)
         load_ms = (time.perf_counter() - started) * 1000
         status = CompressorStatus(ready=True, method=method, model=model_dir.name, load_ms=load_ms)
-        return cls(status, count, engine)
+        return cls(status, count, engine, settings.compression_selection)
 
     def compress(
         self,
@@ -131,7 +172,10 @@ class Compressor:
         target_tokens: Optional[int] = None,
         force_tokens: Sequence[str] = (),
     ) -> Compression:
-        """Compress `context`, correcting LLMLingua's aim until the achieved size is close to the one asked."""
+        """Compress `context` to about `target_tokens`, or `rate` of the prompt's cl100k tokens.
+
+        Instruction and question are kept whole; so is every occurrence of a force token.
+        """
         if not self.status.ready:
             raise CompressionUnavailable(self.status.reason or "compressor not ready")
         original = join_prompt(instruction, context, question)
@@ -139,11 +183,55 @@ class Compressor:
         wanted = target_tokens if target_tokens is not None else round(original_tokens * (rate or 0.5))
         if wanted >= original_tokens:
             return Compression(prompt=original, original_tokens=original_tokens, compressed_tokens=original_tokens)
+        if self.status.method == "perplexity" and self.selection == "one_pass":
+            return self._select_in_one_pass(context, instruction, question, wanted, original_tokens, list(force_tokens))
+        return self._compress_iteratively(context, instruction, question, wanted, original_tokens, list(force_tokens))
+
+    def _select_in_one_pass(
+        self, context: str, instruction: str, question: str, wanted: int, original_tokens: int, force_tokens: list[str]
+    ) -> Compression:
+        """Keep the most surprising tokens, and the forced ones, as many as make `wanted` tokens of prompt."""
+        import torch
+
+        tokenizer = self._engine.tokenizer
+        encoded = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
+        if len(ids) == 0:
+            prompt = join_prompt(instruction, context, question)
+            return Compression(prompt=prompt, original_tokens=original_tokens, compressed_tokens=original_tokens)
+        scores = token_surprisal(self._engine, ids)
+        scores[forced_positions(encoded["offset_mapping"], context, force_tokens)] = math.inf
+        order = torch.argsort(scores, descending=True, stable=True)
+
+        def keeping(kept: int) -> Compression:
+            chosen = torch.zeros(len(ids), dtype=torch.bool)
+            chosen[order[:kept]] = True
+            prompt = join_prompt(instruction, tokenizer.decode(ids[chosen].tolist()), question)
+            return Compression(prompt=prompt, original_tokens=original_tokens, compressed_tokens=self.count_tokens(prompt))
+
+        # The prompt's cl100k size grows with the kept count (all but monotonically),
+        # so a bisection finds the first count that reaches `wanted`; the count
+        # before it may be closer. Recounting costs a decode, not a forward pass.
+        always = int(torch.isinf(scores).sum())
+        low, high = always, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            if keeping(middle).compressed_tokens < wanted:
+                low = middle + 1
+            else:
+                high = middle
+        candidates = [keeping(kept) for kept in sorted({low, max(always, low - 1)})]
+        return min(candidates, key=lambda c: abs(c.compressed_tokens - wanted))
+
+    def _compress_iteratively(
+        self, context: str, instruction: str, question: str, wanted: int, original_tokens: int, force_tokens: list[str]
+    ) -> Compression:
+        """LLMLingua's own compression, its aim corrected until the achieved size is close to the one asked."""
         aim = wanted / original_tokens
         tried: list[tuple[float, int]] = []
         best: Optional[Compression] = None
         for _ in range(MAX_PASSES):
-            prompt = self._run(context, instruction, question, aim, list(force_tokens))
+            prompt = self._run(context, instruction, question, aim, force_tokens)
             candidate = Compression(prompt=prompt, original_tokens=original_tokens, compressed_tokens=self.count_tokens(prompt))
             tried.append((aim, candidate.compressed_tokens))
             if best is None or abs(candidate.compressed_tokens - wanted) < abs(best.compressed_tokens - wanted):
@@ -185,6 +273,55 @@ def _next_aim(tried: list[tuple[float, int]], wanted: int) -> float:
     else:
         nxt = aim * wanted / max(got, 1)
     return min(1.0, max(0.01, nxt))
+
+
+def token_surprisal(engine: Any, ids: "torch.Tensor") -> "torch.Tensor":
+    """-log p(token | the text before it) for each of `ids` (one text), by LLMLingua's `get_ppl`.
+
+    Each token is scored once: windows of SCORE_WINDOW carry the KV cache of the
+    text before them, and a new cache starts every SCORE_SPAN tokens, re-reading
+    SCORE_CONTEXT tokens first. The first token, which nothing predicts, scores
+    +inf and so is always kept, as in LLMLingua.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    scores = torch.full((len(ids),), math.inf)
+    for start in range(1, len(ids), SCORE_SPAN):
+        low = max(0, start - SCORE_CONTEXT)
+        segment = ids[low : start + SCORE_SPAN].unsqueeze(0)
+        mask = torch.ones_like(segment)
+        past, done = None, start - low
+        while done < segment.shape[1]:
+            end = min(done + SCORE_WINDOW, segment.shape[1])
+            seen = 0 if past is None else past.get_seq_length()
+            # get_ppl scores the tokens after the first one it reads: seen + 1 .. end - 1.
+            loss, cache = engine.get_ppl("", "token", segment, mask, past_key_values=past, return_kv=True, end=end)
+            scores[low + done : low + end] = loss[done - seen - 1 :]
+            past = cache if isinstance(cache, DynamicCache) else DynamicCache.from_legacy_cache(cache)
+            # The last token read is read again next time: its logits score the next window's first token.
+            past.crop(end - 1)
+            done = end
+    return scores
+
+
+def forced_positions(offsets: Sequence[tuple[int, int]], context: str, force_tokens: Sequence[str]) -> list[int]:
+    """Indices of the tokens that overlap an occurrence of a force token in `context`."""
+    import numpy as np
+
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    # Byte-level BPE offsets run in text order, so both columns are sorted.
+    starts, ends = spans[:, 0], spans[:, 1]
+    alternatives = [re.escape(t) for t in sorted(set(force_tokens), key=len, reverse=True) if t]
+    if not alternatives:
+        return []
+    pattern = re.compile("|".join(alternatives))
+    positions: list[int] = []
+    for match in pattern.finditer(context):
+        first = int(np.searchsorted(ends, match.start(), side="right"))
+        last = int(np.searchsorted(starts, match.end(), side="left"))
+        positions.extend(range(first, last))
+    return positions
 
 
 def protect(context: str, force_tokens: list[str]) -> str:

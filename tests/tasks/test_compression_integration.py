@@ -67,6 +67,19 @@ def test_force_tokens_survive_compression(sender):
         assert out.compressed_prompt.count(token) == MEMORY.count(token)
 
 
+def test_consolidation_events_compress_to_the_rate_keeping_every_event_id(sender):
+    from athena_inference.tasks.consolidation.prompt import render_event
+    from tests.tasks.consolidation.test_consolidation_integration import EVENTS
+
+    # What a consolidation's compression stage sends: one line per event, each id forced.
+    events = "\n".join(render_event(e) for e in EVENTS)
+    ids = [f"[{e.id}]" for e in EVENTS]
+    out = compress(sender, CompressRequest(context=events, rate=0.5, force_tokens=ids))
+    assert out.compressed and abs(out.ratio - 0.5) <= 0.15 * 0.5
+    for token in ids:
+        assert out.compressed_prompt.count(token) == 1
+
+
 def test_compressor_reports_ready_with_its_method(sender):
     pending = sender.app.send_task(TaskName.COMPRESSOR_STATUS.value, queue="compression")
     status = CompressorStatus.model_validate(pending.get(timeout=120))

@@ -1,4 +1,5 @@
-"""The compressor seam: LLMLingua-2 with a tiny model built here, degradation, force tokens, rate correction."""
+"""The compressor seam: LLMLingua-2 and the perplexity method with tiny models built here, degradation,
+force tokens, one-pass selection, rate correction."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 
 from athena_client.errors import CompressionUnavailable
 from athena_inference.config.settings import load_settings
-from athena_inference.workers.compressor import Compressor, _next_aim, protect
+from athena_inference.workers import compressor as compressor_module
+from athena_inference.workers.compressor import Compressor, _next_aim, forced_positions, protect, token_surprisal
 
 TEXT = (
     "the team moved the nightly job to a new server because the old one ran out of disk and "
@@ -135,3 +137,136 @@ def test_target_at_or_above_the_original_returns_it_whole(tmp_path, tiny_llmling
     compressor = Compressor.load(settings)
     out = compressor.compress(TEXT, target_tokens=10_000)
     assert out.prompt == TEXT and out.compressed_tokens == out.original_tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_causal_lm(tmp_path_factory):
+    """A two-layer Llama with random weights and a byte-level BPE trained on TEXT: the perplexity path, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def perplexity_compressor(folder, cache_dir, selection="one_pass") -> Compressor:
+    settings = load_settings(
+        cache_dir=cache_dir, compression_method="perplexity", compression_lm_path=folder, compression_selection=selection
+    )
+    compressor = Compressor.load(settings)
+    assert compressor.status.ready, compressor.status.reason
+    return compressor
+
+
+LONG_TEXT = " ".join([TEXT] * 3)  # about 170 cl100k tokens
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.5, 0.7])
+def test_one_pass_lands_on_the_rate_asked(tiny_causal_lm, tmp_path, rate):
+    out = perplexity_compressor(tiny_causal_lm, tmp_path).compress(LONG_TEXT, rate=rate)
+    wanted = round(out.original_tokens * rate)
+    # The kept count is searched against the cl100k count itself, so it misses by a token or two, not by a share.
+    assert abs(out.compressed_tokens - wanted) <= 2
+
+
+def test_one_pass_hits_a_target_token_count(tiny_causal_lm, tmp_path):
+    out = perplexity_compressor(tiny_causal_lm, tmp_path).compress(LONG_TEXT, target_tokens=60)
+    assert abs(out.compressed_tokens - 60) <= 2
+
+
+def test_one_pass_keeps_every_occurrence_of_each_force_token(tiny_causal_lm, tmp_path):
+    forced = ["backups", "friday", "<disk>"]
+    text = LONG_TEXT.replace("disk", "<disk>")
+    out = perplexity_compressor(tiny_causal_lm, tmp_path).compress(text, rate=0.3, force_tokens=forced)
+    assert out.compressed_tokens < 0.4 * out.original_tokens
+    for token in forced:
+        assert out.prompt.count(token) == text.count(token) > 0
+
+
+def test_one_pass_keeps_instruction_and_question_whole(tiny_causal_lm, tmp_path):
+    out = perplexity_compressor(tiny_causal_lm, tmp_path).compress(
+        LONG_TEXT, instruction="Summarise the week.", question="What failed?", rate=0.5
+    )
+    assert out.prompt.startswith("Summarise the week.\n\n") and out.prompt.endswith("\n\nWhat failed?")
+    assert abs(out.compressed_tokens - round(out.original_tokens * 0.5)) <= 2
+
+
+def test_one_pass_runs_the_model_over_each_token_once(tiny_causal_lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(compressor_module, "SCORE_WINDOW", 32)
+    compressor = perplexity_compressor(tiny_causal_lm, tmp_path)
+    read: list[int] = []
+    real_forward = compressor._engine.model.forward
+
+    def counting_forward(input_ids=None, **kwargs):
+        read.append(input_ids.shape[1])
+        return real_forward(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(compressor._engine.model, "forward", counting_forward)
+    tokens = len(compressor._engine.tokenizer(LONG_TEXT, add_special_tokens=False).input_ids)
+    compressor.compress(LONG_TEXT, rate=0.5)
+    windows = -(-(tokens - 1) // 32)  # the first token is not scored: nothing predicts it
+    # One read per token, plus the one token each later window reads again to score its first token.
+    assert sum(read) == tokens + windows - 1 and len(read) == windows
+
+
+def test_windowed_scores_equal_one_forward_pass_over_the_whole_text(tiny_causal_lm, tmp_path, monkeypatch):
+    import torch
+
+    compressor = perplexity_compressor(tiny_causal_lm, tmp_path)
+    ids = torch.tensor(compressor._engine.tokenizer(LONG_TEXT, add_special_tokens=False).input_ids)
+    whole = compressor._engine.get_ppl("", "token", ids.unsqueeze(0), torch.ones(1, len(ids), dtype=torch.long))
+    monkeypatch.setattr(compressor_module, "SCORE_WINDOW", 16)
+    scores = token_surprisal(compressor._engine, ids)
+    assert scores[0] == float("inf")
+    assert torch.allclose(scores[1:], whole, atol=1e-4)
+
+
+def test_a_new_span_rereads_the_text_before_it(tiny_causal_lm, tmp_path, monkeypatch):
+    import torch
+
+    compressor = perplexity_compressor(tiny_causal_lm, tmp_path)
+    ids = torch.tensor(compressor._engine.tokenizer(LONG_TEXT, add_special_tokens=False).input_ids)
+    monkeypatch.setattr(compressor_module, "SCORE_SPAN", 40)
+    monkeypatch.setattr(compressor_module, "SCORE_CONTEXT", 8)
+    scores = token_surprisal(compressor._engine, ids)
+    assert len(ids) > 81 and torch.isfinite(scores[1:]).all()
+    # Tokens 41-80 are scored by a fresh cache that has read tokens 33-40 first.
+    segment = ids[33:81].unsqueeze(0)
+    alone = compressor._engine.get_ppl("", "token", segment, torch.ones_like(segment))
+    assert torch.allclose(scores[41:81], alone[7:], atol=1e-4)
+
+
+def test_forced_positions_are_the_tokens_overlapping_each_occurrence():
+    # Tokens: "the" " back" "ups" " and" " backups"; "backups" occurs at characters 4-10 and 16-22.
+    offsets = [(0, 3), (3, 8), (8, 11), (11, 15), (15, 23)]
+    context = "the backups and backups"
+    assert forced_positions(offsets, context, ["backups"]) == [1, 2, 4]
+    assert forced_positions(offsets, context, []) == []
+    assert forced_positions(offsets, context, [""]) == []
+
+
+def test_iterative_selection_still_runs_llmlingua_itself(tiny_causal_lm, tmp_path):
+    compressor = perplexity_compressor(tiny_causal_lm, tmp_path, selection="iterative")
+    assert compressor.selection == "iterative"
+    out = compressor.compress(LONG_TEXT, rate=0.5, force_tokens=["backups"])
+    assert abs(out.compressed_tokens / out.original_tokens - 0.5) <= 0.15 * 0.5
+    assert out.prompt.count("backups") == LONG_TEXT.count("backups")
+
+
+def test_each_selection_is_its_own_variant_so_cached_answers_never_cross(tiny_causal_lm, tmp_path):
+    one_pass = perplexity_compressor(tiny_causal_lm, tmp_path / "a")
+    iterative = perplexity_compressor(tiny_causal_lm, tmp_path / "b", selection="iterative")
+    assert (one_pass.variant, iterative.variant) == ("perplexity/one_pass", "perplexity/iterative")
+    assert Compressor.unusable("no model").variant is None
