@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -37,8 +36,8 @@ import httpx
 from athena_client.async_client import AsyncAthenaClient
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import provision
-from bench.faults import descendants
-from tests.harness import UpStack
+from bench.output import emit
+from tests.harness import UpStack, descendants
 
 SUBJECTS = ["the payments team", "the on-call engineer", "the data platform group", "the support lead", "the release manager"]
 EVENTS = [
@@ -183,10 +182,7 @@ def main() -> int:
                 rows.append(asyncio.run(measure(up, pool, args.rounds, args.texts)))
             finally:
                 up.stop()
-    print(report(rows), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+    return emit(report(rows), rows, args.json)
 
 
 if __name__ == "__main__":

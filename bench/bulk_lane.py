@@ -8,14 +8,15 @@ length-sorted batches of 64 (sentence-transformers' recipe), with the same
 thread count. Each server row carries its ratio to the peer on as many threads.
 
 Rows: the stack's default first (one thread, -b = -ub 512, one slot, 128
-texts a request, F16), then one knob changed per row: every core; physical
+texts a request, F16), then one knob changed per row: every core, as one
+server's threads or as one single-thread server per core; physical
 batch -b = -ub (256 .. 2048); slots (-np); request size; model file type
-(Q8_0, F32). The two thread rows run again with one core kept busy at nice 10
+(Q8_0, F32). The three thread rows run again with one core kept busy at nice 10
 (a busy loop pinned to the last CPU, as a generation on the reasoning
 server's core would be): the bulk server runs at nice 19, so that is what
 "takes only CPU nothing else wants" costs it.
 
-    .venv/bin/python -m bench.bulk_lane [--texts 2000] [--json out.json]
+    .venv/bin/python -m bench.bulk_lane [--texts 2000] [--only cores,busy] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Optional
 
 import httpx
 from pydantic import BaseModel
@@ -35,6 +34,7 @@ from pydantic import BaseModel
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import embedding_model_as, embedding_source_model, provision
 
+from bench.direct import direct_texts_per_s
 from bench.reembed import memories
 from bench.torch_peer import CPUS, TorchPeer, mean_cosine
 from tests.harness import free_port, wait_for
@@ -46,21 +46,30 @@ class Config(BaseModel):
     slots: int = 1
     request: int = 128
     outtype: str = "f16"
+    # Copies of the server, each on its own port with these settings, fed side by side.
+    servers: int = 1
     busy_core: bool = False
 
+    @property
+    def threads_in_all(self) -> int:
+        return self.threads * self.servers
+
     def label(self) -> str:
+        copies = f"{self.servers} servers of " if self.servers > 1 else ""
         busy = ", one core busy" if self.busy_core else ""
-        return f"-t {self.threads} -b/-ub {self.ubatch} -np {self.slots}, {self.request}/request, {self.outtype.upper()}{busy}"
+        return f"{copies}-t {self.threads} -b/-ub {self.ubatch} -np {self.slots}, {self.request}/request, {self.outtype.upper()}{busy}"
 
 
-def sweep() -> list[Config]:
+def sweep() -> list[tuple[str, Config]]:
+    """(the knob a row turns, the row)."""
     base = Config()
-    rows = [base, base.model_copy(update={"threads": CPUS})]
-    rows += [base.model_copy(update={"ubatch": ub}) for ub in (256, 1024, 2048)]
-    rows += [base.model_copy(update={"slots": np}) for np in (2, 4)]
-    rows += [base.model_copy(update={"request": n}) for n in (32, 256)]
-    rows += [base.model_copy(update={"outtype": t}) for t in ("q8_0", "f32")]
-    rows += [rows[0].model_copy(update={"busy_core": True}), rows[1].model_copy(update={"busy_core": True})]
+    cores = [("cores", base), ("cores", base.model_copy(update={"threads": CPUS})), ("cores", base.model_copy(update={"servers": CPUS}))]
+    rows = list(cores)
+    rows += [("batch", base.model_copy(update={"ubatch": ub})) for ub in (256, 1024, 2048)]
+    rows += [("slots", base.model_copy(update={"slots": np})) for np in (2, 4)]
+    rows += [("request", base.model_copy(update={"request": n})) for n in (32, 256)]
+    rows += [("file", base.model_copy(update={"outtype": t})) for t in ("q8_0", "f32")]
+    rows += [("busy", row.model_copy(update={"busy_core": True})) for _, row in cores]
     return rows
 
 
@@ -107,31 +116,11 @@ class LlamaUnderTest:
         self._log.close()
 
 
-def server_texts_per_s(
-    url: str, texts: list[str], request: int, budget_s: Optional[float] = None
-) -> tuple[float, list[list[float]], bool]:
-    """texts/s over the requests answered; past `budget_s` it stops (True) and
-    rates what was done, since a stalled server may take minutes a request."""
-    vectors: list[list[float]] = []
-    with httpx.Client(base_url=url, timeout=budget_s or 600) as client:
-        client.post("/v1/embeddings", json={"input": texts[:1]}).raise_for_status()  # warm-up
-        started = time.perf_counter()
-        for start in range(0, len(texts), request):
-            try:
-                answer = client.post("/v1/embeddings", json={"input": texts[start : start + request]})
-            except httpx.TimeoutException:
-                return len(vectors) / (time.perf_counter() - started), vectors, True
-            answer.raise_for_status()
-            vectors += [item["embedding"] for item in answer.json()["data"]]
-            if budget_s is not None and time.perf_counter() - started > budget_s:
-                return len(vectors) / (time.perf_counter() - started), vectors, True
-        return len(texts) / (time.perf_counter() - started), vectors, False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--only", help="run only the rows of these knobs: cores,batch,slots,request,file,busy")
     args = parser.parse_args()
 
     settings = load_settings()
@@ -145,17 +134,23 @@ def main() -> None:
     rows = []
     logs = settings.cache_dir / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for config in sweep():
-        server = LlamaUnderTest(binary, embedding_model_as(settings, config.outtype), config, logs / "bulk-lane.log")
+    for knob, config in sweep():
+        if args.only and knob not in args.only.split(","):
+            continue
+        model = embedding_model_as(settings, config.outtype)
+        servers = [LlamaUnderTest(binary, model, config, logs / f"bulk-lane-{i}.log") for i in range(config.servers)]
         try:
             # With a core busy a server that yields can crawl: two minutes at most.
             with BusyCore() if config.busy_core else contextlib.nullcontext():
-                rate, vectors, stopped = server_texts_per_s(server.url, texts, config.request, 120 if config.busy_core else None)
+                rate, vectors, stopped = direct_texts_per_s(
+                    [server.url for server in servers], texts, config.request, 120 if config.busy_core else None
+                )
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
         rows.append({
             "config": config.label() + (" (stopped after 120 s)" if stopped else ""), "texts_per_s": round(rate, 1),
-            "vs_torch_same_threads": round(rate / peers[config.threads], 2),
+            "vs_torch_same_threads": round(rate / peers[config.threads_in_all], 2),
             "cosine_to_torch": round(mean_cosine(vectors, reference[: len(vectors)]), 5) if vectors else None,
         })
         print(json.dumps(rows[-1]), flush=True)

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +43,9 @@ from athena_client.routes import TaskName, queue_for
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import provision
 from athena_inference.workers.ops.stack import with_password
-from tests.harness import ALL_QUEUES, Proc, RestartableRedis, Stack, UpStack, local_stack_env, redis_port, wait_for
+from tests.harness import (
+    ALL_QUEUES, Proc, RestartableRedis, Stack, UpStack, alive, children, descendants, local_stack_env, redis_port, wait_for,
+)
 from tests.malformed import sample
 
 PASSWORD = "faults-bench-7c2e"
@@ -158,29 +158,6 @@ def mixed_load(i: int) -> tuple[TaskName, object]:
 
 
 # --- the processes ---
-
-
-def children(pid: int) -> list[int]:
-    listing = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    return [int(p) for p, pp in (line.split() for line in listing.splitlines()) if int(pp) == pid]
-
-
-def descendants(root: int) -> set[int]:
-    found, todo = set(), [root]
-    while todo:
-        for child in children(todo.pop()):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
 
 
 class Day:

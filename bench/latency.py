@@ -33,7 +33,6 @@ call against the direct call.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from athena_client.payloads import EmbeddingResult, EmbedRequest
 from athena_client.routes import TaskName
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import provision
+from bench.output import emit
 from tests.harness import Stack, UpStack, local_stack_env, redis_port, wait_for
 
 TEXT = "the payments team reviewed the nightly reconciliation job after the outage"
@@ -212,10 +212,7 @@ def main() -> int:
                 rows = [on_minimal_stack(stack, pool, args.calls) for pool in pools]
             finally:
                 stack.stop_all()
-    print(report(rows), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+    return emit(report(rows), rows, args.json)
 
 
 if __name__ == "__main__":

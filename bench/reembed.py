@@ -1,12 +1,13 @@
 """Re-embedding throughput, its cost to interactive embeds, and the runner's memory.
 
-Starts its own redis-server, the interactive embedding server and the bulk one
-(one thread each, the bulk one at nice 19, as the stack runs them), an `embeddings` and an
+Starts its own redis-server, the interactive embedding server and the bulk
+lane's copies (one thread each, the bulk ones at nice 19, one per CPU, as the
+stack runs them), an `embeddings` and an
 `embeddings_bulk` worker, then measures, in one run, on the same generated
 memories (unique texts of 8 to 60 words):
 
-  direct    texts/s of batched requests straight to the bulk llama-server,
-            batches of --direct-batch texts (no queue, no store);
+  direct    texts/s of batched requests straight to the bulk llama-servers
+            (one sender per copy), batches of --direct-batch texts (no queue, no store);
   per-text  texts/s of one request per text, as Athena embeds today
             (on the first --per-text texts);
   job       texts/s of `athena-inference reembed start --jsonl` over the rows,
@@ -34,17 +35,18 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 from athena_client.job_store import JobStore
 from athena_client.payloads import EmbedRequest
 from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
+from athena_inference.config.servers import copy_url
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.metrics import latency_stats
 from athena_inference.workers.ops.provision import embedding_source_model, provision
 
+from bench.direct import direct_texts_per_s
 from bench.torch_peer import CPUS, TorchPeer
-from tests.harness import CLI, Stack, local_stack_env, redis_port, wait_for
+from tests.harness import CLI, Stack, bulk_copies_env, local_stack_env, redis_port, wait_for
 
 WORDS = (
     "user meeting friday tea cat backup night project deadline moved prefers morning coffee garden "
@@ -62,14 +64,6 @@ def write_jsonl(path: Path, texts: list[str]) -> None:
     with path.open("w") as out:
         for i, text in enumerate(texts):
             out.write(json.dumps({"id": i, "content": text}) + "\n")
-
-
-def texts_per_s_direct(url: str, texts: list[str], batch: int) -> float:
-    with httpx.Client(base_url=url, timeout=300) as client:
-        started = time.perf_counter()
-        for start in range(0, len(texts), batch):
-            client.post("/v1/embeddings", json={"input": texts[start : start + batch]}).raise_for_status()
-        return len(texts) / (time.perf_counter() - started)
 
 
 def e2e_ms(result: dict) -> float:
@@ -126,6 +120,10 @@ def main() -> None:
     parser.add_argument("--direct-batch", type=int, default=128)
     parser.add_argument("--embeds", type=int, default=100)
     parser.add_argument("--pace", type=float, default=0.1, help="seconds between interactive embeds")
+    parser.add_argument(
+        "--bulk-servers", type=int, default=load_settings().embeddings_bulk_copies,
+        help="single-thread bulk servers (the stack's default: one per CPU)",
+    )
     args = parser.parse_args()
 
     settings = load_settings()
@@ -133,14 +131,14 @@ def main() -> None:
     texts = memories(args.rows, seed=1)
     # The peer first, alone on the machine, as a user would run it.
     torch_rate, _ = TorchPeer(embedding_source_model(settings)).texts_per_s(texts, CPUS)
-    env = local_stack_env(LLAMACPP_N_THREADS="1")
+    env = local_stack_env(LLAMACPP_N_THREADS="1", **bulk_copies_env(args.bulk_servers))
     with tempfile.TemporaryDirectory(prefix="athena-bench-reembed-") as tmp:
         work = Path(tmp)
         stack = Stack(work, env)
         try:
             stack.redis(redis_port(env))
             stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
-            stack.llama("embeddings-bulk", env["ATHENA_EMBEDDINGS_BULK_URL"])
+            stack.bulk_servers()
             stack.worker("embeddings", "bench")
             stack.worker("embeddings_bulk", "bench")
             sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
@@ -149,12 +147,12 @@ def main() -> None:
 
             source = work / "memories.jsonl"
             write_jsonl(source, texts)
-            bulk = env["ATHENA_EMBEDDINGS_BULK_URL"]
-            texts_per_s_direct(bulk, texts[:64], args.direct_batch)  # warm-up
+            bulk = [copy_url(env["ATHENA_EMBEDDINGS_BULK_URL"], i) for i in range(args.bulk_servers)]
+            direct_texts_per_s(bulk, texts[:64], args.direct_batch)  # warm-up
             interactive_embeds(sender, 10, 0.05)
 
-            direct = texts_per_s_direct(bulk, texts, args.direct_batch)
-            per_text = texts_per_s_direct(bulk, texts[: args.per_text], 1)
+            direct = direct_texts_per_s(bulk, texts, args.direct_batch)[0]
+            per_text = direct_texts_per_s(bulk, texts[: args.per_text], 1)[0]
             idle = interactive_embeds(sender, args.embeds, args.pace)
 
             loaded: list[float] = []
@@ -179,6 +177,7 @@ def main() -> None:
     idle_stats, loaded_stats = latency_stats(idle), latency_stats(loaded)
     report = {
         "rows": args.rows,
+        "bulk_servers": args.bulk_servers,
         "direct_texts_per_s": round(direct, 1),
         "direct_batch": args.direct_batch,
         "per_text_texts_per_s": round(per_text, 1),

@@ -8,6 +8,7 @@ can never disagree about which server a queue fronts.
 from __future__ import annotations
 
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,7 +33,9 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     queue: Queue
+    # The first copy's URL; copy i listens on its port + i (only the bulk lane has more than one).
     url: str
+    copies: int = 1
     # The server's --parallel, and the concurrency of the worker in front of it.
     slots: int
     threads: int
@@ -46,6 +49,20 @@ class ServerConfig(BaseModel):
     @property
     def embeds(self) -> bool:
         return self.queue in EMBEDDING_QUEUES
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(copy_url(self.url, index) for index in range(self.copies))
+
+
+def copy_url(url: str, index: int) -> str:
+    """Where copy `index` of the server at `url` listens: the port + index."""
+    if index == 0:
+        return url
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    return urlunsplit(parts._replace(netloc=f"{host}:{port + index}"))
 
 
 def server_config(queue: Queue, settings: Settings) -> ServerConfig:
@@ -65,6 +82,7 @@ def server_config(queue: Queue, settings: Settings) -> ServerConfig:
     return ServerConfig(
         queue=queue,
         url=url,
+        copies=s.embeddings_bulk_copies if queue is Queue.EMBEDDINGS_BULK else 1,
         slots=slots,
         threads=threads or s.n_threads,
         nice=nice,

@@ -8,6 +8,7 @@ embedded default stack that `athena-inference up` brings up on the local machine
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Literal, Optional
 from urllib.parse import urlsplit
@@ -30,6 +31,10 @@ PLACEHOLDER_SECRETS = frozenset(
 LLMLINGUA2_MODEL = "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 RESULT_SCHEMES = ("redis", "rediss")
+# Bulk servers when ATHENA_EMBEDDINGS_BULK_SERVERS is unset: each holds the model
+# and a context, so a many-core machine does not get one per core unasked.
+MAX_AUTO_BULK_SERVERS = 8
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _athena_name(name: str) -> AliasChoices:
@@ -47,6 +52,15 @@ class Settings(BaseSettings):
     # so a job's batches never wait in front of an interactive embed. It may be
     # set to LLAMACPP_EMBEDDINGS_URL, at the cost of that isolation.
     embeddings_bulk_url: str = "http://127.0.0.1:8003"
+    # Copies of the bulk server, each a single-thread llama-server: copy i listens
+    # on the bulk URL's port + i, and the bulk worker spreads batches over them.
+    # Copies rather than one server's threads because llama.cpp's threads meet at
+    # a barrier after every operation: at nice 19, one thread kept off its core by
+    # interactive work stalls the whole server (bench/bulk_lane.py), while a copy
+    # kept off its core stalls only itself. Unset: one per CPU (over the bulk
+    # threads), at most 8, for a bulk URL on loopback; one for a URL elsewhere or
+    # when the bulk URL is the embeddings URL.
+    embeddings_bulk_servers: Optional[int] = Field(None, ge=1, le=64)
     # The embedded default embeds with all-MiniLM-L6-v2 (384-d); Athena's production
     # nomic-embed-text-v1.5 is 768-d and sets this to 768.
     embedding_dim: int = Field(384, ge=1, le=65536, validation_alias=_athena_name("LLAMACPP_EMBEDDING_DIM"))
@@ -291,7 +305,37 @@ class Settings(BaseSettings):
             )
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("ATHENA_RETRY_BACKOFF_MAX_S must be at least ATHENA_RETRY_BACKOFF_S")
+        self._bulk_copies_fit()
         return self
+
+    def _bulk_copies_fit(self) -> None:
+        bulk = urlsplit(self.embeddings_bulk_url)
+        first = bulk.port or (443 if bulk.scheme == "https" else 80)
+        last = first + self.embeddings_bulk_copies - 1
+        if last > 65535:
+            raise ValueError(f"the {self.embeddings_bulk_copies} bulk servers would need ports {first}-{last}, past 65535")
+        for name in ("embeddings_url", "reasoning_url"):
+            other = urlsplit(getattr(self, name))
+            if other.hostname == bulk.hostname and first < (other.port or 80) <= last:
+                raise ValueError(
+                    f"the bulk servers take ports {first}-{last} (ATHENA_EMBEDDINGS_BULK_URL and "
+                    f"ATHENA_EMBEDDINGS_BULK_SERVERS), and {env_name(name)} is on port {other.port}; "
+                    f"move one of them or set fewer bulk servers"
+                )
+
+    @property
+    def embeddings_bulk_copies(self) -> int:
+        """How many bulk servers there are: ATHENA_EMBEDDINGS_BULK_SERVERS, else
+        one per CPU over the bulk threads on this machine's loopback (where `up`
+        starts them), else one: copies elsewhere are whatever that deployment runs."""
+        if self.embeddings_bulk_url == self.embeddings_url:
+            return 1
+        if self.embeddings_bulk_servers is not None:
+            return self.embeddings_bulk_servers
+        if urlsplit(self.embeddings_bulk_url).hostname not in LOOPBACK_HOSTS:
+            return 1
+        threads = self.embeddings_bulk_threads or self.n_threads
+        return max(1, min(MAX_AUTO_BULK_SERVERS, len(os.sched_getaffinity(0)) // threads))
 
     @property
     def retry_policy(self) -> RetryPolicy:

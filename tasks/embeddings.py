@@ -25,17 +25,21 @@ from athena_inference.config.settings import get_settings
 from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, TaskClock
 from athena_inference.tasks.long_texts import Embed, Vectors, embed_texts
-from athena_inference.workers.llama_server import Embeddings
+from athena_inference.workers.llama_server import Embeddings, LlamaServer
 
 
 def _vectors(
     texts: list[str], policy: LongTextPolicy, queue: Queue = Queue.EMBEDDINGS, send: Optional[Embed] = None
 ) -> Vectors:
     """Vectors for `texts` under `policy`, each server request through `send`
-    (the server's own `embed` unless given), its vectors checked before anything is made of them."""
-    server = seams.llama(queue)
-    send = send or server.embed
-    return embed_texts(server, texts, policy, lambda inputs: _checked(send(inputs)))
+    (the server's own `embed` unless given), its vectors checked before anything is made of them.
+    All of one call's requests go to one copy of the server (the bulk lane has several)."""
+
+    def on(server: LlamaServer) -> Vectors:
+        embed = send or server.embed
+        return embed_texts(server, texts, policy, lambda inputs: _checked(embed(inputs)))
+
+    return seams.server_pool(queue).call(on)
 
 
 def _checked(out: Embeddings) -> Embeddings:

@@ -24,5 +24,5 @@ def reasoning_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
 
 @app.task(name=TaskName.EMBEDDINGS_BULK_HEALTH.value, base=AthenaTask)
 def embeddings_bulk_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
-    """One look at the bulk lane's embedding server."""
-    return seams.llama(Queue.EMBEDDINGS_BULK).health()
+    """One look at each of the bulk lane's embedding servers: ready when every copy is."""
+    return seams.server_pool(Queue.EMBEDDINGS_BULK).health()

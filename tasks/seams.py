@@ -15,6 +15,7 @@ from typing import Optional
 
 import httpx
 import redis
+from billiard.process import current_process
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from athena_client.redis_connect import redis_client
@@ -28,6 +29,7 @@ from athena_inference.workers.deliveries import DeliveryCounter
 from athena_inference.workers.embed_coalescer import EmbedCoalescer
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer
+from athena_inference.workers.server_pool import ServerPool
 from athena_inference.workers.metrics import MetricsStore
 
 # httpx logs every request at INFO, which would bury the worker's own log.
@@ -35,7 +37,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 log = logging.getLogger(__name__)
 
-_servers: dict[Queue, LlamaServer] = {}
+_pools: dict[Queue, ServerPool] = {}
 _metrics: Optional[MetricsStore] = None
 _compressor: Optional[Compressor] = None
 _compressor_loaded = threading.Event()
@@ -49,14 +51,14 @@ _coalescer: Optional[EmbedCoalescer] = None
 _making = threading.RLock()
 
 
-def llama_server_for(queue: Queue) -> LlamaServer:
+def llama_server_for(queue: Queue, url: str) -> LlamaServer:
     settings = get_settings()
     server = server_config(queue, settings)
     breaker = CircuitBreaker(
-        side_redis(), server.url, cooldown_s=settings.breaker_cooldown_s, max_cooldown_s=settings.task_retry_backoff_max_s
+        side_redis(), url, cooldown_s=settings.breaker_cooldown_s, max_cooldown_s=settings.task_retry_backoff_max_s
     )
     return LlamaServer(
-        server.url,
+        url,
         timeout=httpx.Timeout(server.read_timeout_s, connect=settings.connect_timeout_s),
         retry=settings.retry_policy,
         breaker=breaker,
@@ -82,11 +84,20 @@ def deliveries() -> DeliveryCounter:
         return _deliveries
 
 
-def llama(queue: Queue) -> LlamaServer:
+def server_pool(queue: Queue) -> ServerPool:
+    """Every copy of the queue's server (one, but for the bulk lane)."""
     with _making:
-        if queue not in _servers:
-            _servers[queue] = llama_server_for(queue)
-        return _servers[queue]
+        if queue not in _pools:
+            urls = server_config(queue, get_settings()).urls
+            # A prefork pool process's index (0 outside one), so the processes start from different copies.
+            index = getattr(current_process(), "index", None) or 0
+            _pools[queue] = ServerPool([llama_server_for(queue, url) for url in urls], first=index)
+        return _pools[queue]
+
+
+def llama(queue: Queue) -> LlamaServer:
+    """The queue's server; for the bulk lane, its first copy (lease through `server_pool` to spread)."""
+    return server_pool(queue).servers[0]
 
 
 def embed_coalescer() -> EmbedCoalescer:
@@ -157,9 +168,9 @@ def compression_cache() -> CompressionCache:
         return _compression_cache
 
 
-def use_llama(queue: Queue, server: LlamaServer) -> None:
+def use_llama(queue: Queue, *servers: LlamaServer) -> None:
     global _coalescer
-    _servers[queue] = server
+    _pools[queue] = ServerPool(servers)
     _coalescer = None
 
 
@@ -171,9 +182,9 @@ def use_metrics(store: MetricsStore) -> None:
 def reset() -> None:
     """Close and forget every seam; the next task makes new ones."""
     global _metrics, _compressor, _compression_cache, _compressor_loader, _side_redis, _deliveries, _coalescer
-    for server in _servers.values():
-        server.close()
-    _servers.clear()
+    for pool in _pools.values():
+        pool.close()
+    _pools.clear()
     _metrics = None
     _compressor = None
     _compression_cache = None

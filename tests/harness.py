@@ -25,6 +25,7 @@ import httpx
 import redis
 
 from athena_client.metrics import SIDE_DATABASE, with_database
+from athena_inference.config.servers import copy_url
 from athena_inference.workers.ops.provision import redis_server_binary
 
 CLI = [sys.executable, "-m", "athena_inference.workers.ops.cli"]
@@ -35,6 +36,56 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bulk_copies_env(copies: int) -> dict[str, str]:
+    """Settings for a bulk lane of `copies` servers on consecutive free loopback ports."""
+    for _ in range(200):
+        first = free_port()
+        if first + copies - 1 <= 65535 and all(_port_free(first + i) for i in range(1, copies)):
+            return {"ATHENA_EMBEDDINGS_BULK_URL": f"http://127.0.0.1:{first}", "ATHENA_EMBEDDINGS_BULK_SERVERS": str(copies)}
+    raise RuntimeError(f"found no {copies} consecutive free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def children(pid: int) -> list[int]:
+    listing = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    return [int(p) for p, pp in (line.split() for line in listing.splitlines()) if int(pp) == pid]
+
+
+def descendants(root: int) -> set[int]:
+    found, todo = set(), [root]
+    while todo:
+        for child in children(todo.pop()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running: a zombie is dead, though not yet reaped by its parent."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def all_gone(pids: set[int], within_s: float) -> list[int]:
+    """The pids still alive after waiting up to `within_s` for all of them to end."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.5)
+    return [pid for pid in pids if alive(pid)]
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 120, proc: Optional["Proc"] = None) -> None:
@@ -79,20 +130,23 @@ class Proc:
 
 
 def local_stack_env(**extra: str) -> dict[str, str]:
-    """Settings, as environment variables, for a whole stack on free loopback ports."""
+    """Settings, as environment variables, for a whole stack on free loopback ports; `extra` overrides any of them."""
     redis_port = free_port()
-    return dict(
+    env = dict(
         os.environ,
         ATHENA_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
         LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{free_port()}",
         LLAMACPP_REASONING_URL=f"http://127.0.0.1:{free_port()}",
         ATHENA_EMBEDDINGS_BULK_URL=f"http://127.0.0.1:{free_port()}",
+        # One bulk server: the port after a free port may be taken (`bulk_copies_env` makes room for more).
+        ATHENA_EMBEDDINGS_BULK_SERVERS="1",
         ATHENA_FLOWER_PORT=str(free_port()),
         ATHENA_EXPORTER_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
+    return env
 
 
 def redis_port(env: dict[str, str]) -> int:
@@ -125,8 +179,9 @@ class Stack:
         wait_for(lambda: client.ping(), f"redis on {port}", 30, proc)
         return proc
 
-    def llama(self, kind: str, url: str, extra_env: Optional[dict[str, str]] = None) -> Proc:
-        proc = self.start(f"{kind}-server-{url.rsplit(':', 1)[-1]}", [*CLI, "serve", kind], extra_env)
+    def llama(self, kind: str, url: str, extra_env: Optional[dict[str, str]] = None, copy: Optional[int] = None) -> Proc:
+        argv = [*CLI, "serve", kind, *(["--copy", str(copy)] if copy is not None else [])]
+        proc = self.start(f"{kind}-server-{url.rsplit(':', 1)[-1]}", argv, extra_env)
         wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, f"{kind} server {url}", 180, proc)
         return proc
 
@@ -139,7 +194,14 @@ class Stack:
         self.redis(redis_port(self.env))
         self.llama("embeddings", self.env["LLAMACPP_EMBEDDINGS_URL"])
         self.llama("reasoning", self.env["LLAMACPP_REASONING_URL"])
-        self.llama("embeddings-bulk", self.env["ATHENA_EMBEDDINGS_BULK_URL"])
+        self.bulk_servers()
+
+    def bulk_servers(self, extra_env: Optional[dict[str, str]] = None) -> list[Proc]:
+        """Every copy of the bulk server that the settings ask for (ATHENA_EMBEDDINGS_BULK_SERVERS)."""
+        env = dict(self.env, **(extra_env or {}))
+        first = env["ATHENA_EMBEDDINGS_BULK_URL"]
+        copies = int(env.get("ATHENA_EMBEDDINGS_BULK_SERVERS", "1"))
+        return [self.llama("embeddings-bulk", copy_url(first, i), extra_env, copy=i + 1) for i in range(copies)]
 
     def everything(self, node: str) -> None:
         """The servers, then one worker per queue, named `<queue>@<node>`."""

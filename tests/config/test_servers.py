@@ -2,9 +2,10 @@
 
 import pytest
 
+from athena_client.errors import ConfigurationError
 from athena_client.routes import Queue
-from athena_inference.config.servers import MODEL_ALIASES, server_config
-from athena_inference.config.settings import load_settings
+from athena_inference.config.servers import MODEL_ALIASES, copy_url, server_config
+from athena_inference.config.settings import MAX_AUTO_BULK_SERVERS, load_settings
 
 pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
@@ -40,3 +41,44 @@ def test_default_models_get_their_alias_and_a_custom_model_keeps_its_name():
 def test_a_queue_without_a_server_is_a_clear_key_error(queue):
     with pytest.raises(KeyError, match="fronts no llama-server"):
         server_config(queue, load_settings())
+
+
+def test_the_bulk_lane_has_one_copy_per_cpu_over_its_threads_at_most_eight(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)))
+    assert load_settings().embeddings_bulk_copies == 6
+    assert load_settings(embeddings_bulk_threads=2).embeddings_bulk_copies == 3
+    assert load_settings(n_threads=4).embeddings_bulk_copies == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    assert load_settings().embeddings_bulk_copies == MAX_AUTO_BULK_SERVERS
+    assert load_settings(embeddings_bulk_servers=12).embeddings_bulk_copies == 12
+
+
+def test_a_bulk_server_on_another_host_is_one_server_unless_told_otherwise():
+    assert load_settings(embeddings_bulk_url="http://bulk.internal:8003").embeddings_bulk_copies == 1
+    assert load_settings(embeddings_bulk_url="http://bulk.internal:8003", embeddings_bulk_servers=3).embeddings_bulk_copies == 3
+
+
+def test_a_bulk_lane_on_the_embeddings_server_is_that_one_server():
+    settings = load_settings(embeddings_bulk_url="http://127.0.0.1:8001", embeddings_bulk_servers=4)
+    assert server_config(Queue.EMBEDDINGS_BULK, settings).urls == ("http://127.0.0.1:8001",)
+
+
+def test_bulk_copies_listen_on_consecutive_ports_and_other_servers_have_one():
+    settings = load_settings(embeddings_bulk_url="http://127.0.0.1:9003", embeddings_bulk_servers=3)
+    assert server_config(Queue.EMBEDDINGS_BULK, settings).urls == (
+        "http://127.0.0.1:9003", "http://127.0.0.1:9004", "http://127.0.0.1:9005",
+    )
+    assert server_config(Queue.EMBEDDINGS, settings).urls == (settings.embeddings_url,)
+
+
+def test_copy_urls_keep_scheme_path_and_ipv6_hosts():
+    assert copy_url("https://bulk.internal", 2) == "https://bulk.internal:445"
+    assert copy_url("http://[::1]:8003", 1) == "http://[::1]:8004"
+    assert copy_url("http://h:8003", 0) == "http://h:8003"
+
+
+def test_bulk_copies_that_would_take_another_servers_port_are_refused_by_name():
+    with pytest.raises(ConfigurationError, match=r"ports 8003-8006.*LLAMACPP_REASONING_URL is on port 8005"):
+        load_settings(reasoning_url="http://127.0.0.1:8005", embeddings_bulk_servers=4)
+    with pytest.raises(ConfigurationError, match="past 65535"):
+        load_settings(embeddings_bulk_url="http://127.0.0.1:65535", embeddings_bulk_servers=2)

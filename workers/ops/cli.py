@@ -76,12 +76,17 @@ def models(names: tuple[str, ...], list_only: bool, dest: Optional[Path]) -> int
 
 @cli.command()
 @click.argument("what", type=click.Choice(["redis", *launch.SERVED]))
-def serve(what: str) -> int:
+@click.option(
+    "--copy", "copy", type=click.IntRange(min=1), default=None,
+    help="Which copy of the bulk server, from 1 (ATHENA_EMBEDDINGS_BULK_SERVERS); "
+    "unset, the copy number honcho gives (`up` runs one per copy), else 1.",
+)
+def serve(what: str, copy: Optional[int]) -> int:
     """Run one server of the stack in the foreground (used by the Procfile)."""
     if what == "redis":
         launch.serve_redis(get_settings())
     else:
-        launch.serve_llama(what, get_settings())
+        launch.serve_llama(what, get_settings(), launch.copy_number(copy) - 1)
     return 1
 
 

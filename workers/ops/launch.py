@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 import httpx
 
+from athena_client.errors import ConfigurationError
 from athena_client.routes import Queue
 from athena_inference.config.celery import WORKER_QUEUE_ENV
 from athena_inference.config.servers import SERVER_QUEUES, server_config
@@ -34,15 +36,32 @@ def serve_redis(settings: Settings) -> None:
     _exec(processes.redis_argv(settings, provision.redis_server_binary()))
 
 
-def serve_llama(what: str, settings: Settings) -> None:
+# honcho names the copies of a Procfile entry `<name>.1`, `<name>.2`, ... in this variable.
+HONCHO_NAME_ENV = "HONCHO_PROCESS_NAME"
+
+
+def copy_number(given: Optional[int]) -> int:
+    """The copy asked for, else the one honcho started (`up` runs the bulk entry once per copy), else 1."""
+    if given is not None:
+        return given
+    suffix = os.environ.get(HONCHO_NAME_ENV, "").rpartition(".")[2]
+    return int(suffix) if suffix.isdigit() and int(suffix) > 0 else 1
+
+
+def serve_llama(what: str, settings: Settings, copy: int = 0) -> None:
     queue = SERVED[what]
     server = server_config(queue, settings)
+    if copy >= server.copies:
+        raise ConfigurationError(
+            f"copy {copy + 1} of the {what} server was asked for, but there are {server.copies} "
+            f"(ATHENA_EMBEDDINGS_BULK_SERVERS for the bulk lane)"
+        )
     model = provision.embedding_model(settings) if server.embeds else provision.reasoning_model(settings)
     os.nice(server.nice)
     cpus = processes.server_cpus(queue, settings, sorted(os.sched_getaffinity(0)))
     if cpus:
         os.sched_setaffinity(0, cpus)
-    _exec(processes.llama_server_argv(queue, settings, provision.llama_server_binary(settings), model))
+    _exec(processes.llama_server_argv(queue, settings, provision.llama_server_binary(settings), model, copy))
 
 
 def run_worker(queue: Queue, settings: Settings, node_suffix: str) -> None:

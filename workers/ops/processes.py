@@ -22,9 +22,12 @@ def host_port(url: str, default_port: int) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
-def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Path) -> list[str]:
+def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Path, copy: int = 0) -> list[str]:
+    """The command of the queue's server, or of copy `copy` of it (the bulk lane has one per CPU)."""
     server = server_config(queue, settings)
-    host, port = host_port(server.url, 80)
+    if not 0 <= copy < server.copies:
+        raise ValueError(f"the {queue.value} server has {server.copies} copies; there is no copy {copy}")
+    host, port = host_port(server.urls[copy], 80)
     argv = [str(binary), "-m", str(model), "--host", host, "--port", str(port)]
     argv += ["-t", str(server.threads), "--metrics"]
     # A custom model keeps its own name; the defaults get a readable one.
@@ -60,11 +63,14 @@ def worker_pool(queue: Queue, settings: Settings) -> str:
 
 
 def worker_concurrency(queue: Queue, settings: Settings) -> int:
-    """A server's slots for the queues in front of one (a threaded embeddings
-    worker: the embeds it may merge); one process for the rest."""
+    """A server's slots for the queues in front of one, times its copies (a
+    threaded embeddings worker: the embeds it may merge); one process for the rest."""
     if worker_pool(queue, settings) == "threads":
         return settings.embed_coalesce_tasks
-    return server_config(queue, settings).slots if queue in SERVER_QUEUES else 1
+    if queue not in SERVER_QUEUES:
+        return 1
+    server = server_config(queue, settings)
+    return server.slots * server.copies
 
 
 def worker_argv(queue: Queue, settings: Settings, *, node_suffix: str = "%h") -> list[str]:

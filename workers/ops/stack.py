@@ -25,20 +25,21 @@ import redis
 from athena_client.errors import AthenaError, ConfigurationError
 from athena_client.routes import Queue
 from athena_client.sender import TaskSender
-from athena_inference.config.settings import Settings, env_name
+from athena_inference.config.servers import server_config
+from athena_inference.config.settings import LOOPBACK_HOSTS as LOOPBACK, Settings, env_name
 from athena_inference.workers.ops.demo import demo, demo_reembed
 from athena_inference.workers.ops.processes import REDIS_PORT, host_port, redis_password, redis_password_file
 from athena_inference.workers.ops.provision import provision, say
 from athena_inference.workers.ops.secrets import new_password, stored_secret
 
 PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # The Redis URLs every process reads; `up` puts the embedded Redis's password into those that name it.
 REDIS_URL_FIELDS = ("broker_url", "result_backend", "metrics_url", "cache_url")
 # How long the stack may take to stop before `up` kills what is left. honcho
 # itself kills an entry still running 5 s after asking it to stop; this is for
 # whatever outlives honcho.
 STOP_GRACE_S = 20.0
+BULK_SERVER = "embeddings-bulk-server"
 
 
 class StopRequested(BaseException):
@@ -77,13 +78,33 @@ def process_names(settings: Settings) -> list[str]:
         names.append("embeddings-server")
     if _managed(settings.reasoning_url, 80, "reasoning server"):
         names.append("reasoning-server")
-    if settings.embeddings_bulk_url != settings.embeddings_url and _managed(
-        settings.embeddings_bulk_url, 80, "bulk embeddings server"
-    ):
-        names.append("embeddings-bulk-server")
+    if settings.embeddings_bulk_url != settings.embeddings_url and _bulk_managed(settings):
+        names.append(BULK_SERVER)
     names += [f"{q.value}-worker" for q in Queue]
     names += ["flower", "exporter"]
     return names
+
+
+def _bulk_managed(settings: Settings) -> bool:
+    """Run the bulk server's copies when no copy's port is taken; use them when all are; else refuse."""
+    urls = server_config(Queue.EMBEDDINGS_BULK, settings).urls
+    if not _managed(urls[0], 80, "bulk embeddings server" + (f" ({len(urls)} copies from there)" if len(urls) > 1 else "")):
+        return False
+    taken = [url for url in urls[1:] if port_open(*host_port(url, 80))]
+    if taken:
+        raise ConfigurationError(
+            f"the bulk lane's {len(urls)} servers take {urls[0]} and the next ports, but something already "
+            f"listens at {', '.join(taken)}; set ATHENA_EMBEDDINGS_BULK_SERVERS lower or ATHENA_EMBEDDINGS_BULK_URL elsewhere"
+        )
+    return True
+
+
+def honcho_argv(settings: Settings, names: list[str]) -> list[str]:
+    argv = [str(Path(sys.executable).parent / "honcho"), "start", "-f", str(PROCFILE), "-d", str(PROCFILE.parent)]
+    if BULK_SERVER in names:
+        # One process per copy; each reads its number from HONCHO_PROCESS_NAME (`serve --copy`).
+        argv += ["-c", f"{BULK_SERVER}={server_config(Queue.EMBEDDINGS_BULK, settings).copies}"]
+    return [*argv, *names]
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float, alive: Callable[[], bool]) -> None:
@@ -103,11 +124,11 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float, alive: Call
 def wait_ready(settings: Settings, sender: TaskSender, alive: Callable[[], bool], timeout: float = 180) -> None:
     client = redis.Redis.from_url(settings.result_backend)
     wait_until(lambda: bool(client.ping()), "Redis", timeout, alive)
-    servers = (
+    servers = [
         ("embeddings server", settings.embeddings_url),
         ("reasoning server", settings.reasoning_url),
-        ("bulk embeddings server", settings.embeddings_bulk_url),
-    )
+        *(("bulk embeddings server", url) for url in server_config(Queue.EMBEDDINGS_BULK, settings).urls),
+    ]
     for name, url in servers:
         wait_until(lambda url=url: httpx.get(f"{url}/health", timeout=2).status_code == 200, name, timeout, alive)
     wanted = {q.value for q in Queue}
@@ -198,7 +219,7 @@ def up(settings: Settings, *, check_only: bool = False) -> int:
         redis_secret = redis_password(settings)
         settings = with_embedded_redis(settings, redis_secret)
         env.update(redis_env(settings, redis_secret))
-    honcho = [str(Path(sys.executable).parent / "honcho"), "start", "-f", str(PROCFILE), "-d", str(PROCFILE.parent), *names]
+    honcho = honcho_argv(settings, names)
     say("starting: " + ", ".join(names))
     stack = None
     sender = None

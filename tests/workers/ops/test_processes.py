@@ -281,3 +281,22 @@ def test_the_bulk_server_serves_the_embedding_model_under_the_same_name(settings
     assert bulk[bulk.index("-np") + 1] == "3"
     assert bulk[bulk.index("--alias") + 1] == interactive[interactive.index("--alias") + 1]
     assert "--embedding" in bulk
+
+
+# --- the bulk lane's copies ---
+
+
+def test_each_bulk_copy_listens_on_its_own_port_with_the_same_model_and_settings(settings):
+    lane = settings.model_copy(update={"embeddings_bulk_url": "http://127.0.0.1:9103", "embeddings_bulk_servers": 2})
+    first = llama_server_argv(Queue.EMBEDDINGS_BULK, lane, BINARY, MODEL, 0)
+    second = llama_server_argv(Queue.EMBEDDINGS_BULK, lane, BINARY, MODEL, 1)
+    assert (value_after(first, "--port"), value_after(second, "--port")) == ("9103", "9104")
+    assert [a for a in first if a != "9103"] == [a for a in second if a != "9104"]
+    with pytest.raises(ValueError, match="has 2 copies; there is no copy 2"):
+        llama_server_argv(Queue.EMBEDDINGS_BULK, lane, BINARY, MODEL, 2)
+
+
+def test_the_bulk_worker_runs_a_task_per_slot_of_every_copy(settings):
+    lane = settings.model_copy(update={"embeddings_bulk_servers": 3, "embeddings_bulk_slots": 2})
+    assert worker_concurrency(Queue.EMBEDDINGS_BULK, lane) == 6
+    assert value_after(worker_argv(Queue.EMBEDDINGS_BULK, lane), "-c") == "6"

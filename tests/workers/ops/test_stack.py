@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +13,14 @@ import pytest
 
 from athena_client.errors import ConfigurationError
 from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.launch import HONCHO_NAME_ENV, copy_number, serve_llama
 from athena_inference.workers.ops.stack import (
+    BULK_SERVER,
     StopRequested,
     descendants,
+    honcho_argv,
+    port_open,
+    process_names,
     redis_env,
     redis_hint,
     stop_signals,
@@ -22,6 +28,7 @@ from athena_inference.workers.ops.stack import (
     with_embedded_redis,
     with_password,
 )
+from tests.harness import alive
 
 PASSWORD = "s3cret-Value-42"
 
@@ -124,15 +131,6 @@ time.sleep(600)
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
-
-
 def test_what_ignores_sigterm_is_killed_after_the_grace_period_even_in_a_session_of_its_own():
     # A manager and its child, each in a session of its own, both deaf to SIGTERM.
     manager = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -187,3 +185,43 @@ def test_a_process_still_stopping_after_its_manager_exits_is_given_the_grace_per
         for pid in (manager.pid, child):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- the bulk lane's copies under honcho ---
+
+
+def test_honcho_runs_the_bulk_server_entry_once_per_copy(settings):
+    lane = settings.model_copy(update={"embeddings_bulk_servers": 3})
+    argv = honcho_argv(lane, ["redis", BULK_SERVER])
+    assert argv[argv.index("-c") + 1] == f"{BULK_SERVER}=3"
+    assert argv[-2:] == ["redis", BULK_SERVER]
+    assert "-c" not in honcho_argv(lane, ["redis"])
+
+
+def test_bulk_copies_whose_ports_are_partly_taken_are_refused_by_address(settings):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        lane = settings.model_copy(update={"embeddings_bulk_url": f"http://127.0.0.1:{port - 1}", "embeddings_bulk_servers": 2})
+        if port_open("127.0.0.1", port - 1):
+            pytest.skip("the port before the taken one is in use too")
+        with pytest.raises(ConfigurationError, match=f"already listens at http://127.0.0.1:{port}"):
+            process_names(lane)
+
+
+@pytest.mark.parametrize(
+    ("given", "honcho_name", "expected"),
+    [(None, "embeddings-bulk-server.2", 2), (3, "embeddings-bulk-server.2", 3), (None, None, 1), (None, "odd", 1)],
+)
+def test_a_bulk_copy_takes_its_number_from_the_option_else_from_honcho(monkeypatch, given, honcho_name, expected):
+    if honcho_name is None:
+        monkeypatch.delenv(HONCHO_NAME_ENV, raising=False)
+    else:
+        monkeypatch.setenv(HONCHO_NAME_ENV, honcho_name)
+    assert copy_number(given) == expected
+
+
+def test_serving_a_copy_past_the_last_is_a_configuration_error(settings):
+    with pytest.raises(ConfigurationError, match=r"copy 3 of the embeddings-bulk server.*there are 2"):
+        serve_llama("embeddings-bulk", settings.model_copy(update={"embeddings_bulk_servers": 2}), 2)

@@ -7,24 +7,26 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
+from pathlib import Path
 
 import pytest
 
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.processes import redis_data_dir, redis_password, redis_password_file
-from tests.harness import CLI, local_stack_env, redis_port
+from tests.harness import CLI, all_gone, bulk_copies_env, descendants, local_stack_env, redis_port
 
 
 def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned):
-    env = local_stack_env()
+    # Two bulk copies, as the default gives a 2-CPU machine: the demo's re-embedding runs through both.
+    env = local_stack_env(**bulk_copies_env(2))
     try:
         done = subprocess.run([*CLI, "up", "--check"], env=env, capture_output=True, text=True, timeout=600)
     finally:
         forget_redis_data(env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout
-    assert "starting: redis, embeddings-server, reasoning-server" in out
+    assert "starting: redis, embeddings-server, reasoning-server, embeddings-bulk-server" in out
+    assert "embeddings-bulk-server.1" in out and "embeddings-bulk-server.2" in out
     for queue in ("embeddings", "reasoning", "compression", "consolidation"):
         assert f"{queue}-worker" in out
     assert "athena.embed on 'embeddings': 384-d vector" in out
@@ -34,29 +36,6 @@ def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned)
     assert "athena.consolidate: 3 events ->" in out and "reasoning on reasoning" in out
     assert "tok/s" in out and "queue wait" in out
     assert "stack is up" in out
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
-        pid, ppid = map(int, line.split())
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead but not yet reaped by its parent.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 def start_up(env: dict[str, str]) -> subprocess.Popen:
@@ -79,39 +58,27 @@ def forget_redis_data(env: dict[str, str]) -> None:
     shutil.rmtree(redis_data_dir(load_settings(result_backend=env["ATHENA_RESULT_BACKEND"])), ignore_errors=True)
 
 
-def all_gone(pids: set[int], within_s: float) -> list[int]:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
-        time.sleep(0.5)
-    return [pid for pid in pids if alive(pid)]
+def send_ctrl_c(up: subprocess.Popen) -> None:
+    # To the whole foreground group, as a terminal's Ctrl-C does.
+    os.killpg(up.pid, signal.SIGINT)
 
 
-def test_ctrl_c_stops_every_process_up_started(provisioned):
-    env = local_stack_env()
+def send_sigterm(up: subprocess.Popen) -> None:
+    # To `up` alone, as systemd or a container runtime sends it to the process it started.
+    up.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(("stop", "bulk_copies"), [(send_ctrl_c, 1), (send_sigterm, 2)], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_to_up_stops_every_process_it_started(provisioned, stop, bulk_copies):
+    env = local_stack_env(**bulk_copies_env(bulk_copies))
     up = start_up(env)
     try:
         read_until_up(up)
         started = descendants(up.pid)
-        assert len(started) >= 9  # honcho, redis, two servers, four workers, flower
-        os.killpg(up.pid, signal.SIGINT)
-        up.stdout.read()
-        assert up.wait(timeout=60) == 0
-        assert all_gone(started, 30) == []
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-        forget_redis_data(env)
-
-
-def test_sigterm_to_up_stops_every_process_it_started(provisioned):
-    env = local_stack_env()
-    up = start_up(env)
-    try:
-        read_until_up(up)
-        started = descendants(up.pid)
-        assert len(started) >= 9
-        # To `up` alone, as systemd or a container runtime sends it to the process it started.
-        up.send_signal(signal.SIGTERM)
+        assert len(started) >= 9  # honcho, redis, the servers, six workers, flower, the exporter
+        servers = {pid for pid in started if "llama-server" in Path(f"/proc/{pid}/cmdline").read_text()}
+        assert len(servers) == 2 + bulk_copies  # embeddings, reasoning and each bulk copy
+        stop(up)
         up.stdout.read()
         assert up.wait(timeout=60) == 0
         assert all_gone(started, 30) == []

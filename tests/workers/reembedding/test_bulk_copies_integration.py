@@ -1,0 +1,90 @@
+"""The bulk lane as the stack runs it on a multi-CPU machine: several single-thread
+llama-servers (`serve embeddings-bulk --copy N`), one prefork worker in front of
+all of them, a job's batches spread over every copy, and the health task looking at each."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+
+import httpx
+import numpy as np
+import pytest
+
+from athena_client.client import AthenaClient
+from athena_inference.config.servers import copy_url
+from tests.harness import CLI, Stack, bulk_copies_env, local_stack_env, redis_port, wait_for
+from tests.workers.reembedding.test_reembed_integration import memories
+
+pytestmark = pytest.mark.integration
+
+COPIES = 2
+
+
+@pytest.fixture(scope="module")
+def copies_lane(provisioned, tmp_path_factory):
+    env = local_stack_env(LLAMACPP_N_THREADS="1", **bulk_copies_env(COPIES))
+    stack = Stack(tmp_path_factory.mktemp("bulk-copies-logs"), env)
+    try:
+        stack.redis(redis_port(env))
+        stack.bulk_servers()
+        stack.worker("embeddings_bulk", "w1")
+        client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
+        wait_for(lambda: any("embeddings_bulk@w1" in r for r in client.app.control.ping(timeout=1.0)), "bulk worker", 60)
+        stack.client = client
+        stack.urls = [copy_url(env["ATHENA_EMBEDDINGS_BULK_URL"], i) for i in range(COPIES)]
+        yield stack
+        client.close()
+    finally:
+        stack.stop_all()
+
+
+def prompt_tokens(url: str) -> float:
+    """Tokens the server has read so far, from its Prometheus metrics (--metrics)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return float(re.search(r"^llamacpp:prompt_tokens_total (\S+)$", text, re.MULTILINE).group(1))
+
+
+def test_a_job_spreads_its_batches_over_every_copy_and_gets_the_servers_vectors(copies_lane, tmp_path):
+    texts = memories(400, prefix="copies")
+    source = tmp_path / "memories.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "content": text}) + "\n" for i, text in enumerate(texts)))
+    before = [prompt_tokens(url) for url in copies_lane.urls]
+    done = subprocess.run(
+        [*CLI, "reembed", "start", "--jsonl", str(source), "--output", str(tmp_path / "out.npy"), "--batch-texts", "16", "--window", "4"],
+        env=copies_lane.env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    read = [prompt_tokens(url) - start for url, start in zip(copies_lane.urls, before)]
+    # 25 batches of about 14 tokens a text; each copy read a good share of them.
+    assert all(tokens > 0.2 * sum(read) for tokens in read), read
+    vectors = np.load(tmp_path / "out.npy")
+    direct = httpx.post(f"{copies_lane.urls[-1]}/v1/embeddings", json={"input": texts[:32]}, timeout=60).json()["data"]
+    np.testing.assert_allclose(vectors[:32], [item["embedding"] for item in direct], atol=2e-4)
+
+
+def test_the_bulk_health_task_looks_at_every_copy(copies_lane):
+    bulk = copies_lane.client.health(timeout=10).queues["embeddings_bulk"]
+    assert bulk.server_ready, bulk
+    assert bulk.detail == f"ok ({COPIES} copies)"
+
+
+def test_a_job_finishes_on_the_other_copy_when_one_is_killed(copies_lane, tmp_path):
+    # Last in this module: it leaves the lane one copy short.
+    [_, second] = [proc for proc in copies_lane.procs if proc.name.startswith("embeddings-bulk-server")]
+    second.stop(signal.SIGKILL)
+    texts = memories(120, prefix="failover")
+    source = tmp_path / "memories.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "content": text}) + "\n" for i, text in enumerate(texts)))
+    done = subprocess.run(
+        [*CLI, "reembed", "start", "--jsonl", str(source), "--output", str(tmp_path / "out.npy"), "--batch-texts", "8", "--window", "4"],
+        env=copies_lane.env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "120 embedded, 0 skipped, 0 failed of 120" in done.stdout
+    direct = httpx.post(f"{copies_lane.urls[0]}/v1/embeddings", json={"input": texts[-8:]}, timeout=60).json()["data"]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy")[-8:], [item["embedding"] for item in direct], atol=2e-4)
+    bulk = copies_lane.client.health(timeout=10).queues["embeddings_bulk"]
+    assert not bulk.server_ready and f"1 of {COPIES} copies not ready: {copies_lane.urls[1]}" in bulk.detail
