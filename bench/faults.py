@@ -44,7 +44,8 @@ from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import provision
 from athena_inference.workers.ops.stack import with_password
 from tests.harness import (
-    ALL_QUEUES, Proc, RestartableRedis, Stack, UpStack, alive, children, descendants, local_stack_env, redis_port, wait_for,
+    ALL_QUEUES, Proc, RestartableRedis, Stack, UpStack, alive, children, descendants, endless_generation, local_stack_env,
+    redis_port, wait_for,
 )
 from tests.malformed import sample
 
@@ -251,7 +252,7 @@ def redis_restart(day: Day, tasks: int) -> Row:
 
 def poison(day: Day) -> Row:
     row = Row("a task whose worker dies each time it runs it")
-    task_id = day.client.submit(TaskName.REASON, ReasonRequest(prompt="Write a long story about a lighthouse keeper.", max_tokens=2000))
+    task_id = day.client.submit(TaskName.REASON, endless_generation("Write a long story about a lighthouse keeper."))
     killed: set[int] = set()
     while True:
         pid = running(day.client, task_id, killed, timeout=30)

@@ -25,6 +25,7 @@ import httpx
 import redis
 
 from athena_client.metrics import SIDE_DATABASE, with_database
+from athena_client.payloads import ReasonRequest
 from athena_inference.config.servers import copy_url
 from athena_inference.workers.ops.provision import redis_server_binary
 
@@ -36,6 +37,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def endless_generation(prompt: str) -> ReasonRequest:
+    """A generation under a grammar with no end: the model cannot stop early, so
+    a worker killed while it runs is killed mid-task, however fast the machine."""
+    return ReasonRequest(prompt=prompt, max_tokens=2000, grammar='root ::= "lighthouse " root')
 
 
 def bulk_copies_env(copies: int) -> dict[str, str]:

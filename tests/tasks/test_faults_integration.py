@@ -17,9 +17,9 @@ import pytest
 
 from athena_client.client import AthenaClient
 from athena_client.errors import PoisonMessage, ServerUnavailable
-from athena_client.payloads import EmbedRequest, ReasonRequest
+from athena_client.payloads import EmbedRequest
 from athena_client.routes import TaskName
-from tests.harness import free_port, wait_for
+from tests.harness import endless_generation, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_a_task_whose_worker_dies_every_time_fails_typed_after_three_deliveries(
     stack.worker("reasoning", "poison", env)
     with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=120) as client:
         worker_online(client, "reasoning@poison")
-        task_id = client.submit(TaskName.REASON, ReasonRequest(prompt="Write a long story about a lighthouse.", max_tokens=2000))
+        task_id = client.submit(TaskName.REASON, endless_generation("Write a long story about a lighthouse."))
         killed: set[int] = set()
         for _ in range(3):
             pid = wait_running(client, task_id, killed)
