@@ -7,13 +7,14 @@ bulk lane.
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
-from celery.result import AsyncResult
+from celery import Celery, states
+from celery.result import assert_will_not_block
 from pydantic import BaseModel
 
 from athena_client.consolidation import ConsolidationResult
@@ -29,6 +30,7 @@ from athena_client.payloads import (
 )
 from athena_client.redis_transport import REDIS_TRANSPORT
 from athena_client.result_forgetter import ResultForgetter
+from athena_client.result_waiter import ResultWaiter, Ticket, WaitTimedOut
 from athena_client.routes import ENQUEUED_AT_HEADER, TaskName, queue_for
 
 # Celery's defaults, minus pickle: a caller never accepts anything but JSON.
@@ -68,9 +70,12 @@ RESULT_TYPES: dict[TaskName, type[BaseModel]] = {
 
 
 class TaskTransport:
-    def __init__(self, app: Celery, *, timeout: float) -> None:
+    def __init__(self, app: Celery, *, timeout: float, waiter: Optional[ResultWaiter] = None) -> None:
         self.app = app
         self.timeout = timeout
+        # Made on the first wait, so that a client that only submits opens no pub/sub connection.
+        self._waiter = waiter
+        self._waiter_made = threading.Lock()
         # Deleting a read result is not the caller's wait.
         self._forgetter = ResultForgetter(self._forget)
 
@@ -85,13 +90,24 @@ class TaskTransport:
             app.conf.broker_transport = REDIS_TRANSPORT
         return cls(app, timeout=timeout)
 
-    def submit(self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None) -> str:
+    @property
+    def waiter(self) -> ResultWaiter:
+        if self._waiter is None:
+            with self._waiter_made:
+                if self._waiter is None:
+                    self._waiter = ResultWaiter.for_backend(self.app.backend)
+        return self._waiter
+
+    def submit(
+        self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None, task_id: Optional[str] = None
+    ) -> str:
         """Enqueue and return the task id at once."""
         sent = self.app.send_task(
             task.value,
             kwargs=request.model_dump(mode="json") if request is not None else {},
             queue=queue or queue_for(task.value).value,
             headers={ENQUEUED_AT_HEADER: time.time()},
+            task_id=task_id,
         )
         return sent.id
 
@@ -106,34 +122,50 @@ class TaskTransport:
         `allow_in_task` is for callers that run inside a task and wait on
         another queue's tasks by design (the jobs queue).
         """
-        wait = self.timeout if timeout is None else timeout
-        pending = self.app.AsyncResult(task_id)
+        if not allow_in_task:
+            # Celery's guard: a task waiting on a task of its own queue can deadlock the pool.
+            assert_will_not_block()
+        return self._read(task, task_id, self.waiter.expect(task_id), timeout, keep)
+
+    def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
+        assert_will_not_block()
+        # Listening starts before the task is sent: its result, however fast, finds a subscriber.
+        task_id = str(uuid.uuid4())
+        ticket = self.waiter.expect(task_id)
         try:
-            data = pending.get(timeout=wait, propagate=True, disable_sync_subtasks=not allow_in_task)
-        except CeleryTimeout:
-            raise ServerTimeout(f"{task.value} {task_id} gave no result within {wait:.0f} s") from None
-        except AthenaError:
-            self._done_with(pending, keep)
+            self.submit(task, request, task_id=task_id)
+        except BaseException:
+            self.waiter.release(ticket)
             raise
-        except Exception as exc:  # noqa: BLE001 - a worker error we have no class for
-            raise AthenaError(f"{task.value} {task_id} failed: {exc.__class__.__name__}: {exc}") from None
-        value = RESULT_TYPES[task].model_validate(data)
-        self._done_with(pending, keep)
+        return self._read(task, task_id, ticket, timeout, keep=False)
+
+    def _read(self, task: TaskName, task_id: str, ticket: Ticket, timeout: Optional[float], keep: bool) -> Any:
+        wait = self.timeout if timeout is None else timeout
+        try:
+            meta = self.waiter.wait(ticket, wait)
+        except WaitTimedOut:
+            raise ServerTimeout(f"{task.value} {task_id} gave no result within {wait:.0f} s") from None
+        outcome = meta.get("result")
+        if meta.get("status") != states.SUCCESS:
+            if isinstance(outcome, AthenaError):
+                self._done_with(task_id, keep)
+                raise outcome
+            kind = outcome.__class__.__name__ if isinstance(outcome, BaseException) else meta.get("status")
+            raise AthenaError(f"{task.value} {task_id} failed: {kind}: {outcome}")
+        value = RESULT_TYPES[task].model_validate(outcome)
+        self._done_with(task_id, keep)
         return value
 
-    def _done_with(self, pending: AsyncResult, keep: bool) -> None:
+    def _done_with(self, task_id: str, keep: bool) -> None:
         if not keep:
-            self._forgetter.forget(pending.id)
+            self._forgetter.forget(task_id)
 
     def _forget(self, task_ids: list[str]) -> None:
         backend = self.app.backend
-        for task_id in task_ids:
-            backend._cache.pop(task_id, None)
         backend.client.delete(*[backend.get_key_for_task(task_id) for task_id in task_ids])
 
-    def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
-        return self.result(task, self.submit(task, request), timeout)
-
     def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
         self._forgetter.close()
         self.app.close()

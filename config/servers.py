@@ -40,6 +40,8 @@ class ServerConfig(BaseModel):
     slots: int
     threads: int
     nice: int
+    # Run under Linux's SCHED_IDLE policy: any other runnable process takes the CPU first.
+    idle: bool = False
     # "auto", "none" or a list such as "0,1" (see Settings).
     cpus: str
     read_timeout_s: float
@@ -86,6 +88,7 @@ def server_config(queue: Queue, settings: Settings) -> ServerConfig:
         slots=slots,
         threads=threads or s.n_threads,
         nice=nice,
+        idle=s.embeddings_bulk_idle if queue is Queue.EMBEDDINGS_BULK else False,
         cpus=cpus,
         read_timeout_s=s.embed_timeout_s if queue in EMBEDDING_QUEUES else s.reason_timeout_s,
         alias=None if custom_model is not None else MODEL_ALIASES[queue],

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     reasoning_nice: int = Field(10, ge=0, le=19)
     # The bulk server takes only the CPU nothing interactive wants.
     embeddings_bulk_nice: int = Field(19, ge=0, le=19)
+    # And on Linux it runs under the SCHED_IDLE policy: nice 19 only shrinks its
+    # share, so a waking interactive process could still wait for its time slice
+    # to end; under SCHED_IDLE any other process that wakes takes the core at once.
+    embeddings_bulk_idle: bool = True
     # CPUs each llama-server the stack starts is pinned to: "auto" puts the
     # embedding server on the first CPUs and the reasoning server on the last ones
     # when there are enough for both, "none" leaves them to the scheduler, or a

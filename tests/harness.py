@@ -138,22 +138,46 @@ class Proc:
 
 def local_stack_env(**extra: str) -> dict[str, str]:
     """Settings, as environment variables, for a whole stack on free loopback ports; `extra` overrides any of them."""
-    redis_port = free_port()
+    # Ports given in `extra` (a bulk lane's range of copies, say) are not handed out again.
+    taken = _ports_in(extra)
+
+    def port() -> int:
+        for _ in range(200):
+            found = free_port()
+            if found not in taken:
+                taken.add(found)
+                return found
+        raise RuntimeError("found no free port outside the ones already given")
+
+    redis_port = port()
     env = dict(
         os.environ,
         ATHENA_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
-        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{free_port()}",
-        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{free_port()}",
-        ATHENA_EMBEDDINGS_BULK_URL=f"http://127.0.0.1:{free_port()}",
+        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{port()}",
+        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{port()}",
+        ATHENA_EMBEDDINGS_BULK_URL=f"http://127.0.0.1:{port()}",
         # One bulk server: the port after a free port may be taken (`bulk_copies_env` makes room for more).
         ATHENA_EMBEDDINGS_BULK_SERVERS="1",
-        ATHENA_FLOWER_PORT=str(free_port()),
-        ATHENA_EXPORTER_PORT=str(free_port()),
+        ATHENA_FLOWER_PORT=str(port()),
+        ATHENA_EXPORTER_PORT=str(port()),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env
+
+
+def _ports_in(extra: dict[str, str]) -> set[int]:
+    """The ports settings in `extra` name, the bulk lane's copies included."""
+    ports: set[int] = set()
+    for name, value in extra.items():
+        if name.endswith("_URL") and value.count(":") >= 2:
+            port = int(value.rsplit(":", 1)[1].split("/")[0])
+            copies = int(extra.get("ATHENA_EMBEDDINGS_BULK_SERVERS", "1")) if name == "ATHENA_EMBEDDINGS_BULK_URL" else 1
+            ports.update(range(port, port + copies))
+        elif name.endswith("_PORT") and value.isdigit():
+            ports.add(int(value))
+    return ports
 
 
 def redis_port(env: dict[str, str]) -> int:

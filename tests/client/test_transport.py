@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pytest
-from celery.exceptions import TimeoutError as CeleryTimeout
 from pydantic import ValidationError
 
-from athena_client.errors import InvalidInput, ServerTimeout
+from athena_client.errors import AthenaError, InvalidInput, ServerTimeout
+from athena_client.result_waiter import WaitTimedOut
 from athena_client.routes import TaskName
+from athena_client import transport as transport_module
 from athena_client.transport import TaskTransport
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc).isoformat()
@@ -22,23 +25,32 @@ EMBEDDING = {
 
 
 class StoredResult:
-    """What the stub backend holds for one task id: an outcome, or nothing yet."""
+    """The result waiter's side: the final meta of every awaited task, from one outcome."""
 
-    def __init__(self, task_id: str, outcome) -> None:
-        self.id = task_id
+    def __init__(self, outcome) -> None:
         self.outcome = outcome
 
-    def get(self, **_):
-        if isinstance(self.outcome, BaseException):
+    def expect(self, task_id: str) -> str:
+        return task_id
+
+    def wait(self, ticket: str, timeout: float) -> dict:
+        if isinstance(self.outcome, WaitTimedOut):
             raise self.outcome
-        return self.outcome
+        if isinstance(self.outcome, BaseException):
+            return {"status": "FAILURE", "result": self.outcome}
+        return {"status": "SUCCESS", "result": self.outcome}
+
+    def release(self, ticket: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class StubBackend:
     """The result backend's side the transport deletes through: its Redis client and its cache."""
 
     def __init__(self) -> None:
-        self._cache: dict = {}
         self.client = self
         self.deleted: list[str] = []
 
@@ -51,12 +63,8 @@ class StubBackend:
 
 
 class StubApp:
-    def __init__(self, outcome) -> None:
-        self.outcome = outcome
+    def __init__(self) -> None:
         self.backend = StubBackend()
-
-    def AsyncResult(self, task_id: str) -> StoredResult:  # noqa: N802 - Celery's name
-        return StoredResult(task_id, self.outcome)
 
     def close(self) -> None:
         pass
@@ -74,8 +82,8 @@ class Held:
 
 
 def transport_holding(outcome) -> tuple[TaskTransport, Held]:
-    app = StubApp(outcome)
-    transport = TaskTransport(app, timeout=1.0)
+    app = StubApp()
+    transport = TaskTransport(app, timeout=1.0, waiter=StoredResult(outcome))
     return transport, Held(app, transport)
 
 
@@ -92,7 +100,7 @@ def test_a_result_read_with_keep_stays():
 
 
 def test_a_result_not_there_yet_is_left_for_a_later_read():
-    transport, stored = transport_holding(CeleryTimeout())
+    transport, stored = transport_holding(WaitTimedOut())
     with pytest.raises(ServerTimeout):
         transport.result(TaskName.EMBED, "t1")
     assert not stored.forgotten
@@ -113,9 +121,32 @@ def test_a_result_that_does_not_fit_its_type_is_kept_for_a_look():
 
 
 def test_many_read_results_are_deleted_together_and_all_of_them():
-    app = StubApp(EMBEDDING)
-    transport = TaskTransport(app, timeout=1.0)
+    app = StubApp()
+    transport = TaskTransport(app, timeout=1.0, waiter=StoredResult(EMBEDDING))
     for i in range(500):
         transport.result(TaskName.EMBED, f"t{i}")
     transport.close()
     assert sorted(app.backend.deleted) == sorted(f"celery-task-meta-t{i}" for i in range(500))
+
+
+def test_an_error_of_no_athena_class_is_named_in_an_athena_error_and_kept():
+    transport, stored = transport_holding(KeyError("vectors"))
+    with pytest.raises(AthenaError, match="athena.embed t1 failed: KeyError"):
+        transport.result(TaskName.EMBED, "t1")
+    assert not stored.forgotten
+
+
+def test_threads_that_wait_at_once_share_one_result_waiter(monkeypatch):
+    made = []
+
+    def slow_to_make(cls, backend):
+        made.append(1)
+        time.sleep(0.05)  # connecting takes a while: the window in which a second thread could make another
+        return StoredResult(EMBEDDING)
+
+    monkeypatch.setattr(transport_module.ResultWaiter, "for_backend", classmethod(slow_to_make))
+    transport = TaskTransport(StubApp(), timeout=1.0)
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda i: transport.result(TaskName.EMBED, f"t{i}"), range(200)))
+    transport.close()
+    assert made == [1]

@@ -18,6 +18,12 @@ def test_each_server_queue_gets_its_own_url_slots_priority_and_cpus():
     assert server_config(Queue.REASONING, settings).url == settings.reasoning_url
 
 
+def test_only_the_bulk_servers_run_under_the_idle_policy_and_only_while_asked():
+    settings = load_settings()
+    assert [server_config(q, settings).idle for q in (Queue.EMBEDDINGS, Queue.REASONING, Queue.EMBEDDINGS_BULK)] == [False, False, True]
+    assert not server_config(Queue.EMBEDDINGS_BULK, load_settings(embeddings_bulk_idle=False)).idle
+
+
 def test_threads_fall_back_to_llamacpp_n_threads_unless_set_per_server():
     settings = load_settings(n_threads=3, embeddings_bulk_threads=2)
     assert server_config(Queue.EMBEDDINGS, settings).threads == 3

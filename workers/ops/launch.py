@@ -58,10 +58,21 @@ def serve_llama(what: str, settings: Settings, copy: int = 0) -> None:
         )
     model = provision.embedding_model(settings) if server.embeds else provision.reasoning_model(settings)
     os.nice(server.nice)
+    if server.idle:
+        idle_policy()
     cpus = processes.server_cpus(queue, settings, sorted(os.sched_getaffinity(0)))
     if cpus:
         os.sched_setaffinity(0, cpus)
     _exec(processes.llama_server_argv(queue, settings, provision.llama_server_binary(settings), model, copy))
+
+
+def idle_policy() -> None:
+    """SCHED_IDLE for this process and the server it becomes (its threads inherit it)."""
+    if not hasattr(os, "SCHED_IDLE"):
+        print("warning: SCHED_IDLE is Linux's; the bulk server runs at its nice value alone here", file=sys.stderr)
+        return
+    # Lowering one's own policy needs no privilege.
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def run_worker(queue: Queue, settings: Settings, node_suffix: str) -> None:

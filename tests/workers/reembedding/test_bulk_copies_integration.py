@@ -5,6 +5,7 @@ all of them, a job's batches spread over every copy, and the health task looking
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -63,6 +64,16 @@ def test_a_job_spreads_its_batches_over_every_copy_and_gets_the_servers_vectors(
     vectors = np.load(tmp_path / "out.npy")
     direct = httpx.post(f"{copies_lane.urls[-1]}/v1/embeddings", json={"input": texts[:32]}, timeout=60).json()["data"]
     np.testing.assert_allclose(vectors[:32], [item["embedding"] for item in direct], atol=2e-4)
+
+
+def test_every_copy_runs_at_nice_19_under_the_idle_policy(copies_lane):
+    copies = [proc for proc in copies_lane.procs if proc.name.startswith("embeddings-bulk-server")]
+    assert len(copies) == COPIES
+    for proc in copies:
+        # `serve` execs the server, so the process started is the llama-server itself; its threads inherit the policy.
+        for thread in os.listdir(f"/proc/{proc.popen.pid}/task"):
+            assert os.sched_getscheduler(int(thread)) == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, proc.popen.pid) == 19
 
 
 def test_the_bulk_health_task_looks_at_every_copy(copies_lane):

@@ -1,0 +1,249 @@
+"""Waiting on many task results over one Redis connection.
+
+Celery's `AsyncResult.get` gives each calling thread its own result backend,
+its own pub/sub connection and its own drainer loop. With 32 embeds in flight
+from one process (Athena's `asyncio.gather`), those drainers took 63% of the
+client's busy time (py-spy over bench/batching.py), on the same two cores the
+model needs. Here one thread per client process reads one pub/sub connection
+and hands each result to the thread waiting for it.
+
+Celery's Redis backend stores a result with SET and then PUBLISHes it on a
+channel named like its key. A waiter subscribes first; once Redis has
+confirmed the subscription, it reads the key once, for a result stored before
+that. No result falls between the two. After a lost connection the listener
+subscribes again and reads every awaited key again, for results stored while
+it was away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "Redis is away for now": the wait goes on, and the listener reconnects.
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, OSError)
+# How long the listener blocks on one read: the longest a close waits for it.
+READ_TIMEOUT_S = 0.5
+RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class WaitTimedOut(Exception):
+    """No final state for the task within the time given."""
+
+
+class Ticket:
+    """One caller's wait for one task's result."""
+
+    __slots__ = ("channel", "subscribed", "done", "meta")
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.subscribed = threading.Event()
+        self.done = threading.Event()
+        self.meta: Optional[dict] = None
+
+
+class ResultWaiter:
+    """Subscribes to each awaited result's channel on one connection, read by one thread.
+
+    `decode` turns a stored payload into Celery's meta dict (its status and
+    result, with a failure's exception rebuilt); `ready` says whether a status
+    is final (Celery's READY_STATES: a RETRY or STARTED state is not).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_for: Callable[[str], str],
+        decode: Callable[[Any], dict],
+        ready: frozenset[str],
+    ) -> None:
+        self._client = client
+        self._key_for = key_for
+        self._decode = decode
+        self._ready = ready
+        self._start()
+
+    @classmethod
+    def for_backend(cls, backend: Any) -> "ResultWaiter":
+        """A waiter over Celery's Redis result backend: its connection settings, its keys, its decoding."""
+        from celery.states import READY_STATES
+
+        return cls(backend.client, key_for=_text_key(backend), decode=backend.decode_result, ready=frozenset(READY_STATES))
+
+    def _start(self) -> None:
+        # Also the reset after a fork: the child has neither the thread nor a right to the parent's socket.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[Ticket]] = {}
+        self._pubsub = self._client.pubsub()
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        # The listener's own channel, subscribed for as long as it runs. redis-py
+        # stops reading a pub/sub connection with no subscription left, and a
+        # subscription racing the last unsubscribe could go unread; with this
+        # one there is always one. `close` publishes on it to wake the listener.
+        self._own_channel = f"athena-result-waiter:{uuid.uuid4().hex}"
+
+    def expect(self, task_id: str) -> Ticket:
+        """Start listening for `task_id`'s result; call before the task is sent when you can."""
+        if self._pid != os.getpid():
+            self._start()
+        ticket = Ticket(self._key_for(task_id))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the result waiter is closed")
+            others = self._waiting.setdefault(ticket.channel, [])
+            others.append(ticket)
+            if len(others) > 1:
+                # Already subscribed for an earlier waiter; a confirmation seen then counts now.
+                if any(t.subscribed.is_set() for t in others):
+                    ticket.subscribed.set()
+            else:
+                self._subscribe(ticket.channel)
+            if self._thread is None:
+                self._subscribe(self._own_channel)
+                self._thread = threading.Thread(target=self._listen, name="athena-result-waiter", daemon=True)
+                self._thread.start()
+        return ticket
+
+    def wait(self, ticket: Ticket, timeout: float) -> dict:
+        """The task's final meta (status, result); raises WaitTimedOut past `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            if ticket.subscribed.wait(max(0.0, deadline - time.monotonic())) and not ticket.done.is_set():
+                self._read_stored(ticket)
+            if not ticket.done.wait(max(0.0, deadline - time.monotonic())):
+                raise WaitTimedOut(ticket.channel)
+            assert ticket.meta is not None
+            return ticket.meta
+        finally:
+            self.release(ticket)
+
+    def release(self, ticket: Ticket) -> None:
+        """Stop listening for this ticket (wait does it; for a ticket never waited on)."""
+        with self._lock:
+            others = self._waiting.get(ticket.channel, [])
+            if ticket in others:
+                others.remove(ticket)
+            if others or ticket.channel not in self._waiting:
+                return
+            del self._waiting[ticket.channel]
+            try:
+                self._pubsub.unsubscribe(ticket.channel)
+            except REDIS_AWAY:
+                pass  # the reconnection subscribes only to what is still awaited
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            for tickets in self._waiting.values():
+                for ticket in tickets:
+                    ticket.subscribed.set()  # wake waiters; they time out or read the key
+        if thread is not None and thread is not threading.current_thread():
+            try:
+                self._client.publish(self._own_channel, b"")
+            except REDIS_AWAY:
+                pass  # it notices within READ_TIMEOUT_S
+            thread.join(READ_TIMEOUT_S * 4)
+        self._pubsub.close()
+
+    # --- the listener thread ---
+
+    def _listen(self) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                if not self._pubsub.subscribed:
+                    # Its own channel is always subscribed: this one's subscribe failed, Redis being away.
+                    raise redis.ConnectionError("not subscribed")
+                message = self._pubsub.get_message(timeout=READ_TIMEOUT_S)
+            except REDIS_AWAY:
+                if self._closed:
+                    return
+                failures += 1
+                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S)) - 1]
+                # Worth a warning only while someone waits; an idle client just keeps trying.
+                level = logging.WARNING if self._waiting else logging.DEBUG
+                log.log(level, "result waiter lost Redis; reconnecting in %.2f s", delay, exc_info=failures == 1)
+                time.sleep(delay)
+                self._reconnect()
+                continue
+            except Exception:  # noqa: BLE001 - a bug here must not leave every caller waiting silently
+                log.exception("result waiter failed reading a message; it goes on")
+                time.sleep(READ_TIMEOUT_S)
+                continue
+            failures = 0
+            if message is not None:
+                self._on_message(message)
+
+    def _on_message(self, message: dict) -> None:
+        channel = _text(message.get("channel"))
+        kind = message.get("type")
+        with self._lock:
+            tickets = list(self._waiting.get(channel, ()))
+        if kind == "subscribe":
+            for ticket in tickets:
+                if ticket.subscribed.is_set():
+                    # Subscribed again after a reconnection: the result may have been published meanwhile.
+                    self._read_stored(ticket)
+                ticket.subscribed.set()
+        elif kind == "message" and tickets:
+            self._settle(tickets, message["data"])
+
+    def _reconnect(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._pubsub.close()
+            except REDIS_AWAY:
+                pass
+            self._pubsub = self._client.pubsub()
+            try:
+                self._pubsub.subscribe(self._own_channel, *self._waiting)
+            except REDIS_AWAY:
+                pass  # still away: the next read fails and brings us back here
+
+    # --- shared ---
+
+    def _subscribe(self, channel: str) -> None:
+        try:
+            self._pubsub.subscribe(channel)
+        except REDIS_AWAY:
+            pass  # the listener's reconnection subscribes to every awaited channel
+
+    def _read_stored(self, ticket: Ticket) -> None:
+        try:
+            stored = self._client.get(ticket.channel)
+        except REDIS_AWAY:
+            return  # the reconnection reads it again
+        if stored is not None:
+            self._settle([ticket], stored)
+
+    def _settle(self, tickets: list[Ticket], payload: Any) -> None:
+        meta = self._decode(payload)
+        if meta is None or meta.get("status") not in self._ready:
+            return
+        for ticket in tickets:
+            if not ticket.done.is_set():
+                ticket.meta = meta
+                ticket.done.set()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _text_key(backend: Any) -> Callable[[str], str]:
+    return lambda task_id: _text(backend.get_key_for_task(task_id))

@@ -1,0 +1,188 @@
+"""ResultWaiter against a real redis-server, with results stored the way a worker stores them
+(Celery's Redis backend: SET, then PUBLISH on the key's channel)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from celery import Celery, states
+
+from athena_client.errors import InvalidInput
+from athena_client import result_waiter
+from athena_client.result_waiter import ResultWaiter, WaitTimedOut
+from athena_inference.workers.ops.provision import redis_server_binary
+from tests.harness import free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+class RedisServer:
+    """A redis-server of the test's own, which it can stop and start again with its data."""
+
+    def __init__(self, workdir) -> None:
+        self.port, self.workdir = free_port(), workdir
+        self.client = redis.Redis(port=self.port)
+        self.start()
+
+    def start(self) -> None:
+        argv = [str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.client.ping, f"redis on {self.port}", 30)
+
+    def restart_with_data(self, down_s: float) -> None:
+        try:
+            self.client.shutdown(save=True)
+        except redis.ConnectionError:
+            pass  # it closes the connection as it exits
+        self.proc.wait(30)
+        time.sleep(down_s)
+        self.start()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def server(tmp_path):
+    started = RedisServer(tmp_path)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def backend(server):
+    app = Celery("waiter-test", backend=f"redis://127.0.0.1:{server.port}/1", set_as_current=False)
+    app.conf.update(result_serializer="json", accept_content=["json"], result_accept_content=["json"])
+    yield app.backend
+    app.close()
+
+
+@pytest.fixture
+def waiter(backend):
+    made = ResultWaiter.for_backend(backend)
+    yield made
+    made.close()
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def subscribers(backend, task_id: str) -> int:
+    key = backend.get_key_for_task(task_id)
+    return dict(backend.client.pubsub_numsub(key))[key.encode() if isinstance(key, str) else key]
+
+
+def test_a_result_stored_before_the_wait_is_read(backend, waiter):
+    task_id = new_id()
+    backend.store_result(task_id, {"answer": 1}, states.SUCCESS)
+    meta = waiter.wait(waiter.expect(task_id), timeout=5)
+    assert meta["status"] == states.SUCCESS and meta["result"] == {"answer": 1}
+
+
+def test_a_result_stored_during_the_wait_wakes_only_its_waiter(backend, waiter):
+    first, second = new_id(), new_id()
+    tickets = {task_id: waiter.expect(task_id) for task_id in (first, second)}
+    threading.Timer(0.2, backend.store_result, (first, "first's", states.SUCCESS)).start()
+    assert waiter.wait(tickets[first], timeout=5)["result"] == "first's"
+    with pytest.raises(WaitTimedOut):
+        waiter.wait(tickets[second], timeout=0.3)
+    assert subscribers(backend, first) == 0 and subscribers(backend, second) == 0
+
+
+def test_a_retry_state_is_not_final(backend, waiter):
+    task_id = new_id()
+    ticket = waiter.expect(task_id)
+    backend.store_result(task_id, None, states.RETRY)
+    threading.Timer(0.3, backend.store_result, (task_id, "done", states.SUCCESS)).start()
+    meta = waiter.wait(ticket, timeout=5)
+    assert meta["status"] == states.SUCCESS and meta["result"] == "done"
+
+
+def test_a_tasks_error_comes_back_as_its_own_class(backend, waiter):
+    task_id = new_id()
+    ticket = waiter.expect(task_id)
+    backend.mark_as_failure(task_id, InvalidInput("text is empty"))
+    meta = waiter.wait(ticket, timeout=5)
+    assert meta["status"] == states.FAILURE
+    assert isinstance(meta["result"], InvalidInput) and str(meta["result"]) == "text is empty"
+
+
+def test_many_threads_each_get_their_own_result_over_one_connection(backend, waiter):
+    ids = [new_id() for _ in range(200)]
+
+    def wait_one(task_id: str):
+        return waiter.wait(waiter.expect(task_id), timeout=20)["result"]
+
+    with ThreadPoolExecutor(64) as pool:
+        waits = [pool.submit(wait_one, task_id) for task_id in ids]
+        for i, task_id in enumerate(ids):
+            backend.store_result(task_id, i, states.SUCCESS)
+        assert [w.result() for w in waits] == list(range(200))
+    clients = backend.client.client_list(_type="pubsub")
+    assert len(clients) == 1, clients
+
+
+def test_two_waiters_on_one_task_both_get_it(backend, waiter):
+    task_id = new_id()
+    tickets = [waiter.expect(task_id), waiter.expect(task_id)]
+    threading.Timer(0.2, backend.store_result, (task_id, "shared", states.SUCCESS)).start()
+    with ThreadPoolExecutor(2) as pool:
+        assert [m["result"] for m in pool.map(lambda t: waiter.wait(t, timeout=5), tickets)] == ["shared", "shared"]
+
+
+def test_a_result_stored_unseen_while_the_waiter_was_cut_off_is_read_after_redis_restarts(server, backend, waiter):
+    task_id = new_id()
+    ticket = waiter.expect(task_id)
+    outcome: dict = {}
+    waiting = threading.Thread(target=lambda: outcome.update(meta=waiter.wait(ticket, timeout=60)))
+    waiting.start()
+    wait_for(lambda: subscribers(backend, task_id) == 1, "the waiter's subscription", 10)
+    # Stored with no PUBLISH, as a result written while the waiter was not subscribed:
+    # only the reading again after the reconnection can find it.
+    backend.client.set(backend.get_key_for_task(task_id), backend.encode(
+        {"status": states.SUCCESS, "result": "kept", "traceback": None, "children": [], "task_id": task_id}))
+    server.restart_with_data(down_s=1.5)
+    waiting.join(30)
+    assert outcome["meta"]["result"] == "kept"
+
+
+def test_a_result_published_after_redis_restarts_reaches_the_waiter(server, backend, waiter):
+    task_id = new_id()
+    ticket = waiter.expect(task_id)
+    outcome: dict = {}
+    waiting = threading.Thread(target=lambda: outcome.update(meta=waiter.wait(ticket, timeout=60)))
+    waiting.start()
+    server.restart_with_data(down_s=1.5)
+    wait_for(lambda: subscribers(backend, task_id) == 1, "the waiter's subscription again", 20)
+    backend.store_result(task_id, "after", states.SUCCESS)
+    waiting.join(30)
+    assert outcome["meta"]["result"] == "after"
+
+
+def test_a_wait_while_redis_is_away_times_out_as_asked(server, backend, waiter):
+    server.stop()
+    began = time.monotonic()
+    with pytest.raises(WaitTimedOut):
+        waiter.wait(waiter.expect(new_id()), timeout=1.0)
+    assert time.monotonic() - began < 3
+    server.start()
+
+
+def test_close_wakes_the_listener_instead_of_waiting_out_its_read(backend, monkeypatch):
+    monkeypatch.setattr(result_waiter, "READ_TIMEOUT_S", 30.0)
+    made = ResultWaiter.for_backend(backend)
+    made.release(made.expect(new_id()))
+    listener = made._thread
+    began = time.monotonic()
+    made.close()
+    assert time.monotonic() - began < 10
+    assert listener is not None and not listener.is_alive()
