@@ -254,7 +254,10 @@ def poison(day: Day) -> Row:
     row = Row("a task whose worker dies each time it runs it")
     task_id = day.client.submit(TaskName.REASON, endless_generation("Write a long story about a lighthouse keeper."))
     killed: set[int] = set()
-    while True:
+    # Every delivery that runs is killed, up to the limit. The next one must be refused,
+    # not run: killing it too would race that refusal (inspect can list it as active
+    # for the moment before it fails), and had it run, it would not end in PoisonMessage.
+    while len(killed) < load_settings().max_deliveries:
         pid = running(day.client, task_id, killed, timeout=30)
         if pid is None:
             break

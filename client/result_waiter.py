@@ -33,6 +33,8 @@ REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, OSError)
 # How long the listener blocks on one read: the longest a close waits for it.
 READ_TIMEOUT_S = 0.5
 RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+# The status given to a stored result that cannot be decoded: final, and not a success.
+UNREADABLE = "UNREADABLE"
 
 
 class WaitTimedOut(Exception):
@@ -232,8 +234,11 @@ class ResultWaiter:
             self._settle([ticket], stored)
 
     def _settle(self, tickets: list[Ticket], payload: Any) -> None:
-        meta = self._decode(payload)
-        if meta is None or meta.get("status") not in self._ready:
+        try:
+            meta = self._decode(payload)
+        except Exception as exc:  # noqa: BLE001 - the waiter hears of it now, not at its timeout
+            meta = {"status": UNREADABLE, "result": exc}
+        if meta is None or meta.get("status") not in self._ready | {UNREADABLE}:
             return
         for ticket in tickets:
             if not ticket.done.is_set():

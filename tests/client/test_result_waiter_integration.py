@@ -186,3 +186,13 @@ def test_close_wakes_the_listener_instead_of_waiting_out_its_read(backend, monke
     made.close()
     assert time.monotonic() - began < 10
     assert listener is not None and not listener.is_alive()
+
+
+def test_a_result_that_cannot_be_decoded_ends_the_wait_at_once_with_why(backend, waiter):
+    task_id = new_id()
+    ticket = waiter.expect(task_id)
+    threading.Timer(0.2, backend.client.publish, (backend.get_key_for_task(task_id), b"{not json")).start()
+    began = time.monotonic()
+    meta = waiter.wait(ticket, timeout=30)
+    assert time.monotonic() - began < 10
+    assert meta["status"] == result_waiter.UNREADABLE and isinstance(meta["result"], Exception)
