@@ -139,12 +139,18 @@ def test_two_waiters_on_one_task_both_get_it(backend, waiter):
         assert [m["result"] for m in pool.map(lambda t: waiter.wait(t, timeout=5), tickets)] == ["shared", "shared"]
 
 
-def test_a_result_stored_unseen_while_the_waiter_was_cut_off_is_read_after_redis_restarts(server, backend, waiter):
-    task_id = new_id()
+def wait_in_background(waiter: ResultWaiter, task_id: str) -> tuple[threading.Thread, dict]:
+    """A thread waiting on `task_id`'s result, and where its meta lands."""
     ticket = waiter.expect(task_id)
     outcome: dict = {}
     waiting = threading.Thread(target=lambda: outcome.update(meta=waiter.wait(ticket, timeout=60)))
     waiting.start()
+    return waiting, outcome
+
+
+def test_a_result_stored_unseen_while_the_waiter_was_cut_off_is_read_after_redis_restarts(server, backend, waiter):
+    task_id = new_id()
+    waiting, outcome = wait_in_background(waiter, task_id)
     wait_for(lambda: subscribers(backend, task_id) == 1, "the waiter's subscription", 10)
     # Stored with no PUBLISH, as a result written while the waiter was not subscribed:
     # only the reading again after the reconnection can find it.
@@ -157,10 +163,7 @@ def test_a_result_stored_unseen_while_the_waiter_was_cut_off_is_read_after_redis
 
 def test_a_result_published_after_redis_restarts_reaches_the_waiter(server, backend, waiter):
     task_id = new_id()
-    ticket = waiter.expect(task_id)
-    outcome: dict = {}
-    waiting = threading.Thread(target=lambda: outcome.update(meta=waiter.wait(ticket, timeout=60)))
-    waiting.start()
+    waiting, outcome = wait_in_background(waiter, task_id)
     server.restart_with_data(down_s=1.5)
     wait_for(lambda: subscribers(backend, task_id) == 1, "the waiter's subscription again", 20)
     backend.store_result(task_id, "after", states.SUCCESS)
