@@ -4,7 +4,7 @@ Starts one embedding llama-server (the harness, one thread, the stack's
 settings), samples --texts prose texts of 300 to 500 tokens (paragraphs of this
 project's docs and of Python's standard-library docstrings, consecutive
 paragraphs of one document joined until long enough), embeds each whole, then
-cut as the `long_text` policies cut an over-long text (`tasks/long_texts.py`),
+cut as the `long_text` policies cut an over-long text (`workers/long_texts.py`),
 with a forced small window: every window for "chunk" (their token-weighted mean
 of unit vectors), the first window for "truncate". Prints the cosine of each
 to the whole text's vector (min, p5, median, mean) per window size, and how
@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 
 from athena_inference.config.settings import load_settings
-from athena_inference.tasks.long_texts import cut, pooled
+from athena_inference.workers.long_texts import cut, pooled
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.ops.provision import provision
 

@@ -23,7 +23,7 @@ from athena_client.consolidation import ConsolidationResult, EpisodicEvent, Patt
 from athena_client.health import HealthReport
 from athena_client.job_store import JobStore
 from athena_client.jobs import ItemError, JobState, JsonlSource, PostgresSource
-from athena_client.payloads import CompressionResult, EmbeddingResult, ReasoningResult
+from athena_client.payloads import CompressionResult, EmbeddingResult, EmbedPurpose, LongTextPolicy, ReasoningResult
 from athena_client.routes import TaskName
 
 
@@ -78,11 +78,28 @@ class AsyncAthenaClient:
 
     # --- Athena's methods ---
 
-    async def embed(self, text: str) -> EmbeddingResult:
-        return await self._call(self.sync.embed, text)
+    async def embed(
+        self,
+        text: str,
+        *,
+        purpose: EmbedPurpose = "document",
+        dimensions: Optional[int] = None,
+        long_text: LongTextPolicy = "fail",
+    ) -> EmbeddingResult:
+        return await self._call(self.sync.embed, text, purpose=purpose, dimensions=dimensions, long_text=long_text)
 
-    async def embed_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[EmbeddingResult]:
-        return await self._call(self.sync.embed_batch, texts, batch_size)
+    async def embed_batch(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        *,
+        purpose: EmbedPurpose = "document",
+        dimensions: Optional[int] = None,
+        long_text: LongTextPolicy = "fail",
+    ) -> list[EmbeddingResult]:
+        return await self._call(
+            self.sync.embed_batch, texts, batch_size, purpose=purpose, dimensions=dimensions, long_text=long_text
+        )
 
     async def reason(
         self,

@@ -28,11 +28,14 @@ from athena_client.payloads import (
     CompressorStatus,
     CompressRequest,
     EmbedBatchRequest,
+    EmbedPurpose,
     EmbeddingBatchResult,
     EmbeddingResult,
     EmbedRequest,
+    LongTextPolicy,
     ReasoningResult,
     ReasonRequest,
+    VectorOrigin,
 )
 from athena_client.routes import SERVER_HEALTH, Queue, TaskName
 from athena_client.transport import TaskTransport
@@ -81,19 +84,41 @@ class AthenaClient:
 
     # --- Athena's methods ---
 
-    def embed(self, text: str) -> EmbeddingResult:
-        return self.call(TaskName.EMBED, parse(EmbedRequest, {"text": text}))
+    def embed(
+        self,
+        text: str,
+        *,
+        purpose: EmbedPurpose = "document",
+        dimensions: Optional[int] = None,
+        long_text: LongTextPolicy = "fail",
+    ) -> EmbeddingResult:
+        """`text`'s vector. `purpose` is "document" for what is stored and "query"
+        for what is searched with: the worker adds the prefix its model was
+        trained with (nomic's `search_document: ` / `search_query: `).
+        `dimensions` cuts the vector to a shorter size its Matryoshka model allows."""
+        fields = {"text": text, "purpose": purpose, "dimensions": dimensions, "long_text": long_text}
+        return self.call(TaskName.EMBED, parse(EmbedRequest, fields))
 
-    def embed_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[EmbeddingResult]:
+    def embed_batch(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        *,
+        purpose: EmbedPurpose = "document",
+        dimensions: Optional[int] = None,
+        long_text: LongTextPolicy = "fail",
+    ) -> list[EmbeddingResult]:
         """One result per text, as Athena expects; batches run in parallel, one server request each."""
         batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-        ids = [self.submit(TaskName.EMBED_BATCH, parse(EmbedBatchRequest, {"texts": batch})) for batch in batches]
+        fields = {"purpose": purpose, "dimensions": dimensions, "long_text": long_text}
+        ids = [self.submit(TaskName.EMBED_BATCH, parse(EmbedBatchRequest, {"texts": batch, **fields})) for batch in batches]
         results: list[EmbeddingResult] = []
         for task_id in ids:
             batch: EmbeddingBatchResult = self.result(TaskName.EMBED_BATCH, task_id)
+            origin = {name: getattr(batch, name) for name in VectorOrigin.model_fields}
             results += [
-                EmbeddingResult(embedding=v, dimension=batch.dimension, model=batch.model, timing=batch.timing)
-                for v in batch.embeddings
+                EmbeddingResult(embedding=v, note=batch.notes[i] if batch.notes else None, timing=batch.timing, **origin)
+                for i, v in enumerate(batch.embeddings)
             ]
         return results
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Iterable, Literal, Optional, TypeVa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from athena_client.limits import DEFAULT_LIMITS, capped
-from athena_client.payloads import NonBlankText, ShortText, TaskTiming
+from athena_client.payloads import NonBlankText, ShortText, TaskTiming, VectorOrigin
 
 # A cluster is what a consolidation pass looks at together; more than this is a
 # batch job, not a cluster, and is refused rather than silently cut.
@@ -182,6 +182,8 @@ class ConsolidationResult(BaseModel):
     repaired: bool = False
     compressed: bool = False
     model: str
+    # What made the patterns' embeddings, when they were asked for (embed_patterns).
+    embedding_origin: Optional[VectorOrigin] = None
     stages: list[StageTiming]
     total_ms: float
     timing: Optional[TaskTiming] = None

@@ -21,6 +21,8 @@ class ServerHealth(BaseModel):
     ready: bool
     detail: str
     model: Optional[str] = None
+    # An embedding lane's profile, once a probe showed its server makes vectors of the profile's size.
+    profile: Optional[str] = None
 
 
 class QueueHealth(BaseModel):
@@ -28,6 +30,7 @@ class QueueHealth(BaseModel):
     workers: list[str]
     server_ready: Optional[bool] = None
     model: Optional[str] = None
+    profile: Optional[str] = None
     detail: Optional[str] = None
 
     @property
@@ -35,7 +38,9 @@ class QueueHealth(BaseModel):
         return bool(self.workers) and self.server_ready is not False
 
     def with_server(self, server: ServerHealth) -> "QueueHealth":
-        return self.model_copy(update={"server_ready": server.ready, "detail": server.detail, "model": server.model})
+        return self.model_copy(
+            update={"server_ready": server.ready, "detail": server.detail, "model": server.model, "profile": server.profile}
+        )
 
 
 class HealthReport(BaseModel):

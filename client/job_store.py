@@ -95,7 +95,9 @@ class JobStore:
             request=ReembedRequest.model_validate_json(raw["request"]),
             counts=JobCounts(**{name: int(raw.get(name, 0)) for name in _COUNTS}),
             model=raw.get("model") or None,
+            profile=raw.get("profile") or None,
             dimension=int(raw["dimension"]) if raw.get("dimension") else None,
+            space=raw.get("space") or None,
             cursor=int(raw.get("cursor", -1)),
             created_at=raw["created_at"],
             started_at=raw.get("started_at") or None,
@@ -120,7 +122,7 @@ class JobStore:
             self.redis.zrem(INDEX, *gone)
         return states
 
-    def start(self, job_id: str, *, runner: str, model: str, dimension: int, total: int) -> None:
+    def start(self, job_id: str, *, runner: str, model: str, dimension: int, total: int, profile: str = "", space: str = "") -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
             self._key(job_id),
@@ -128,7 +130,9 @@ class JobStore:
                 "status": JobStatus.RUNNING.value,
                 "runner": runner,
                 "model": model,
+                "profile": profile,
                 "dimension": dimension,
+                "space": space,
                 "total": total,
                 "started_at": _now(),
                 "error": "",

@@ -1,8 +1,8 @@
 """Re-embedding jobs: what to re-embed, and how far a job has got.
 
 A job reads a memory store, sends token-sized batches to the bulk embedding
-lane, and writes each vector back with the model id and the hash of the text
-it was computed from. Its state lives in Redis next to the task results, so
+lane, and writes each vector back with its vector space (model, profile and
+size: `payloads.vector_space`) and the hash of the text it was computed from. Its state lives in Redis next to the task results, so
 the CLI, Athena and Flower all see the same counts.
 """
 
@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from athena_client.limits import DEFAULT_LIMITS, capped
-from athena_client.payloads import LongTextPolicy, ShortText, TaskTiming, VectorNote
+from athena_client.payloads import EmbedDimensions, EmbedPurpose, LongTextPolicy, ShortText, VectorNote, VectorOrigin, _Timed
 
 # A SQL identifier we are willing to quote into DDL: plain lower-case names only.
 SqlName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
@@ -32,11 +32,14 @@ class JsonlSource(_Spec):
     """A JSONL file of memories, one object per line, re-embedded into `output`.
 
     `output` ending in `.npy` (say `vectors.npy`) gets a float32 matrix plus
-    `vectors.ids.jsonl` (one `{"id", "model", "content_sha256"}` per matrix
-    row, and `"note"` for a truncated or chunked vector), published together
-    under `vectors.npy.manifest.json`; anything else gets JSONL lines
-    `{"id", "model", "content_sha256", "embedding"}`. Work done so far is kept
-    in `<output>.state.sqlite`, which lets a re-run skip unchanged texts.
+    `vectors.ids.jsonl` (one `{"id", "model", "profile", "space",
+    "content_sha256"}` per matrix row, and `"note"` for a truncated or chunked
+    vector), published together under `vectors.npy.manifest.json`; anything
+    else gets JSONL lines `{"id", "model", "profile", "space",
+    "content_sha256", "embedding"}`. Work done so far is kept in
+    `<output>.state.sqlite`, which lets a re-run in the same vector space skip
+    unchanged texts. An output holds one space: a job whose lane serves
+    another is refused before it writes anything.
     """
 
     kind: Literal["jsonl"] = "jsonl"
@@ -58,15 +61,22 @@ class PostgresSource(_Spec):
     Where the new vectors go:
 
     - by default, a side table the job creates (`side_table`, or
-      `<table>__<model>`), holding the row id, the vector, the model id, the
-      text's hash and how the vector was made; the user's table is not altered,
-      and `athena-inference reembed switch` later swaps the vectors in;
+      `<table>__<model>`, `<table>__<model>_<n>` for a job that asks for
+      `dimensions=n`), holding the row id, the vector, the vector space that
+      made it (in its `model` column), the text's hash and how the vector was
+      made; the user's table is not altered, and `athena-inference reembed
+      switch` later swaps the vectors in;
     - with `target_column`, a new column of the user's table (created as
       `vector(n)` with pgvector, `real[]` without), with the bookkeeping in
-      `<target>_model`, `<target>_content_sha256` and `<target>_note` beside it;
+      `<target>_model` (the space), `<target>_content_sha256` and
+      `<target>_note` beside it;
     - with `in_place`, the column search reads (`embedding_column`): only when
       the model's dimension equals every existing vector's, with the
       bookkeeping in the side table.
+
+    Each place holds vectors of one space (`athena_client.payloads.vector_space`:
+    model, profile, size): a job whose lane serves another space than the
+    vectors already there is refused before it writes anything.
 
     The connection is `connection`, a name the process running the job
     resolves from its own environment (`ATHENA_POSTGRES_<NAME>`), or a `dsn`
@@ -123,8 +133,13 @@ StoreSpec = Annotated[Union[JsonlSource, PostgresSource], Field(discriminator="k
 
 class ReembedRequest(_Spec):
     source: StoreSpec
-    # Refuse to write if the lane serves another model than this (e.g. after a swap).
+    # Refuse to write if the lane serves another model than this (e.g. after a
+    # swap): a served model name ("nomic-embed-text-v1.5"), or a whole vector
+    # space ("nomic-embed-text-v1.5 [nomic-embed-text-v1.5, 256-d]").
     expected_model: Optional[ShortText] = None
+    # A Matryoshka size for the job's vectors, one the bulk lane's model allows
+    # (its worker checks it); None: the lane's own size.
+    dimensions: EmbedDimensions = None
     # A batch closes at this many (estimated) tokens or texts, whichever comes first.
     batch_tokens: int = Field(4096, ge=64, le=1_000_000)
     batch_texts: int = Field(256, ge=1, le=MAX_BULK_TEXTS)
@@ -182,8 +197,14 @@ class JobState(BaseModel):
     status: JobStatus
     request: ReembedRequest
     counts: JobCounts = JobCounts()
+    # What made the job's vectors, as the bulk lane answered its probe: the
+    # served model's name (for display), the embedding profile the worker
+    # applied, the vectors' size, and their space (`vector_space`), the tag
+    # every written vector carries and the one thing compared.
     model: Optional[str] = None
+    profile: Optional[str] = None
     dimension: Optional[int] = None
+    space: Optional[str] = None
     # Every row up to and including this position has been dealt with and counted.
     cursor: int = -1
     created_at: datetime
@@ -205,19 +226,18 @@ class EmbedBulkRequest(BaseModel):
     # A text that cannot be embedded (blank, a lone surrogate) fails alone, in the task.
     texts: Annotated[list[Annotated[str, capped("embed_text_chars")]], Field(min_length=1), capped("bulk_texts")]
     long_text: LongTextPolicy = "fail"
+    purpose: EmbedPurpose = "document"
+    dimensions: EmbedDimensions = None
 
 
-class EmbedBulkResult(BaseModel):
+class EmbedBulkResult(VectorOrigin, _Timed):
     """`embeddings[i]` is None exactly when `errors[i]` says why text i got no vector."""
 
-    # First, so that Flower's shortened view of the result still shows it.
-    timing: TaskTiming
+    # `timing` comes first (its base is last), so that Flower's shortened view of the result still shows it.
     embeddings: list[Optional[list[float]]]
     errors: list[Optional[ItemError]]
     # notes[i] says how vector i was made when not from the whole text; empty when every one was.
     notes: list[Optional[VectorNote]] = []
-    dimension: int
-    model: str
 
     def metric_totals(self) -> dict[str, float]:
         return {"texts": len(self.embeddings), "item_errors": sum(e is not None for e in self.errors)}

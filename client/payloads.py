@@ -81,14 +81,27 @@ LongTextPolicy = Literal["fail", "truncate", "chunk"]
 VectorNote = Literal["truncated", "chunked"]
 
 
+# What a text is embedded for. Models such as nomic-embed-text or e5 were
+# trained with one prefix before what is stored ("document") and another before
+# what is searched with ("query"); the worker adds the one its model's profile
+# names. Stores hold documents, so that is the default.
+EmbedPurpose = Literal["document", "query"]
+# A Matryoshka size to cut the vectors to (one the lane's model allows); None: the lane's own size.
+EmbedDimensions = Optional[Annotated[int, Field(ge=1, le=65536)]]
+
+
 class EmbedRequest(_Request):
     text: EmbedText
     long_text: LongTextPolicy = "fail"
+    purpose: EmbedPurpose = "document"
+    dimensions: EmbedDimensions = None
 
 
 class EmbedBatchRequest(_Request):
     texts: Annotated[list[EmbedText], Field(min_length=1), capped("batch_texts")]
     long_text: LongTextPolicy = "fail"
+    purpose: EmbedPurpose = "document"
+    dimensions: EmbedDimensions = None
 
 
 class ReasonRequest(_Request):
@@ -184,20 +197,41 @@ class _Timed(BaseModel):
         return (self.timing.queue_wait_ms or 0.0) + self.timing.run_ms
 
 
-class EmbeddingResult(_Timed):
-    embedding: list[float]
-    dimension: int
+def vector_space(model: str, profile: str, dimension: int) -> str:
+    """The name of the space a vector lives in: vectors compare only within one.
+
+    Two models, or one model under two profiles (prefixes) or cut to two sizes,
+    make vectors that must not share an index, even at the same dimension.
+    """
+    return f"{model} [{profile}, {dimension}-d]"
+
+
+class VectorOrigin(BaseModel):
+    """What made a result's vectors: the model, its profile, the prefix sent before each text, their size."""
+
     model: str
+    # The embedding profile (config/embedding_profiles.py) the worker applied; "" from an older worker.
+    profile: str = ""
+    purpose: EmbedPurpose = "document"
+    # The text sent before each input (and before each window of a cut one).
+    prefix: str = ""
+    dimension: int
+
+    @property
+    def space(self) -> str:
+        return vector_space(self.model, self.profile, self.dimension)
+
+
+class EmbeddingResult(VectorOrigin, _Timed):
+    embedding: list[float]
     note: Optional[VectorNote] = None
 
     def metric_samples(self) -> dict[str, float]:
         return {"dimension": self.dimension}
 
 
-class EmbeddingBatchResult(_Timed):
+class EmbeddingBatchResult(VectorOrigin, _Timed):
     embeddings: list[list[float]]
-    dimension: int
-    model: str
     # notes[i] says how vector i was made when not from the whole text; empty when every one was.
     notes: list[Optional[VectorNote]] = []
 

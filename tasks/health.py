@@ -12,8 +12,9 @@ from athena_inference.tasks.base import AthenaTask, TaskClock
 
 @app.task(name=TaskName.EMBEDDINGS_HEALTH.value, base=AthenaTask)
 def embeddings_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
-    """One look at the interactive embedding server (no retries): a 503 while the model loads counts as not ready."""
-    return seams.llama(Queue.EMBEDDINGS).health()
+    """One look at the interactive embedding server (no retries): a 503 while the model loads counts as not ready,
+    and so do vectors of another size than the lane's profile (the server runs another model)."""
+    return seams.embedder(Queue.EMBEDDINGS).health()
 
 
 @app.task(name=TaskName.REASONING_HEALTH.value, base=AthenaTask)
@@ -24,5 +25,5 @@ def reasoning_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
 
 @app.task(name=TaskName.EMBEDDINGS_BULK_HEALTH.value, base=AthenaTask)
 def embeddings_bulk_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
-    """One look at each of the bulk lane's embedding servers: ready when every copy is."""
-    return seams.server_pool(Queue.EMBEDDINGS_BULK).health()
+    """One look at each of the bulk lane's embedding servers: ready when every copy is, and one makes vectors of the profile's size."""
+    return seams.embedder(Queue.EMBEDDINGS_BULK).health()

@@ -9,7 +9,11 @@ from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, TaskClock
 
 
-@app.task(name=TaskName.REASON.value, base=AthenaTask)
+# track_started: the worker stores a STARTED state before the generation runs,
+# so a caller can time the generation apart from its wait in the queue
+# (athena_client.compat's LocalLLMClient does). One Redis write against seconds
+# of generation; the fast tasks go without (config/celery.py).
+@app.task(name=TaskName.REASON.value, base=AthenaTask, track_started=True)
 def reason(request: ReasonRequest, clock: TaskClock) -> ReasoningResult:
     """Prompt (and optional system message) to text, through the model's chat template."""
     messages = [{"role": "system", "content": request.system}] if request.system else []

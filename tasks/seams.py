@@ -27,6 +27,7 @@ from athena_inference.workers.circuit_breaker import CircuitBreaker
 from athena_inference.workers.compression_cache import CompressionCache
 from athena_inference.workers.deliveries import DeliveryCounter
 from athena_inference.workers.embed_coalescer import EmbedCoalescer
+from athena_inference.workers.embedder import Embedder
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.server_pool import ServerPool
@@ -38,6 +39,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 log = logging.getLogger(__name__)
 
 _pools: dict[Queue, ServerPool] = {}
+_embedders: dict[tuple[Queue, bool], Embedder] = {}
 _metrics: Optional[MetricsStore] = None
 _compressor: Optional[Compressor] = None
 _compressor_loaded = threading.Event()
@@ -116,6 +118,20 @@ def embed_coalescer() -> EmbedCoalescer:
         return _coalescer
 
 
+def embedder(queue: Queue, *, coalesced: bool = False) -> Embedder:
+    """The only way a task embeds: the lane's servers under its model's profile
+    (`workers/embedder.py`). `coalesced`: single embeds go through the
+    coalescer, which shares a server request between concurrent ones."""
+    key = (queue, coalesced)
+    with _making:
+        if key not in _embedders:
+            server = server_config(queue, get_settings())
+            assert server.profile is not None and server.dimension is not None, f"{queue.value} is no embedding lane"
+            via = (lambda _server: embed_coalescer().embed) if coalesced else None
+            _embedders[key] = Embedder(server_pool(queue), server.profile, server.dimension, via=via)
+        return _embedders[key]
+
+
 def metrics() -> MetricsStore:
     global _metrics
     with _making:
@@ -172,6 +188,7 @@ def use_llama(queue: Queue, *servers: LlamaServer) -> None:
     global _coalescer
     _pools[queue] = ServerPool(servers)
     _coalescer = None
+    _embedders.clear()
 
 
 def use_metrics(store: MetricsStore) -> None:
@@ -185,6 +202,7 @@ def reset() -> None:
     for pool in _pools.values():
         pool.close()
     _pools.clear()
+    _embedders.clear()
     _metrics = None
     _compressor = None
     _compression_cache = None

@@ -220,6 +220,14 @@ class Stack:
         proc = self.start(f"{queue}-worker-{node}", [*CLI, "worker", queue, "--node-suffix", node], extra_env)
         return proc
 
+    def wait_for_workers(self, client, names: set[str], timeout: float = 60) -> None:
+        """Until every worker in `names` (`queue@node`) answers a ping through `client`'s broker."""
+
+        def online() -> bool:
+            return names <= {name for reply in client.app.control.ping(timeout=1.0) or [] for name in reply}
+
+        wait_for(online, ", ".join(sorted(names)), timeout)
+
     def servers(self) -> None:
         """Redis and the three llama-servers, at the addresses the settings name."""
         self.redis(redis_port(self.env))

@@ -13,19 +13,28 @@ iterative compression (`compression_selection="iterative"`) reads each window
 twice and needs up to four passes to reach the rate: on the 1,000-token text
 of a 20-event consolidation it took 22 s where one pass takes 5.2 s, on two
 cores (`python -m bench.compression`).
+
+LLMLingua-2 (a token classifier) runs through llmlingua's own compression, with
+three things done here that llmlingua 0.2.2 gets wrong: only the context goes
+through the classifier, the instruction and question put back around it whole
+(llmlingua drops them); the rule that joins tokens into words follows the
+model's own config (llmlingua reads it off the folder's name); and a long
+context is cut into windows here, between words (llmlingua glues the words on
+either side of its own cuts).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, Sequence
 
 from pydantic import BaseModel
 
@@ -57,8 +66,17 @@ SCORE_SPAN = 4096
 SCORE_CONTEXT = 256
 # Private-use character standing in for "<", which LLMLingua's structured mode cannot carry.
 _LT = "\ue000"
-# llmlingua 0.2.2 picks its word-boundary rule from the model's path (utils.is_begin_of_new_word).
-LLMLINGUA2_FAMILIES = ("bert-base-multilingual-cased", "xlm-roberta-large")
+# llmlingua 0.2.2 merges LLMLingua-2's tokens into words by a rule it picks by looking
+# for one of these names in `PromptCompressor.model_name` (utils.is_begin_of_new_word):
+# WordPiece's "##" marks a word's continuation, SentencePiece's "▁" a word's start.
+# The key is the model_type in the model's own config.json, which decides the family.
+LLMLINGUA2_FAMILIES = {"bert": "bert-base-multilingual-cased", "xlm-roberta": "xlm-roberta-large"}
+# How a SentencePiece token that starts a word begins: the check that a tokenizer agrees with its config.
+_SENTENCEPIECE_WORD_START = "\u2581"
+# Model tokens of context per LLMLingua-2 window: its 512 positions less [CLS] and
+# [SEP] (510), less room for words counted one by one tokenizing a little
+# differently from the whole text.
+LLMLINGUA2_WINDOW = 500
 
 
 class Compression(BaseModel):
@@ -90,6 +108,47 @@ def join_prompt(instruction: str, context: str, question: str) -> str:
     return "\n\n".join(part for part in (instruction, context, question) if part).strip()
 
 
+def llmlingua2_family(folder: Path) -> str:
+    """The llmlingua word-boundary family of the LLMLingua-2 token classifier in `folder`, from its config.json.
+
+    llmlingua would read the family off the folder's name, which says nothing
+    about the model in it: a BERT classifier in a folder named for XLM-RoBERTa
+    would have its words cut at the wrong tokens. Raises ConfigurationError for
+    a model llmlingua cannot read as LLMLingua-2.
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the LLMLingua-2 model's {folder / 'config.json'}: {exc}") from None
+    model_type = config.get("model_type")
+    family = LLMLINGUA2_FAMILIES.get(model_type)
+    if family is None:
+        raise ConfigurationError(
+            f"{folder} holds a model of type {model_type!r}; llmlingua 0.2.2 runs LLMLingua-2 only with a BERT "
+            f"(model_type 'bert') or XLM-RoBERTa (model_type 'xlm-roberta') token classifier, such as "
+            f"microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
+        )
+    architectures = config.get("architectures") or []
+    if not any(name.endswith("ForTokenClassification") for name in architectures):
+        # llmlingua would load it as a causal LM and rank tokens by whatever comes out.
+        raise ConfigurationError(f"{folder} holds {', '.join(architectures) or 'no architecture'}, not a token classifier")
+    labels = len(config.get("id2label") or {}) or 2  # a config without id2label has transformers' default of two
+    if labels != 2:
+        raise ConfigurationError(f"{folder} classifies into {labels} labels; LLMLingua-2 reads label 1 (keep) of two")
+    return family
+
+
+def _tokenizer_problem(tokenizer: Any, family: str) -> Optional[str]:
+    """Why the loaded tokenizer does not mark words the way `family`'s rule expects, or None."""
+    tokens = tokenizer.tokenize("the meeting moved")
+    starts = sum(token.startswith(_SENTENCEPIECE_WORD_START) for token in tokens)
+    sentencepiece = family == LLMLINGUA2_FAMILIES["xlm-roberta"]
+    if (starts > 0) != sentencepiece:
+        kind = "SentencePiece" if starts else "WordPiece"
+        return f"its config says {family} but its tokenizer is {kind}-like ({tokens}); the two must match"
+    return None
+
+
 class Compressor:
     def __init__(
         self,
@@ -97,16 +156,24 @@ class Compressor:
         count_tokens: Callable[[str], int],
         engine: Any = None,
         selection: Literal["one_pass", "iterative"] = "one_pass",
+        family: Optional[str] = None,
     ) -> None:
         self.status = status
         self.count_tokens = count_tokens
         self._engine = engine
         self.selection = selection
+        # LLMLingua-2's word-boundary family (a value of LLMLINGUA2_FAMILIES), decided by the model's config.
+        self.family = family
 
     @property
     def variant(self) -> Optional[str]:
-        """What decides which tokens are kept, for cache keys: the method, and the perplexity method's selection."""
-        return f"perplexity/{self.selection}" if self.status.method == "perplexity" else self.status.method
+        """What decides which tokens are kept, for cache keys: the method, with the perplexity
+        method's selection or LLMLingua-2's word-boundary family."""
+        if self.status.method == "perplexity":
+            return f"perplexity/{self.selection}"
+        if self.status.method == "llmlingua2" and self.family:
+            return f"llmlingua2/{self.family}"
+        return self.status.method
 
     @classmethod
     def unusable(cls, reason: str) -> "Compressor":
@@ -140,7 +207,7 @@ class Compressor:
 
         if not settings.compression_enabled:
             return cls(CompressorStatus(ready=False, reason="switched off (ATHENA_COMPRESSION_ENABLED=false)"), count)
-        method, model_dir, problem = _choose(settings)
+        method, model_dir, family, problem = _choose(settings)
         if problem:
             return cls(CompressorStatus(ready=False, method=method, reason=problem), count)
         try:
@@ -158,9 +225,16 @@ class Compressor:
         except Exception as exc:  # noqa: BLE001 - any failure to load means "not available, because ..."
             reason = f"could not load {model_dir}: {exc.__class__.__name__}: {str(exc)[:300]}"
             return cls(CompressorStatus(ready=False, method=method, reason=reason), count)
+        if family is not None:
+            problem = _tokenizer_problem(engine.tokenizer, family)
+            if problem:
+                return cls(CompressorStatus(ready=False, method=method, reason=f"{model_dir}: {problem}"), count)
+            # The model is loaded from its folder; from here on llmlingua reads model_name
+            # only to pick the word-boundary rule, at every call. Give it the family's name.
+            engine.model_name = family
         load_ms = (time.perf_counter() - started) * 1000
         status = CompressorStatus(ready=True, method=method, model=model_dir.name, load_ms=load_ms)
-        return cls(status, count, engine, settings.compression_selection)
+        return cls(status, count, engine, settings.compression_selection, family)
 
     def compress(
         self,
@@ -227,7 +301,11 @@ class Compressor:
         self, context: str, instruction: str, question: str, wanted: int, original_tokens: int, force_tokens: list[str]
     ) -> Compression:
         """LLMLingua's own compression, its aim corrected until the achieved size is close to the one asked."""
-        aim = wanted / original_tokens
+        # LLMLingua-2's rate applies to the context alone; the instruction and the question
+        # kept whole around it take their tokens out of `wanted` first. The perplexity
+        # method keeps them itself and reads its rate as a share of the whole prompt.
+        whole = original_tokens - self.count_tokens(context) if self.status.method == "llmlingua2" else 0
+        aim = _clip_aim((wanted - whole) / max(original_tokens - whole, 1))
         tried: list[tuple[float, int]] = []
         best: Optional[Compression] = None
         for _ in range(MAX_PASSES):
@@ -238,16 +316,24 @@ class Compressor:
                 best = candidate
             if abs(best.compressed_tokens - wanted) <= RATE_TOLERANCE * wanted:
                 break
-            aim = _next_aim(tried, wanted)
+            following = _next_aim(tried, wanted, whole)
+            if following == aim:
+                break  # at a bound: another pass would give the same answer
+            aim = following
         assert best is not None
         return best
 
+    def _classify(self, context: str, rate: float, force_tokens: list[str]) -> str:
+        """The context alone through LLMLingua-2's token classifier: the words it keeps, at about `rate`."""
+        pieces = window_pieces(context, self._engine.tokenizer, LLMLINGUA2_WINDOW)
+        result = self._engine.compress_prompt_llmlingua2(pieces, rate=rate, force_tokens=force_tokens)
+        return " ".join(piece.strip() for piece in result["compressed_prompt_list"] if piece.strip())
+
     def _run(self, context: str, instruction: str, question: str, rate: float, force_tokens: list[str]) -> str:
         if self.status.method == "llmlingua2":
-            result = self._engine.compress_prompt(
-                [context], instruction=instruction, question=question, rate=rate, force_tokens=force_tokens
-            )
-            return result["compressed_prompt"]
+            # llmlingua 0.2.2 ignores instruction and question under LLMLingua-2 and
+            # returns the context alone: they are put back around it, whole.
+            return join_prompt(instruction, self._classify(context, rate, force_tokens), question)
         if not force_tokens:
             result = self._engine.compress_prompt(
                 [context], instruction=instruction, question=question, rate=rate, iterative_size=ITERATIVE_SIZE
@@ -262,17 +348,48 @@ class Compressor:
         return result["compressed_prompt"].replace(_LT, "<")
 
 
-def _next_aim(tried: list[tuple[float, int]], wanted: int) -> float:
+def _next_aim(tried: list[tuple[float, int]], wanted: int, whole: int = 0) -> float:
     """The rate to ask for next. LLMLingua keeps more than asked, and less so the
     lower the rate, so the response is not proportional: interpolate through the
-    last two passes when they differ, else scale the last aim."""
+    last two passes when they differ, else scale the last aim by what the
+    compressed part (the prompt less its `whole` tokens kept whole) missed by."""
     (aim, got), previous = tried[-1], tried[-2] if len(tried) > 1 else None
     if previous is not None and previous[1] != got and previous[0] != aim:
         slope = (got - previous[1]) / (aim - previous[0])
-        nxt = aim + (wanted - got) / slope if slope > 0 else aim * wanted / max(got, 1)
+        nxt = aim + (wanted - got) / slope if slope > 0 else aim * (wanted - whole) / max(got - whole, 1)
     else:
-        nxt = aim * wanted / max(got, 1)
-    return min(1.0, max(0.01, nxt))
+        nxt = aim * (wanted - whole) / max(got - whole, 1)
+    return _clip_aim(nxt)
+
+
+def _clip_aim(aim: float) -> float:
+    return min(1.0, max(0.01, aim))
+
+
+def window_pieces(context: str, tokenizer: Any, window: int) -> list[str]:
+    """`context` cut between words into pieces of at most `window` model tokens,
+    each ending at the last sentence or line end that fits, if any.
+
+    llmlingua cuts a longer text into windows itself, but joins what it keeps of
+    them with nothing between, gluing the last word of each to the first of the
+    next. Cut here, every piece fits one window, so llmlingua leaves it whole and
+    the compressed pieces are joined with a space.
+    """
+    words = re.findall(r"\S+\s*", context)
+    if not words:
+        return [context]
+    sizes = [len(ids) for ids in tokenizer(words, add_special_tokens=False)["input_ids"]]
+    pieces: list[str] = []
+    start, size = 0, 0
+    for index, tokens in enumerate(sizes):
+        if index > start and size + tokens > window:
+            ends = [i for i in range(start, index) if words[i].rstrip().endswith((".", "!", "?")) or "\n" in words[i]]
+            cut = ends[-1] + 1 if ends else index
+            pieces.append("".join(words[start:cut]))
+            start, size = cut, sum(sizes[cut:index])
+        size += tokens
+    pieces.append("".join(words[start:]))
+    return pieces
 
 
 def token_surprisal(engine: Any, ids: "torch.Tensor") -> "torch.Tensor":
@@ -339,8 +456,16 @@ def protect(context: str, force_tokens: list[str]) -> str:
     return "".join(pieces)
 
 
-def _choose(settings: Settings) -> tuple[str, Path, Optional[str]]:
-    """(method, model folder, why it cannot be used or None)."""
+class ModelChoice(NamedTuple):
+    method: str
+    folder: Path
+    # LLMLingua-2's word-boundary family; None for the perplexity method.
+    family: Optional[str]
+    # Why the model cannot be used, or None.
+    problem: Optional[str]
+
+
+def _choose(settings: Settings) -> ModelChoice:
     llmlingua2 = settings.llmlingua2_model_dir
     lm = settings.compression_lm_dir
     method = settings.compression_method
@@ -353,10 +478,10 @@ def _choose(settings: Settings) -> tuple[str, Path, Optional[str]]:
             if method == "llmlingua2"
             else "run `athena-inference provision`"
         )
-        return method, folder, f"{method} model not found at {folder}; {hint}"
-    if method == "llmlingua2" and not any(family in str(folder) for family in LLMLINGUA2_FAMILIES):
-        return method, folder, (
-            f"LLMLingua-2 tells its models' word boundaries apart by name: the folder {folder} "
-            f"must contain one of {', '.join(LLMLINGUA2_FAMILIES)}"
-        )
-    return method, folder, None
+        return ModelChoice(method, folder, None, f"{method} model not found at {folder}; {hint}")
+    if method != "llmlingua2":
+        return ModelChoice(method, folder, None, None)
+    try:
+        return ModelChoice(method, folder, llmlingua2_family(folder), None)
+    except ConfigurationError as exc:
+        return ModelChoice(method, folder, None, str(exc))

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Optional
 
 from athena_client.compat.connection import shared_client
+from athena_client.payloads import EmbedPurpose
 
 # Athena's embed waited 30 s for its server.
 EMBED_TIMEOUT_S = 30.0
@@ -70,12 +71,19 @@ class EmbeddingModel:
             "metadata": self.model_metadata,
         }
 
-    def embed(self, text: str) -> list[float]:
-        return self._client.embed(text).embedding
+    def embed(self, text: str, purpose: EmbedPurpose = "document") -> list[float]:
+        """`text`'s vector, as a memory to store unless `purpose="query"` (a text
+        searched with): the workers add the prefix the model was trained with
+        for it, e.g. nomic's `search_document: ` or `search_query: `."""
+        return self._client.embed(text, purpose=purpose).embedding
 
-    def embed_batch(self, texts: list[str]) -> list[list[float]]:
+    def embed_query(self, text: str) -> list[float]:
+        """`embed(text, purpose="query")`: the vector to search memories with."""
+        return self.embed(text, purpose="query")
+
+    def embed_batch(self, texts: list[str], purpose: EmbedPurpose = "document") -> list[list[float]]:
         """Every text in as few server requests as the batch size allows (Athena sent one request per text)."""
-        return [result.embedding for result in self._client.embed_batch(list(texts))]
+        return [result.embedding for result in self._client.embed_batch(list(texts), purpose=purpose)]
 
     def embed_with_version(self, text: str) -> dict:
         return self._versioned(self.embed(text))

@@ -3,13 +3,21 @@
 The names, signatures, defaults and result dataclasses are Athena's. What a
 call does is the queue's: the embedding and reasoning servers are chosen by
 the workers (their LLAMACPP_*_URL settings), so the URLs given here are kept
-as attributes and otherwise unused; `timeout_seconds` is how long a call waits
-for its result. Failures raise `athena_client.errors` classes, which are
-`RuntimeError`s, as Athena's client raised.
+as attributes and otherwise unused. Failures raise `athena_client.errors`
+classes, which are `RuntimeError`s, as Athena's client raised.
+
+Timeouts. `timeout_seconds` is how long an embedding or compression call waits
+for its result. A generation (`reason`, `consolidate_with_reasoning`) is timed
+in two parts, so that a long answer behind a backlog is not cut off by time it
+spent in the queue: it may wait `queue_timeout_seconds` for a reasoning worker
+to take it, and then run for `generation_timeout(max_tokens)`, the longer of
+`timeout_seconds` and `max_tokens` at `min_tokens_per_second`. A generation no
+worker takes in time is revoked, and the call raises `ServerTimeout` saying so.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,17 +27,29 @@ from typing import Annotated, Any, Dict, List, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
+from athena_client import payloads
 from athena_client.async_client import in_client_thread
 from athena_client.compat.connection import shared_client
 from athena_client.consolidation import UNIT_SCORE_SCHEMA, merge_near_duplicates
-from athena_client.errors import ModelOutputInvalid
+from athena_client.errors import InvalidInput, ModelOutputInvalid, ServerTimeout
 from athena_client.grammar import compact_json_grammar
-from athena_client.validation import describe
+from athena_client.payloads import EmbedPurpose, ReasonRequest
+from athena_client.routes import TaskName
+from athena_client.validation import describe, parse
 
 logger = logging.getLogger(__name__)
 
 ATHENA_EMBEDDING_URL = "http://localhost:8001"
 ATHENA_REASONING_URL = "http://localhost:8002"
+# How long a generation may wait in the reasoning queue for a worker to take it.
+# Past it, no worker is free (a backlog) or none is running, and waiting on helps nobody.
+QUEUE_TIMEOUT_S = 600.0
+# The slowest generation rate a generation is given time for, once a worker has
+# taken it: Athena's 2,048 tokens then have 409.6 s. Qwen2.5-7B-Instruct Q4_K_M
+# makes 25-30 tokens/s on a GPU; the margin is for a slower or busier host.
+# (The worker's own bounds are longer: ATHENA_REASON_TIMEOUT_S, 600 s, and the
+# reasoning queue's time limit.)
+MIN_TOKENS_PER_S = 5.0
 DEFAULT_TASK_DESCRIPTION = "Extract semantic patterns from these episodic events"
 CONSOLIDATION_SYSTEM_PROMPT = (
     "You are a consolidation engine for memory systems. "
@@ -189,11 +209,21 @@ class LocalLLMClient:
         reasoning_url: str = ATHENA_REASONING_URL,
         enable_compression: bool = True,
         timeout_seconds: float = 60.0,
+        *,
+        queue_timeout_seconds: float = QUEUE_TIMEOUT_S,
+        min_tokens_per_second: float = MIN_TOKENS_PER_S,
     ):
+        if not (timeout_seconds > 0 and queue_timeout_seconds > 0 and min_tokens_per_second > 0):
+            raise InvalidInput(
+                f"timeout_seconds ({timeout_seconds}), queue_timeout_seconds ({queue_timeout_seconds}) "
+                f"and min_tokens_per_second ({min_tokens_per_second}) must be positive"
+            )
         self.embedding_url = embedding_url
         self.reasoning_url = reasoning_url
         self.enable_compression = enable_compression
         self.timeout_seconds = timeout_seconds
+        self.queue_timeout_seconds = queue_timeout_seconds
+        self.min_tokens_per_second = min_tokens_per_second
         if (embedding_url, reasoning_url) != (ATHENA_EMBEDDING_URL, ATHENA_REASONING_URL):
             logger.debug(
                 "LocalLLMClient URLs are not used: the workers choose the servers (LLAMACPP_EMBEDDINGS_URL and "
@@ -207,14 +237,16 @@ class LocalLLMClient:
             health["compression"] = False
         return health
 
-    async def embed(self, text: str) -> EmbeddingResult:
+    async def embed(self, text: str, purpose: EmbedPurpose = "document") -> EmbeddingResult:
+        """`text`'s vector, as a memory to store unless `purpose="query"` (a text to
+        search with): the workers add the prefix the model was trained with for it."""
         started = time.perf_counter()
-        out = await in_client_thread(self._client.embed, text)
+        out = await in_client_thread(functools.partial(self._client.embed, text, purpose=purpose))
         return EmbeddingResult(out.embedding, out.dimension, (time.perf_counter() - started) * 1000)
 
-    async def embed_batch(self, texts: List[str], batch_size: int = 32) -> List[EmbeddingResult]:
+    async def embed_batch(self, texts: List[str], batch_size: int = 32, purpose: EmbedPurpose = "document") -> List[EmbeddingResult]:
         started = time.perf_counter()
-        out = await in_client_thread(self._client.embed_batch, list(texts), batch_size)
+        out = await in_client_thread(functools.partial(self._client.embed_batch, list(texts), batch_size, purpose=purpose))
         latency_ms = (time.perf_counter() - started) * 1000
         return [EmbeddingResult(r.embedding, r.dimension, latency_ms) for r in out]
 
@@ -227,7 +259,8 @@ class LocalLLMClient:
         top_p: float = 0.9,
     ) -> ReasoningResult:
         started = time.perf_counter()
-        out = await in_client_thread(self._client.reason, prompt, system, max_tokens, temperature, top_p)
+        fields = dict(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+        out = await in_client_thread(self._generate, parse(ReasonRequest, fields))
         return ReasoningResult(out.text, out.tokens, (time.perf_counter() - started) * 1000)
 
     async def compress_prompt(self, context: str, instruction: str, compression_ratio: float = 0.5) -> CompressionResult:
@@ -252,17 +285,15 @@ class LocalLLMClient:
         reads); `answer` holds the whole object, relationships and insights too.
         """
         started = time.perf_counter()
-        out = await in_client_thread(
-            self._client.reason,
-            consolidation_prompt(task_description, events_text),
-            CONSOLIDATION_SYSTEM_PROMPT,
-            2048,
-            0.5,
-            0.9,
-            (),
-            None,
-            ANSWER_GRAMMAR,
+        fields = dict(
+            prompt=consolidation_prompt(task_description, events_text),
+            system=CONSOLIDATION_SYSTEM_PROMPT,
+            max_tokens=2048,
+            temperature=0.5,
+            top_p=0.9,
+            grammar=ANSWER_GRAMMAR,
         )
+        out = await in_client_thread(self._generate, parse(ReasonRequest, fields))
         try:
             answer = AthenaAnswer.model_validate_json(out.text)
         except ValidationError as exc:
@@ -270,6 +301,49 @@ class LocalLLMClient:
             raise ModelOutputInvalid(f"the consolidation answer is not valid ({describe(exc)}{cut}); raw answer: {out.text}") from None
         latency_ms = (time.perf_counter() - started) * 1000
         return ReasoningResult(render_for_athena(answer), out.tokens, latency_ms, answer.model_dump())
+
+    # --- generations: the queue's wait and the model's time, bounded apart ---
+
+    def generation_timeout(self, max_tokens: int) -> float:
+        """Seconds a generation of up to `max_tokens` may run once a worker has taken it."""
+        return max(self.timeout_seconds, max_tokens / self.min_tokens_per_second)
+
+    def _generate(self, request: ReasonRequest) -> payloads.ReasoningResult:
+        """`request` on the reasoning queue: up to `queue_timeout_seconds` for a worker
+        to take it (the task stores a STARTED state then), then up to
+        `generation_timeout` for its answer. Blocking; runs in a client thread."""
+        client = self._client
+        waiter = client.transport.waiter
+        task_id = client.submit(TaskName.REASON, request)
+        ticket = waiter.expect(task_id)
+        try:
+            if not waiter.wait_started(ticket, self.queue_timeout_seconds):
+                self._revoke(task_id)
+                raise ServerTimeout(
+                    f"{TaskName.REASON.value} {task_id} waited {self.queue_timeout_seconds:g} s in the reasoning queue "
+                    "and no worker took it, so it was revoked: the reasoning workers are all busy or none is running "
+                    "(athena-inference health --queue reasoning)"
+                )
+            budget = self.generation_timeout(request.max_tokens)
+            try:
+                return client.result(TaskName.REASON, task_id, budget)
+            except ServerTimeout:
+                if ticket.done.is_set():
+                    raise  # the task's own error
+                raise ServerTimeout(
+                    f"{TaskName.REASON.value} {task_id} started but gave no answer within {budget:g} s "
+                    f"(max_tokens {request.max_tokens} at {self.min_tokens_per_second:g} tokens/s, "
+                    f"or timeout_seconds {self.timeout_seconds:g} if longer)"
+                ) from None
+        finally:
+            waiter.release(ticket)
+
+    def _revoke(self, task_id: str) -> None:
+        """Tell the workers to drop a generation nobody waits for any more, should one take it later."""
+        try:
+            self._client.app.control.revoke(task_id)
+        except Exception as exc:  # noqa: BLE001 - the caller's error is the timeout, not this
+            logger.warning("could not revoke %s %s: %s: %s", TaskName.REASON.value, task_id, exc.__class__.__name__, exc)
 
 
 def get_llm_client(

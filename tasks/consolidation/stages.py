@@ -10,7 +10,7 @@ the last stage's `ConsolidationResult`, and no worker ever waits for another.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from celery import Task
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, Pattern, StageTiming
 from athena_client.errors import InvalidInput
 from athena_client.limits import capped
-from athena_client.payloads import NonBlankText, ShortText
+from athena_client.payloads import NonBlankText, ShortText, VectorOrigin
 from athena_client.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
@@ -50,6 +50,7 @@ class ConsolidationState(BaseModel):
     repaired: bool = False
     model: ShortText = ""
     patterns: list[Pattern] = Field(default_factory=list, max_length=20)
+    embedding_origin: Optional[VectorOrigin] = None
     stages: list[StageTiming] = Field(default_factory=list, max_length=8)
     remaining: list[TaskName] = Field(max_length=3)
     # When the job began (epoch seconds), for its end-to-end time.
@@ -70,6 +71,7 @@ def hand_on(task: Task, state: ConsolidationState, stage: Stage, clock: TaskCloc
         repaired=state.repaired,
         compressed=state.compressed,
         model=state.model,
+        embedding_origin=state.embedding_origin,
         stages=state.stages,
         total_ms=(time.time() - state.started_at) * 1000,
     )
@@ -119,7 +121,10 @@ def reason_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> Con
 
 @app.task(name=TaskName.CONSOLIDATE_EMBED.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
 def embed_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> ConsolidationResult:
-    """Each pattern's description embedded, in one request."""
-    out = seams.llama(Queue.EMBEDDINGS).embed([p.description for p in state.patterns])
-    patterns = [p.model_copy(update={"embedding": v}) for p, v in zip(state.patterns, out.vectors, strict=True)]
-    return hand_on(self, state.model_copy(update={"patterns": patterns}), "embedding", clock)
+    """Each pattern's description embedded as a document to store (a long one
+    in windows, so that its vector stands for all of it), in one request."""
+    if state.patterns:
+        out = seams.embedder(Queue.EMBEDDINGS).embed([p.description for p in state.patterns], purpose="document", long_text="chunk")
+        patterns = [p.model_copy(update={"embedding": v}) for p, v in zip(state.patterns, out.vectors, strict=True)]
+        state = state.model_copy(update={"patterns": patterns, "embedding_origin": out.origin})
+    return hand_on(self, state, "embedding", clock)

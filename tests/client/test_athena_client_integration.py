@@ -33,6 +33,8 @@ out = {}
 with AthenaClient(broker, backend) as client:
     out["embed_dim"] = client.embed("sync memory").dimension
     out["batch"] = [r.dimension for r in client.embed_batch(["a", "b", "c"], batch_size=2)]
+    searched = client.embed_batch(["what failed?"], purpose="query", dimensions=384)[0]
+    out["searched"] = [searched.purpose, searched.profile, searched.space]
     reasoned = client.reason("Say hello.", max_tokens=8, temperature=0.0)
     out["reason_tokens"] = reasoned.tokens
     task_id = client.submit(TaskName.EMBED, EmbedRequest(text="fire and forget"))
@@ -64,6 +66,7 @@ def test_client_works_sync_and_from_asyncio_with_only_its_own_dependencies(sende
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["embed_dim"] == 384 and out["batch"] == [384, 384, 384] and out["later_dim"] == 384
+    assert out["searched"] == ["query", "all-MiniLM-L6-v2", "all-MiniLM-L6-v2 [all-MiniLM-L6-v2, 384-d]"]
     assert 0 < out["reason_tokens"] <= 8
     assert out["async_dims"] == [384, 384]
     assert out["health"] == {"embedding": True, "reasoning": True, "compression": True}

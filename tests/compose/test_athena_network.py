@@ -1,5 +1,6 @@
 """Athena, in a compose project of its own, reaches the inference stack's Redis
-over a network with a fixed name; an Athena on the host, over a loopback port."""
+over a network with a fixed name; an Athena on the host, over a loopback port.
+The stack's jobs worker reaches Athena's PostgreSQL over Athena's network."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import pytest
 import yaml
 
 from athena_client.metrics import SIDE_DATABASE
+from athena_inference.workers.reembedding.stores.postgres import CONNECTION_ENV
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"
 NETWORK = "athena-inference"
+# Athena's own network, where its database is.
+ATHENA_NETWORK = "athena"
 
 
 def load(name: str) -> dict:
@@ -30,9 +34,9 @@ def athena() -> dict:
     return load("athena.example.yml")
 
 
-def network_key(project: dict) -> str:
-    """The project's own key for the athena-inference network."""
-    [key] = [key for key, network in project["networks"].items() if (network or {}).get("name") == NETWORK]
+def network_key(project: dict, name: str = NETWORK) -> str:
+    """The project's own key for the network named `name` (athena-inference unless told)."""
+    [key] = [key for key, network in project["networks"].items() if (network or {}).get("name") == name]
     return key
 
 
@@ -52,7 +56,35 @@ def test_athenas_example_joins_the_same_network_as_external_from_its_athena_serv
 def test_athenas_database_stays_on_athenas_own_network(athena):
     postgres = athena["services"]["postgres"]
     assert network_key(athena) not in postgres["networks"]
+    assert postgres["networks"] == [network_key(athena, ATHENA_NETWORK)]
     assert set(postgres["networks"]) <= set(athena["services"]["athena"]["networks"])
+
+
+def test_the_stack_creates_athenas_network_by_its_fixed_name_and_athena_joins_it_as_external(stack, athena):
+    # The stack starts first, so it creates the network; Athena's project would
+    # otherwise have to be up before the stack could start, and the other way round.
+    assert not stack["networks"][network_key(stack, ATHENA_NETWORK)].get("external")
+    assert athena["networks"][network_key(athena, ATHENA_NETWORK)]["external"] is True
+
+
+def test_the_jobs_worker_and_no_other_service_of_the_stack_is_on_athenas_network(stack):
+    key = network_key(stack, ATHENA_NETWORK)
+    on_it = {name for name, service in stack["services"].items() if key in service["networks"]}
+    assert on_it == {"jobs-worker"}
+
+
+def test_the_jobs_workers_athena_connection_is_athenas_database_with_its_password(stack, athena):
+    # `reembed start --connection athena` makes the jobs worker read ATHENA_POSTGRES_ATHENA.
+    dsn = stack["services"]["jobs-worker"]["environment"][CONNECTION_ENV.format("ATHENA")]
+    password_expression = re.search(r"\$\{[^}]*\}", dsn).group(0)
+    url = urlsplit(dsn.replace(password_expression, "password"))
+    postgres = athena["services"][url.hostname]
+    assert postgres["image"].startswith("pgvector/pgvector:")
+    assert network_key(athena, ATHENA_NETWORK) in postgres["networks"]
+    assert url.scheme == "postgresql" and url.port == 5432
+    assert url.username == postgres["environment"]["POSTGRES_USER"]
+    assert url.path == "/" + postgres["environment"]["POSTGRES_DB"]
+    assert password_expression == postgres["environment"]["POSTGRES_PASSWORD"]
 
 
 def test_athenas_broker_host_is_the_stacks_redis_service(stack, athena):

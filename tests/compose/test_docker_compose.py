@@ -1,5 +1,6 @@
 """The production compose files, checked without a Docker engine: parsed, and
-compared with the Procfile, the settings and the production model manifest."""
+compared with the Procfile, the settings, the command lines the stack's own
+launcher builds from them, and the production model manifest."""
 
 from __future__ import annotations
 
@@ -13,13 +14,24 @@ import yaml
 from athena_client.routes import Queue
 from athena_inference.config.settings import Settings, env_name, load_settings
 from athena_inference.workers.ops.model_download import PRODUCTION_MODELS
-from athena_inference.config.servers import MODEL_ALIASES
+from athena_inference.workers.ops.processes import llama_server_argv
+from athena_inference.workers.reembedding.stores.postgres import CONNECTION_ENV
+from athena_inference.config.servers import MODEL_ALIASES, server_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 SERVER_OF = {Queue.EMBEDDINGS: "embeddings-server", Queue.REASONING: "reasoning-server", Queue.EMBEDDINGS_BULK: "embeddings-bulk-server"}
 URL_SETTING = {Queue.EMBEDDINGS: "LLAMACPP_EMBEDDINGS_URL", Queue.REASONING: "LLAMACPP_REASONING_URL", Queue.EMBEDDINGS_BULK: "ATHENA_EMBEDDINGS_BULK_URL"}
 SLOTS_SETTING = {Queue.EMBEDDINGS: "ATHENA_EMBEDDINGS_SLOTS", Queue.REASONING: "ATHENA_REASONING_SLOTS", Queue.EMBEDDINGS_BULK: "ATHENA_EMBEDDINGS_BULK_SLOTS"}
+# The workers that embed, or hand texts to a lane that does: each must add nomic's prefixes.
+EMBEDDING_WORKERS = ("embeddings-worker", "embeddings_bulk-worker", "consolidation-worker", "jobs-worker")
+NOMIC = "nomic-embed-text-v1.5"
+# The context nomic's GGUF is served with when llama.cpp is given no RoPE scaling
+# flags (its model card: 2048 by default, 8192 with YaRN scaling).
+NOMIC_GGUF_CONTEXT = 2048
+# The flags that decide what a server accepts: slots, batch sizes, context, pooling.
+SHAPE_FLAGS = ("-np", "-b", "-ub", "-c", "--pooling")
+LLAMA_CPP_IMAGE = re.compile(r"ghcr\.io/ggml-org/llama\.cpp:server(?P<cuda>-cuda)?-b(?P<build>\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +51,17 @@ def procfile() -> dict[str, str]:
 
 def flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
+
+
+def shape(command: list[str]) -> dict[str, str]:
+    return {name: flag(command, name) for name in SHAPE_FLAGS if name in command}
+
+
+def worker_settings(service: dict) -> Settings:
+    """The settings a worker service starts with, its secrets stood in for by values that are no placeholder."""
+    known = {env_name(field) for field in Settings.model_fields}
+    env = {k: re.sub(r"\$\{([A-Z_]+)[^}]*\}", "user:not-a-placeholder", v) for k, v in service["environment"].items() if k in known}
+    return load_settings(**{field: env[env_name(field)] for field in Settings.model_fields if env_name(field) in env})
 
 
 def test_every_worker_flower_and_exporter_runs_the_procfile_command(compose):
@@ -66,7 +89,8 @@ def test_servers_use_the_official_llama_cpp_image_and_the_production_models(comp
     files = {f.path for spec in PRODUCTION_MODELS for f in spec.files}
     for name in SERVER_OF.values():
         server = compose["services"][name]
-        assert server["image"] == "ghcr.io/ggml-org/llama.cpp:server"
+        found = LLAMA_CPP_IMAGE.fullmatch(server["image"])
+        assert found and not found["cuda"], server["image"]
         model = flag(server["command"], "-m")
         assert model.removeprefix("/models/") in files
         # A split GGUF is loaded by its first part.
@@ -84,7 +108,9 @@ def test_embedding_servers_take_inputs_as_long_as_the_workers_allow(compose):
     assert len(same_model) == 1
 
 
-def test_every_setting_in_the_file_exists_and_its_value_is_valid(compose):
+def test_every_setting_in_the_file_exists_and_its_value_is_valid(compose, clean_settings_env):
+    # Besides the settings: PostgreSQL connections that re-embedding jobs name (ATHENA_POSTGRES_<NAME>).
+    connection = re.compile(CONNECTION_ENV.format("[A-Z0-9_]+"))
     known = {env_name(field) for field in Settings.model_fields}
     for name, service in compose["services"].items():
         env = service.get("environment", {})
@@ -92,6 +118,7 @@ def test_every_setting_in_the_file_exists_and_its_value_is_valid(compose):
             continue
         # A stand-in secret that is no placeholder: the settings refuse those.
         settings_env = {k: re.sub(r"\$\{([A-Z_]+)[^}]*\}", "user:not-a-placeholder", v) for k, v in env.items()}
+        settings_env = {k: v for k, v in settings_env.items() if not connection.fullmatch(k)}
         assert set(settings_env) <= known, name
         aliases = {field: settings_env[env_name(field)] for field in Settings.model_fields if env_name(field) in settings_env}
         load_settings(**aliases)
@@ -145,12 +172,98 @@ def test_every_worker_has_a_healthcheck_on_its_own_queue(compose):
 def test_the_gpu_file_offloads_every_server_and_changes_nothing_else(compose, gpu):
     assert set(gpu["services"]) == set(SERVER_OF.values())
     for name, override in gpu["services"].items():
-        assert override["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
+        assert set(override) == {"image", "command", "deploy"}
+        found = LLAMA_CPP_IMAGE.fullmatch(override["image"])
+        assert found and found["cuda"], override["image"]
         assert override["command"] == compose["services"][name]["command"] + ["-ngl", "999"]
         [device] = override["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
 
 
+def test_each_server_gets_exactly_one_gpu_its_own_by_default(gpu):
+    # `count: all` would give every container every GPU, and llama.cpp would split each model over all of them.
+    chosen = {}
+    for name, override in gpu["services"].items():
+        [device] = override["deploy"]["resources"]["reservations"]["devices"]
+        assert "count" not in device, name
+        [gpu_id] = device["device_ids"]
+        variable, default = re.fullmatch(r"\$\{([A-Z_]+_GPU):-(\d+)\}", gpu_id).groups()
+        chosen[name] = (variable, default)
+    assert len({variable for variable, _ in chosen.values()}) == len(chosen), chosen
+    assert sorted(default for _, default in chosen.values()) == [str(i) for i in range(len(chosen))], chosen
+
+
+def test_the_cpu_and_cuda_servers_are_one_fixed_llama_cpp_build(compose, gpu):
+    images = {compose["services"][name]["image"] for name in SERVER_OF.values()}
+    images |= {override["image"] for override in gpu["services"].values()}
+    builds = {LLAMA_CPP_IMAGE.fullmatch(image)["build"] for image in images}
+    assert len(images) == 2 and len(builds) == 1, images
+
+
+@pytest.mark.parametrize("path", sorted(COMPOSE.glob("*.yml")), ids=lambda path: path.name)
+def test_every_image_pulled_names_a_version_not_a_moving_tag(path):
+    for name, service in (yaml.safe_load(path.read_text()).get("services") or {}).items():
+        image = service.get("image")
+        # Built here from compose/Dockerfile, or Athena's own image (a placeholder for Athena's repository).
+        if image is None or "build" in service or (path.name == "athena.example.yml" and name == "athena"):
+            continue
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{path.name}:{name}: {image} has no tag"
+        assert tag not in {"latest", "server", "server-cuda", "full", "light"} and re.search(r"\d", tag), f"{path.name}:{name}: {image}"
+
+
+def test_the_production_models_are_pinned_to_a_commit_and_each_file_to_its_hash():
+    for spec in PRODUCTION_MODELS:
+        assert re.fullmatch(r"[0-9a-f]{40}", spec.revision), f"{spec.name}: revision {spec.revision!r} is not a commit"
+        for file in spec.files:
+            assert file.sha256 and file.size, f"{spec.name}: {file.path} has no pinned SHA-256 and size"
+
+
+@pytest.mark.parametrize("name", EMBEDDING_WORKERS)
+def test_workers_that_embed_run_with_nomics_profile_on_both_lanes(compose, name, clean_settings_env):
+    env = compose["services"][name]["environment"]
+    assert env["ATHENA_EMBEDDING_PROFILE"] == NOMIC and env["LLAMACPP_EMBEDDING_DIM"] == "768"
+    settings = worker_settings(compose["services"][name])
+    for lane in (Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK):
+        server = server_config(lane, settings)
+        assert server.profile.name == NOMIC and server.dimension == 768, lane
+        assert (server.profile.document_prefix, server.profile.query_prefix) == ("search_document: ", "search_query: ")
+
+
+@pytest.mark.parametrize("queue", list(SERVER_OF))
+def test_each_server_runs_the_command_the_stacks_launcher_builds_from_its_workers_settings(compose, queue, clean_settings_env):
+    # `athena-inference serve` builds llama-server's command from the same settings
+    # the workers read; the compose file writes it out, so the two must agree.
+    command = compose["services"][SERVER_OF[queue]]["command"]
+    settings = worker_settings(compose["services"][f"{queue.value}-worker"])
+    expected = llama_server_argv(queue, settings, Path("llama-server"), Path(flag(command, "-m")))
+    assert shape(command) == shape(expected)
+    assert ("--embedding" in command) == ("--embedding" in expected)
+
+
+@pytest.mark.parametrize("name", ["embeddings-server", "embeddings-bulk-server"])
+def test_an_embedding_server_serves_the_profiles_model_and_every_slot_holds_the_longest_input(compose, name, clean_settings_env):
+    command = compose["services"][name]["command"]
+    settings = worker_settings(compose["services"]["embeddings-worker"])
+    assert flag(command, "--alias") == settings.embedding_profile == NOMIC
+    longest = settings.embedding_max_tokens
+    assert int(flag(command, "-c")) // int(flag(command, "-np")) >= longest
+    # No RoPE scaling flag is given, so no input may be longer than the GGUF's own context.
+    assert "--rope-scaling" not in command and longest <= NOMIC_GGUF_CONTEXT
+
+
 def test_the_alias_of_the_embedded_default_is_not_what_production_serves():
     # Vectors carry their model's name; the two must never be mistaken for each other.
     assert MODEL_ALIASES[Queue.EMBEDDINGS] != "nomic-embed-text-v1.5"
+
+
+def test_the_operations_guide_names_what_the_files_pin(compose, gpu):
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    for image in {compose["services"][name]["image"] for name in SERVER_OF.values()} | {o["image"] for o in gpu["services"].values()}:
+        assert f"`llama.cpp:{image.rpartition(':')[2]}`" in guide, image
+    for spec in PRODUCTION_MODELS:
+        assert f"`{spec.repo}` at `{spec.revision}`" in guide, spec.name
+    for override in gpu["services"].values():
+        [device] = override["deploy"]["resources"]["reservations"]["devices"]
+        variable, default = re.fullmatch(r"\$\{([A-Z_]+):-(\d+)\}", device["device_ids"][0]).groups()
+        assert f"| `{variable}` | `{default}` |" in guide, variable

@@ -69,6 +69,7 @@ def test_llamacpp_env_names_are_read(monkeypatch):
     monkeypatch.setenv("LLAMACPP_REASONING_URL", "https://reason.internal:9002")
     monkeypatch.setenv("LLAMACPP_EMBEDDING_DIM", "768")
     monkeypatch.setenv("LLAMACPP_N_THREADS", "4")
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILE", "nomic-embed-text-v1.5")
     settings = load_settings()
     assert settings.embeddings_url == "http://embed.internal:9001"
     assert settings.reasoning_url == "https://reason.internal:9002"
@@ -235,4 +236,80 @@ def test_a_real_password_is_taken(clean_settings_env, monkeypatch):
 def test_a_placeholder_or_empty_embedded_redis_password_is_refused(clean_settings_env, monkeypatch, value):
     monkeypatch.setenv("ATHENA_REDIS_PASSWORD", value)
     with pytest.raises(ConfigurationError, match="ATHENA_REDIS_PASSWORD: "):
+        load_settings()
+
+
+# --- embedding profiles per lane ---
+
+
+def test_the_dimension_defaults_to_the_profiles_own(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILE", "nomic-embed-text-v1.5")
+    settings = load_settings()
+    assert settings.embedding_dim == 768
+    assert settings.embedding_profile_for(False).query_prefix == "search_query: "
+
+
+def test_a_matryoshka_size_the_profile_allows_is_taken(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILE", "NOMIC-embed-text-v1.5")
+    monkeypatch.setenv("LLAMACPP_EMBEDDING_DIM", "256")
+    assert load_settings().lane_dimension(False) == 256
+
+
+def test_a_size_the_model_cannot_have_names_the_variable_and_the_profile_to_set(monkeypatch):
+    monkeypatch.setenv("LLAMACPP_EMBEDDING_DIM", "768")
+    with pytest.raises(ConfigurationError, match="LLAMACPP_EMBEDDING_DIM=768: all-MiniLM-L6-v2 makes 384.*ATHENA_EMBEDDING_PROFILE"):
+        load_settings()
+
+
+def test_a_size_between_the_matryoshka_sizes_is_refused(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILE", "nomic-embed-text-v1.5")
+    monkeypatch.setenv("LLAMACPP_EMBEDDING_DIM", "300")
+    with pytest.raises(ConfigurationError, match="768, 512, 256, 128, 64 dimensions long, not 300"):
+        load_settings()
+
+
+def test_an_unknown_profile_lists_the_known_ones(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_PROFILE", "no-such-model")
+    with pytest.raises(ConfigurationError, match="ATHENA_EMBEDDINGS_BULK_PROFILE='no-such-model' names no embedding profile; known: .*nomic-embed-text-v1.5"):
+        load_settings()
+
+
+def test_profiles_are_added_from_json_named_by_their_key(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILES", '{"house-model": {"dimension": 512, "query_prefix": "q: ", "pooling": "cls"}}')
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_PROFILE", "house-model")
+    settings = load_settings()
+    profile = settings.embedding_profile_for(True)
+    assert (profile.name, profile.pooling, profile.prefix("query"), profile.prefix("document")) == ("house-model", "cls", "q: ", "")
+    assert settings.lane_dimension(True) == 512
+    # The interactive lane keeps its own model.
+    assert settings.embedding_profile_for(False).name == "all-MiniLM-L6-v2" and settings.embedding_dim == 384
+
+
+def test_a_bad_profile_field_is_a_configuration_error(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILES", '{"m": {"dimension": 64, "dimensions": [128]}}')
+    with pytest.raises(ConfigurationError, match="ATHENA_EMBEDDING_PROFILES"):
+        load_settings()
+
+
+def test_the_bulk_lane_inherits_the_interactive_size_unless_it_has_a_model_of_its_own(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILE", "nomic-embed-text-v1.5")
+    monkeypatch.setenv("LLAMACPP_EMBEDDING_DIM", "256")
+    assert load_settings().lane_dimension(True) == 256
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_PROFILE", "e5-base-v2")
+    assert load_settings().lane_dimension(True) == 768
+
+
+def test_max_tokens_past_the_profiles_context_is_refused(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_MAX_TOKENS", "2048")
+    with pytest.raises(ConfigurationError, match="ATHENA_EMBEDDING_MAX_TOKENS=2048 is more than all-MiniLM-L6-v2 reads"):
+        load_settings()
+
+
+def test_a_known_profile_may_change_its_context_but_not_its_vectors_under_its_own_name(monkeypatch):
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILE", "nomic-embed-text-v1.5")
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILES", '{"nomic-embed-text-v1.5": {"dimension": 768, "dimensions": [256], '
+                       '"document_prefix": "search_document: ", "query_prefix": "search_query: ", "truncate_norm": "layer_norm", "context": 2048}}')
+    assert load_settings().embedding_profile_for(False).context == 2048
+    monkeypatch.setenv("ATHENA_EMBEDDING_PROFILES", '{"Nomic-Embed-Text-v1.5": {"dimension": 768}}')
+    with pytest.raises(ConfigurationError, match="ATHENA_EMBEDDING_PROFILES: nomic-embed-text-v1.5 is a known profile, and this one changes its document_prefix, query_prefix, truncate_norm: .*a name of its own"):
         load_settings()

@@ -148,7 +148,7 @@ def test_failures_and_health_checks_are_recorded_like_any_call(tasks, metrics):
         tasks["athena.embed"]("positional")
     assert metrics.stats("athena.embed").failures == 2
     answer_with(lambda request: httpx.Response(503))
-    assert tasks["athena.health.embeddings"]() == {"ready": False, "detail": "loading model (503)", "model": None}
+    assert tasks["athena.health.embeddings"]() == {"ready": False, "detail": "loading model (503)", "model": None, "profile": None}
     assert metrics.stats("athena.health.embeddings").success == 1
 
 

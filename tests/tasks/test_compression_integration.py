@@ -10,6 +10,7 @@ from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.workers.metrics import MetricsStore
 from tests.harness import side_url, wait_for
+from tests.workers.compressor_fixtures import tiny_bert_classifier
 
 MEMORY = """On Monday the payments team noticed that the nightly reconciliation job had been failing silently for three days.
 The job reads settlement files from the bank's SFTP server, matches each line against the ledger in PostgreSQL, and
@@ -143,5 +144,22 @@ def test_missing_model_shows_in_status_and_result_not_as_a_crash(stack, tmp_path
         assert not out.compressed and str(missing) in out.reason
         assert out.compressed_prompt == "Summarise.\n\n" + MEMORY
         assert out.compressed_tokens == out.original_tokens and out.tokens_saved == 0
+    finally:
+        sender.close()
+
+
+def test_llmlingua2_worker_returns_instruction_and_question_whole_and_counts_what_it_returns(stack, tmp_path):
+    # A tiny random classifier (plumbing, not quality), in a folder named for the other family.
+    folder = tiny_bert_classifier(tmp_path / "llmlingua-2-xlm-roberta-large-meetingbank", MEMORY)
+    sender = side_worker(
+        stack, "llmlingua2", 8, {"ATHENA_COMPRESSION_METHOD": "llmlingua2", "ATHENA_COMPRESSION_LLMLINGUA2_MODEL": str(folder)}
+    )
+    try:
+        request = CompressRequest(context=MEMORY, instruction="Summarise the incident.", question="What was the real defect?", rate=0.5)
+        out = compress(sender, request)
+        assert out.compressed and out.method == "llmlingua2", out.reason
+        assert out.compressed_prompt.startswith("Summarise the incident.\n\n")
+        assert out.compressed_prompt.endswith("\n\nWhat was the real defect?")
+        assert out.ratio == out.compressed_tokens / out.original_tokens and abs(out.ratio - 0.5) <= 0.15 * 0.5
     finally:
         sender.close()

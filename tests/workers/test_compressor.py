@@ -1,48 +1,145 @@
 """The compressor seam: LLMLingua-2 and the perplexity method with tiny models built here, degradation,
-force tokens, one-pass selection, rate correction."""
+force tokens, one-pass selection, rate correction.
+
+The tiny models have random weights: these tests show the plumbing (what is sent,
+how it is counted, which rule cuts words), never which words a real model keeps.
+"""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from athena_client.errors import CompressionUnavailable
+from athena_client.errors import CompressionUnavailable, ConfigurationError
 from athena_inference.config.settings import load_settings
 from athena_inference.workers import compressor as compressor_module
-from athena_inference.workers.compressor import Compressor, _next_aim, forced_positions, protect, token_surprisal
+from athena_inference.workers.compressor import (
+    Compressor,
+    _next_aim,
+    forced_positions,
+    join_prompt,
+    llmlingua2_family,
+    protect,
+    token_surprisal,
+    window_pieces,
+)
+from tests.workers.compressor_fixtures import tiny_bert_classifier, tiny_xlm_roberta_classifier, tiny_xlm_roberta_tokenizer
 
 TEXT = (
     "the team moved the nightly job to a new server because the old one ran out of disk and "
     "the backups failed twice in one week so the lead asked for alerts on free space and a weekly "
     "report of job durations which the team now reviews every friday after the planning meeting"
 )
+LONG_TEXT = " ".join([TEXT] * 3)  # about 170 cl100k tokens
+INSTRUCTION = "Summarise the week for the lead, in plain words, for the Monday review."
+QUESTION = "What failed, and what changed because of it?"
+BERT, XLM_ROBERTA = "bert-base-multilingual-cased", "xlm-roberta-large"
 
 
 @pytest.fixture(scope="module")
 def tiny_llmlingua2(tmp_path_factory):
-    """A BERT token classifier with random weights: the LLMLingua-2 code path, no download."""
-    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+    """A BERT token classifier with random weights, in a folder whose name names no family."""
+    return tiny_bert_classifier(tmp_path_factory.mktemp("models") / "tiny-classifier", TEXT)
 
-    # LLMLingua-2 picks its word-boundary rule from the model's path.
-    folder = tmp_path_factory.mktemp("tiny-bert-base-multilingual-cased")
-    words = sorted(set(TEXT.split()))
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=2,
-    )
-    BertForTokenClassification(config).save_pretrained(folder)
-    return folder
+
+def llmlingua2_compressor(folder, cache_dir) -> Compressor:
+    settings = load_settings(cache_dir=cache_dir, compression_method="llmlingua2", compression_llmlingua2_model=folder)
+    compressor = Compressor.load(settings)
+    assert compressor.status.ready, compressor.status.reason
+    return compressor
 
 
 def test_llmlingua2_path_compresses_with_a_tiny_token_classifier(tiny_llmlingua2, tmp_path):
-    settings = load_settings(cache_dir=tmp_path, compression_method="llmlingua2", compression_llmlingua2_model=tiny_llmlingua2)
-    compressor = Compressor.load(settings)
-    assert compressor.status.ready and compressor.status.method == "llmlingua2"
+    compressor = llmlingua2_compressor(tiny_llmlingua2, tmp_path)
+    assert compressor.status.method == "llmlingua2"
     out = compressor.compress(TEXT, rate=0.5, force_tokens=["backups"])
     assert out.compressed_tokens < out.original_tokens
     assert abs(out.compressed_tokens / out.original_tokens - 0.5) <= 0.15 * 0.5
     assert "backups" in out.prompt
+
+
+def test_llmlingua2_keeps_instruction_and_question_whole_around_the_compressed_context(tiny_llmlingua2, tmp_path):
+    out = llmlingua2_compressor(tiny_llmlingua2, tmp_path).compress(
+        LONG_TEXT, instruction=INSTRUCTION, question=QUESTION, rate=0.5
+    )
+    assert out.prompt.startswith(INSTRUCTION + "\n\n") and out.prompt.endswith("\n\n" + QUESTION)
+    context = out.prompt[len(INSTRUCTION) + 2 : -len(QUESTION) - 2]
+    assert 0 < len(context.split()) < len(LONG_TEXT.split())
+    assert set(context.split()) <= set(TEXT.split())  # only the context went through the classifier
+
+
+def test_llmlingua2_counts_the_prompt_it_returns_with_cl100k(tiny_llmlingua2, tmp_path):
+    import tiktoken
+
+    out = llmlingua2_compressor(tiny_llmlingua2, tmp_path).compress(
+        LONG_TEXT, instruction=INSTRUCTION, question=QUESTION, rate=0.5
+    )
+    cl100k = tiktoken.get_encoding("cl100k_base")
+    assert out.compressed_tokens == len(cl100k.encode(out.prompt))
+    assert out.original_tokens == len(cl100k.encode(join_prompt(INSTRUCTION, LONG_TEXT, QUESTION)))
+
+
+def test_llmlingua2_lands_the_whole_prompt_on_the_rate_asked(tiny_llmlingua2, tmp_path):
+    # The instruction is kept whole, so the context must shrink by more than the rate for the prompt to reach it.
+    instruction = " ".join([INSTRUCTION] * 4)
+    out = llmlingua2_compressor(tiny_llmlingua2, tmp_path).compress(LONG_TEXT, instruction=instruction, rate=0.5)
+    assert out.prompt.startswith(instruction + "\n\n")
+    assert abs(out.compressed_tokens / out.original_tokens - 0.5) <= 0.15 * 0.5
+
+
+def test_llmlingua2_first_aim_is_the_share_of_the_context_the_rate_leaves(tiny_llmlingua2, tmp_path, monkeypatch):
+    compressor = llmlingua2_compressor(tiny_llmlingua2, tmp_path)
+    asked: list[float] = []
+    classify = compressor._engine.compress_prompt_llmlingua2
+
+    def recording(context, rate, **kwargs):
+        asked.append(rate)
+        return classify(context, rate=rate, **kwargs)
+
+    monkeypatch.setattr(compressor._engine, "compress_prompt_llmlingua2", recording)
+    out = compressor.compress(LONG_TEXT, instruction=INSTRUCTION, question=QUESTION, rate=0.5)
+    context_tokens = compressor.count_tokens(LONG_TEXT)
+    whole = out.original_tokens - context_tokens
+    assert asked[0] == pytest.approx((round(out.original_tokens * 0.5) - whole) / context_tokens)
+    assert asked[0] < 0.5  # the whole parts take their share of the budget first
+
+
+@pytest.mark.parametrize(
+    "build, folder_name, family",
+    [
+        (tiny_bert_classifier, "llmlingua-2-xlm-roberta-large-meetingbank", BERT),
+        (tiny_xlm_roberta_classifier, "llmlingua-2-bert-base-multilingual-cased-meetingbank", XLM_ROBERTA),
+    ],
+)
+def test_llmlingua2_word_rule_comes_from_the_model_not_the_folder_name(build, folder_name, family, tmp_path):
+    # Each model sits in a folder named for the other family: llmlingua, left to read
+    # the name, would keep pieces of XLM-R's words as words, and fail on BERT's tokens.
+    compressor = llmlingua2_compressor(build(tmp_path / folder_name, TEXT), tmp_path / "cache")
+    assert compressor.family == family and compressor._engine.model_name == family
+    out = compressor.compress(LONG_TEXT, rate=0.5)
+    assert out.compressed_tokens < out.original_tokens
+    assert set(out.prompt.split()) <= set(TEXT.split())  # every word kept is a whole word of the text
+
+
+def test_llmlingua2_family_is_part_of_the_cache_variant(tiny_llmlingua2, tmp_path):
+    assert llmlingua2_compressor(tiny_llmlingua2, tmp_path).variant == f"llmlingua2/{BERT}"
+
+
+@pytest.mark.parametrize(
+    "config, complaint",
+    [
+        ({"model_type": "roberta", "architectures": ["RobertaForTokenClassification"]}, "of type 'roberta'"),
+        ({"architectures": ["BertForTokenClassification"]}, "of type None"),
+        ({"model_type": "bert", "architectures": ["BertForMaskedLM"]}, "not a token classifier"),
+        ({"model_type": "xlm-roberta", "architectures": ["XLMRobertaForTokenClassification"],
+          "id2label": {"0": "a", "1": "b", "2": "c"}}, "3 labels"),
+    ],
+)
+def test_llmlingua2_refuses_a_model_of_neither_family_or_kind(config, complaint, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigurationError, match=complaint):
+        llmlingua2_family(tmp_path)
 
 
 def test_auto_picks_llmlingua2_when_its_model_is_on_disk(tiny_llmlingua2, tmp_path):
@@ -50,13 +147,27 @@ def test_auto_picks_llmlingua2_when_its_model_is_on_disk(tiny_llmlingua2, tmp_pa
     assert Compressor.load(settings).status.method == "llmlingua2"
 
 
-def test_llmlingua2_model_of_an_unknown_family_is_not_ready(tmp_path):
-    folder = tmp_path / "my-classifier"
+def test_llmlingua2_model_of_neither_family_is_not_ready_and_says_why(tmp_path):
+    # Named for a family, but the config says otherwise: the config wins.
+    folder = tmp_path / "llmlingua-2-bert-base-multilingual-cased-meetingbank"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text('{"model_type": "roberta", "architectures": ["RobertaForTokenClassification"]}')
     settings = load_settings(cache_dir=tmp_path, compression_method="llmlingua2", compression_llmlingua2_model=folder)
     status = Compressor.load(settings).status
-    assert not status.ready and "bert-base-multilingual-cased" in status.reason
+    assert not status.ready and "'roberta'" in status.reason and "'xlm-roberta'" in status.reason
+
+
+def test_llmlingua2_model_whose_tokenizer_contradicts_its_config_is_not_ready(tmp_path):
+    from transformers import BertConfig, BertForTokenClassification
+
+    folder = tmp_path / "mixed"
+    tokenizer = tiny_xlm_roberta_tokenizer(TEXT)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertForTokenClassification(config).save_pretrained(folder)
+    settings = load_settings(cache_dir=tmp_path, compression_method="llmlingua2", compression_llmlingua2_model=folder)
+    status = Compressor.load(settings).status
+    assert not status.ready and "SentencePiece" in status.reason
 
 
 def test_switched_off_compressor_is_not_ready_and_says_why(tmp_path):
@@ -95,6 +206,11 @@ def test_next_aim_interpolates_through_the_last_two_passes():
     assert _next_aim([(0.5, 216), (0.4, 200)], wanted=182) == pytest.approx(0.2875)
 
 
+def test_next_aim_scales_only_the_compressed_part():
+    # 60 tokens are kept whole: 160 -> 110 means the other 100 must become 50.
+    assert _next_aim([(0.5, 160)], wanted=110, whole=60) == pytest.approx(0.25)
+
+
 def test_next_aim_stays_within_bounds():
     assert _next_aim([(0.02, 400)], wanted=1) == 0.01
     assert _next_aim([(0.9, 10)], wanted=100) == 1.0
@@ -106,19 +222,31 @@ def test_fetching_llmlingua2_without_a_network_fails_with_a_clear_message(tmp_pa
 
     from tests.harness import CLI
 
-    env = dict(os.environ, ATHENA_CACHE_DIR=str(tmp_path), HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="0")
+    env = dict(os.environ, ATHENA_CACHE_DIR=str(tmp_path), ATHENA_MODEL_HUB_URL="http://127.0.0.1:9", HF_HUB_OFFLINE="0")
     done = subprocess.run([*CLI, "provision", "--llmlingua2"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "could not fetch microsoft/llmlingua-2" in done.stderr and "perplexity" in done.stderr
 
 
 def test_llmlingua2_chunks_inputs_longer_than_its_window(tiny_llmlingua2, tmp_path):
-    settings = load_settings(cache_dir=tmp_path, compression_method="llmlingua2", compression_llmlingua2_model=tiny_llmlingua2)
-    compressor = Compressor.load(settings)
-    long_text = " ".join([TEXT] * 40)  # about 2,000 tokens, four times the model's 512
+    compressor = llmlingua2_compressor(tiny_llmlingua2, tmp_path)
+    long_text = " ".join([TEXT] * 40)  # about 2,000 cl100k tokens, many times the model's 512
     out = compressor.compress(long_text, rate=0.5)
     assert out.original_tokens > 1500
     assert abs(out.compressed_tokens / out.original_tokens - 0.5) <= 0.15 * 0.5
+    # llmlingua's own cuts glue the words on either side together; these cuts do not.
+    assert set(out.prompt.split()) <= set(TEXT.split())
+
+
+def test_window_pieces_fit_the_window_and_end_at_a_sentence_when_one_fits(tiny_llmlingua2):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llmlingua2)
+    text = "the team moved. the old one ran out of disk and the backups failed"
+    pieces = window_pieces(text, tokenizer, window=20)
+    assert "".join(pieces) == text
+    assert all(len(tokenizer.tokenize(piece)) <= 20 for piece in pieces)
+    assert pieces[0] == "the team moved. "
 
 
 def test_unusable_compressor_fails_every_call_with_its_reason():
@@ -133,8 +261,7 @@ def test_next_aim_survives_two_passes_at_the_same_aim():
 
 
 def test_target_at_or_above_the_original_returns_it_whole(tmp_path, tiny_llmlingua2):
-    settings = load_settings(cache_dir=tmp_path, compression_method="llmlingua2", compression_llmlingua2_model=tiny_llmlingua2)
-    compressor = Compressor.load(settings)
+    compressor = llmlingua2_compressor(tiny_llmlingua2, tmp_path)
     out = compressor.compress(TEXT, target_tokens=10_000)
     assert out.prompt == TEXT and out.compressed_tokens == out.original_tokens
 
@@ -169,8 +296,6 @@ def perplexity_compressor(folder, cache_dir, selection="one_pass") -> Compressor
     assert compressor.status.ready, compressor.status.reason
     return compressor
 
-
-LONG_TEXT = " ".join([TEXT] * 3)  # about 170 cl100k tokens
 
 
 @pytest.mark.parametrize("rate", [0.3, 0.5, 0.7])

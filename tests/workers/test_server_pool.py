@@ -102,7 +102,7 @@ def test_threads_never_share_a_copy_while_one_is_free():
 
 def test_the_pool_is_ready_only_when_every_copy_is_and_names_those_that_are_not():
     assert ServerPool([server("http://a"), server("http://b")]).health().model_dump() == {
-        "ready": True, "detail": "ok (2 copies)", "model": "m",
+        "ready": True, "detail": "ok (2 copies)", "model": "m", "profile": None,
     }
     sick = ServerPool([server("http://a"), server("http://b", healthy=False)]).health()
     assert not sick.ready

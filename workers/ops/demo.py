@@ -64,7 +64,7 @@ def demo(sender: TaskSender, timeout: float = 300) -> None:
     for task, result in pending:
         out = sender.wait(task, result, timeout)
         if task is TaskName.EMBED:
-            summary = f"{out.dimension}-d vector, first values {[round(v, 4) for v in out.embedding[:3]]}"
+            summary = f"{out.dimension}-d vector ({out.profile} profile, as a {out.purpose}), first values {[round(v, 4) for v in out.embedding[:3]]}"
         elif task is TaskName.EMBED_BATCH:
             summary = f"{len(out.embeddings)} vectors of {out.dimension} dimensions"
         elif task is TaskName.REASON:

@@ -56,7 +56,10 @@ def serve_llama(what: str, settings: Settings, copy: int = 0) -> None:
             f"copy {copy + 1} of the {what} server was asked for, but there are {server.copies} "
             f"(ATHENA_EMBEDDINGS_BULK_SERVERS for the bulk lane)"
         )
-    model = provision.embedding_model(settings) if server.embeds else provision.reasoning_model(settings)
+    if server.embeds:
+        model = provision.embedding_model(settings, bulk=queue is Queue.EMBEDDINGS_BULK)
+    else:
+        model = provision.reasoning_model(settings)
     os.nice(server.nice)
     if server.idle:
         idle_policy()

@@ -45,7 +45,11 @@ class ModelFile(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """A model on the hub: repository, revision and its files (several for a split GGUF)."""
+    """A model on the hub: repository, revision and its files (several for a split GGUF).
+
+    `revision` is a branch, tag or commit; the production models name a commit,
+    so that a new upload to the repository never changes what is served.
+    """
 
     name: str
     repo: str
@@ -55,20 +59,39 @@ class ModelSpec(BaseModel):
 
 
 # What the production compose file (compose/docker-compose.yml) loads. A split
-# GGUF is loaded by naming its first part.
+# GGUF is loaded by naming its first part. Each is pinned to a commit of its
+# repository, and each file to its size and SHA-256 at that commit: a file
+# that differs is refused, whatever the hub declares. To move to a newer
+# upload, change the commit and the files' hashes together.
 PRODUCTION_MODELS = [
     ModelSpec(
         name="nomic-embed-text-v1.5",
         repo="nomic-ai/nomic-embed-text-v1.5-GGUF",
-        files=[ModelFile(path="nomic-embed-text-v1.5.Q4_K_M.gguf")],
+        revision="f750a25aba2d24830d874eb4e1af468f37248a37",
+        files=[
+            ModelFile(
+                path="nomic-embed-text-v1.5.Q4_K_M.gguf",
+                sha256="d4e388894e09cf3816e8b0896d81d265b55e7a9fff9ab03fe8bf4ef5e11295ac",
+                size=84_106_624,
+            )
+        ],
         serves="embeddings (768-d)",
     ),
     ModelSpec(
         name="qwen2.5-7b-instruct",
         repo="Qwen/Qwen2.5-7B-Instruct-GGUF",
+        revision="bb5d59e06d9551d752d08b292a50eb208b07ab1f",
         files=[
-            ModelFile(path="qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf"),
-            ModelFile(path="qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf"),
+            ModelFile(
+                path="qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf",
+                sha256="dfce12e3862a5283ccfb88221b48480e58745165de856439950d0f22590580db",
+                size=3_993_201_344,
+            ),
+            ModelFile(
+                path="qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf",
+                sha256="539cf93f78e887edea1c04e2d7d8cdaca9d01dae9c9025bcb8accbe29df3d72a",
+                size=689_872_288,
+            ),
         ],
         serves="reasoning",
     ),

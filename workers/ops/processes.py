@@ -36,7 +36,7 @@ def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Pat
     if server.embeds:
         batch = settings.embedding_max_tokens
         # Each input must fit one physical batch, so -b = -ub = the longest text allowed.
-        argv += ["--embedding", "--pooling", "mean", "-np", str(server.slots), "-b", str(batch), "-ub", str(batch)]
+        argv += ["--embedding", "--pooling", server.profile.pooling, "-np", str(server.slots), "-b", str(batch), "-ub", str(batch)]
         argv += ["-c", str(batch * server.slots)]
     else:
         argv += ["-np", str(server.slots), "-c", str(settings.reasoning_ctx * server.slots)]

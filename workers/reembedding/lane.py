@@ -7,9 +7,9 @@ from typing import Optional, Protocol, Sequence
 
 from kombu import Connection
 
-from athena_client.errors import JobError
+from athena_client.errors import InvalidInput, JobError
 from athena_client.jobs import EmbedBulkRequest, EmbedBulkResult
-from athena_client.payloads import LongTextPolicy
+from athena_client.payloads import LongTextPolicy, VectorOrigin
 from athena_client.routes import Queue, TaskName
 from athena_client.transport import TaskTransport
 from athena_inference.workers.broker import queue_depth
@@ -26,21 +26,30 @@ class EmbeddingLane(Protocol):
     def backlog(self) -> int:
         """Batches waiting in the lane, from every job."""
 
-    def probe(self, timeout: float) -> tuple[str, int]:
-        """The model id and dimension the lane serves now."""
+    def probe(self, timeout: float) -> VectorOrigin:
+        """What makes the job's vectors now: model, profile, prefix, size (and so their space)."""
 
     def close(self) -> None: ...
 
 
+def origin_of(result: EmbedBulkResult) -> VectorOrigin:
+    """The result's origin alone, without its vectors and timing."""
+    return VectorOrigin(**result.model_dump(include=set(VectorOrigin.model_fields)))
+
+
 class CeleryLane:
-    def __init__(self, transport: TaskTransport, *, long_text: LongTextPolicy = "fail") -> None:
+    def __init__(self, transport: TaskTransport, *, long_text: LongTextPolicy = "fail", dimensions: Optional[int] = None) -> None:
         self.transport = transport
         # The job's policy for texts over the model's input limit.
         self.long_text = long_text
+        # The job's Matryoshka size, or None for the lane's own.
+        self.dimensions = dimensions
         self._connection: Optional[Connection] = None
 
     def submit(self, texts: Sequence[str]) -> str:
-        return self.transport.submit(TaskName.EMBED_BULK, EmbedBulkRequest(texts=list(texts), long_text=self.long_text))
+        # Stores hold documents: the worker puts its profile's document prefix before each text.
+        request = EmbedBulkRequest(texts=list(texts), long_text=self.long_text, purpose="document", dimensions=self.dimensions)
+        return self.transport.submit(TaskName.EMBED_BULK, request)
 
     def collect(self, handle: str, timeout: float) -> EmbedBulkResult:
         # The jobs worker waits on another queue's tasks by design (see tasks/jobs.py).
@@ -52,12 +61,18 @@ class CeleryLane:
             self._connection = self.transport.app.connection_for_write()
         return queue_depth(self._connection, Queue.EMBEDDINGS_BULK.value)
 
-    def probe(self, timeout: float) -> tuple[str, int]:
-        result = self.collect(self.submit([PROBE_TEXT]), timeout)
+    def probe(self, timeout: float) -> VectorOrigin:
+        try:
+            result = self.collect(self.submit([PROBE_TEXT]), timeout)
+        except InvalidInput as exc:
+            # The worker's seam checks the size against its model's profile.
+            raise JobError(f"the bulk lane cannot make this job's vectors ({exc}); nothing was written") from None
         vector = result.embeddings[0]
         if vector is None:
             raise JobError(f"the bulk lane could not embed its probe text: {result.errors[0]}")
-        return result.model, len(vector)
+        if len(vector) != result.dimension:
+            raise JobError(f"the bulk lane returned a {len(vector)}-d probe vector but says it makes {result.dimension}-d ones")
+        return origin_of(result)
 
     def close(self) -> None:
         if self._connection is not None:

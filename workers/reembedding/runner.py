@@ -6,6 +6,11 @@ contiguous stretch of rows, so after every batch the job's cursor and counts
 move forward together (one Redis MULTI). A runner killed at any point is
 resumed from that cursor; rows it wrote past the cursor are up to date by
 then and are counted as skipped.
+
+What made the vectors is named by their space (`vector_space`: served model,
+embedding profile, size), as the lane answers the runner's probe: the store
+is prepared for that space (and refuses a place holding another), the cache
+is keyed by it, and a batch made in another space stops the job.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Callable, Iterator, Optional, Union
 from athena_client.errors import AthenaError, JobError, ServerTimeout
 from athena_client.job_store import JobStore
 from athena_client.jobs import ItemError, JobState, JobStatus
+from athena_client.payloads import VectorOrigin
 from athena_client.redis_connect import redis_client
 from athena_client.transport import TaskTransport
 from athena_inference.config.settings import Settings
@@ -120,7 +126,7 @@ class ReembedRunner:
                 self.jobs.set_status(self.job_id, JobStatus.CANCELLED)
             else:
                 self.jobs.set_status(self.job_id, JobStatus.FINISHING)
-                self.store.finish(self.model)
+                self.store.finish()
                 self.jobs.set_status(self.job_id, JobStatus.COMPLETED)
             return self.jobs.get(self.job_id)
         except AthenaError as exc:
@@ -152,15 +158,22 @@ class ReembedRunner:
         self._renewed = time.monotonic()
 
     def _start(self, state: JobState) -> None:
-        self.model, self.dimension = self.lane.probe(self.batch_timeout_s)
+        self.origin: VectorOrigin = self.lane.probe(self.batch_timeout_s)
+        self.space = self.origin.space
         expected = state.request.expected_model
-        if expected and expected != self.model:
-            raise JobError(f"the bulk lane serves {self.model!r}, not the expected model {expected!r}; nothing was written")
-        if state.model and state.model != self.model:
-            log.warning("job %s began with %s; the lane now serves %s, so the pass starts over", self.job_id, state.model, self.model)
+        if expected and expected not in (self.origin.model, self.space):
+            raise JobError(f"the bulk lane serves {self.space!r}, not the expected model {expected!r}; nothing was written")
+        # Refuses, before anything is written, a place that holds another space's vectors.
+        self.store.prepare(self.origin)
+        began = state.space or state.model
+        if began and began != self.space:
+            # A place of its own (a side table named after a new model, say): the pass starts over there.
+            log.warning("job %s began in %s; the lane now makes %s, so the pass starts over", self.job_id, began, self.space)
             self.jobs.reset_progress(self.job_id)
-        self.store.prepare(self.model, self.dimension)
-        self.jobs.start(self.job_id, runner=self.token, model=self.model, dimension=self.dimension, total=self.store.count())
+        self.jobs.start(
+            self.job_id, runner=self.token, model=self.origin.model, profile=self.origin.profile,
+            dimension=self.origin.dimension, space=self.space, total=self.store.count(),
+        )
 
     def _work(self, state: JobState) -> bool:
         """Go through the rows; True when stopped by a cancel."""
@@ -168,7 +181,7 @@ class ReembedRunner:
         pending: deque[Batch] = deque()
         batch = Batch(last_position=state.cursor)
         self._report()
-        for row in self.store.rows(state.cursor, self.model):
+        for row in self.store.rows(state.cursor):
             self._add(batch, row)
             full = batch.tokens >= request.batch_tokens or len(batch.texts) >= request.batch_texts
             # Rows that need no work close a batch too, so a re-run's cursor keeps moving.
@@ -211,7 +224,7 @@ class ReembedRunner:
             batch.tokens += estimated_tokens(row.content)
 
     def _dispatch(self, batch: Batch) -> Batch:
-        batch.cached = self.cache.get_many(self.model, batch.hashes)
+        batch.cached = self.cache.get_many(self.space, batch.hashes)
         if batch.cached:
             keep = [i for i, sha in enumerate(batch.hashes) if sha not in batch.cached]
             batch.texts = [batch.texts[i] for i in keep]
@@ -257,8 +270,12 @@ class ReembedRunner:
         notes: dict[str, str] = {}
         if batch.handle is not None:
             result = self._collect(batch)
-            if result.model and result.model != self.model:
-                raise JobError(f"the bulk lane switched from {self.model!r} to {result.model!r} during the job; resume it to start over")
+            # A batch whose every text failed before reaching the server names no model, and made no vector.
+            if result.model and result.space != self.space:
+                raise JobError(
+                    f"the bulk lane switched from {self.space!r} to {result.space!r} during the job; nothing of this batch "
+                    "was written. Put the lane back and resume the job, or start a new job into another place"
+                )
             for sha, vector, error in zip(batch.hashes, result.embeddings, result.errors, strict=True):
                 vectors[sha] = vector if vector is not None else error
             notes = {sha: note for sha, note in zip(batch.hashes, result.notes) if note}
@@ -268,7 +285,7 @@ class ReembedRunner:
                     del self._in_flight[sha]
             # A truncated or chunked vector is not cached: the cache keeps no note, and such texts are rare.
             fresh = {sha: v for sha, v in vectors.items() if isinstance(v, list) and sha not in batch.cached and sha not in notes}
-            self.cache.put_many(self.model, fresh)
+            self.cache.put_many(self.space, fresh)
             for sha in batch.hashes:
                 if self._waiting[sha]:
                     self._recent[sha] = (vectors[sha], notes.get(sha))
@@ -287,7 +304,7 @@ class ReembedRunner:
                 done.append((row.model_copy(update={"note": notes.get(row.content_sha256)}), outcome))
             else:
                 failed.append((row, outcome.model_copy(update={"id": row.id})))
-        changed = self.store.write(self.model, done, [row for row, _ in failed])
+        changed = self.store.write(done, [row for row, _ in failed])
         failed += [
             (row, ItemError(id=row.id, error="ContentChanged", message="the text changed while the job ran; run the job again to embed the new text"))
             for row in changed
@@ -340,10 +357,11 @@ def build_runner(job_id: str, settings: Settings, on_progress: Callable[[Progres
         job_id,
         jobs=jobs,
         leases=JobLeases(client),
-        store=open_store(state.request.source),
+        store=open_store(state.request.source, dimensions=state.request.dimensions),
         lane=CeleryLane(
             TaskTransport.connect(settings.broker_url, settings.result_backend, timeout=settings.job_batch_timeout_s),
             long_text=state.request.long_text,
+            dimensions=state.request.dimensions,
         ),
         # The cache's own database: its keys expire and may be evicted, apart from the jobs' records.
         cache=EmbeddingCache(redis_client(settings.cache_redis_url), settings.embedding_cache_ttl_s),

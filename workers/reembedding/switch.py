@@ -7,7 +7,9 @@ switches. `switch` does it in one transaction under a short lock timeout:
 1. count the rows: with a current new vector, with a vector for a text that
    has changed since, with none at all;
 2. refuse, changing nothing, when rows would be left without a vector in a
-   NOT NULL column (unless `allow_null`);
+   NOT NULL column (unless `allow_null`), or when the new vectors are not all
+   of the job's vector space (jobs never mix spaces in one place; a table
+   written by hand, or by jobs from before vectors named their space, may);
 3. fill a new column from the side table (only vectors whose text is still
    the one embedded), rename the old column aside (kept until the user drops
    it), rename the new one into its place, and create on it the indexes the
@@ -96,7 +98,7 @@ class Switch:
         self.short = job.job_id[:8]
         self.table = sql.Identifier(self.spec.table)
         self.column = self.spec.embedding_column
-        self.side = self.spec.side_table or side_table_name(self.spec.table, job.model or "")
+        self.side = self.spec.side_table or side_table_name(self.spec.table, job.model or "", job.request.dimensions)
 
     # --- looking ---
 
@@ -143,6 +145,18 @@ class Switch:
         total, current, stale = self.conn.execute(query).fetchone()
         return int(total), int(current), int(stale)
 
+    def _spaces(self) -> list[tuple[Optional[str], int]]:
+        """(tag, rows) of every vector space among the new vectors, most rows first."""
+        sql = self.sql
+        if self.spec.mode == "column":
+            target = sql.Identifier(self.spec.target_column)
+            query = sql.SQL("SELECT {m}, count(*) FROM {t} WHERE {v} IS NOT NULL GROUP BY 1 ORDER BY 2 DESC").format(
+                m=sql.Identifier(f"{self.spec.target_column}_model"), t=self.table, v=target
+            )
+        else:
+            query = sql.SQL("SELECT model, count(*) FROM {} WHERE embedding IS NOT NULL GROUP BY 1 ORDER BY 2 DESC").format(sql.Identifier(self.side))
+        return [(tag, int(rows)) for tag, rows in self.conn.execute(query).fetchall()]
+
     def _indexes(self, column: str) -> list[dict[str, Any]]:
         """The single-column indexes on `column`: name, method, operator class, options."""
         rows = self.conn.execute(
@@ -179,6 +193,14 @@ class Switch:
             if recorded is not None and recorded[0] == "switched":
                 raise JobError(f"job {self.job.job_id} is switched in already; `reembed switch {self.job.job_id} --undo` undoes it")
             report = self.plan()
+            spaces = self._spaces()
+            expected = self.job.space or self.job.model
+            if [tag for tag, _ in spaces if tag != expected]:
+                held = ", ".join(f"{rows} of {tag!r}" for tag, rows in spaces)
+                raise JobError(
+                    f"refused, nothing changed: {report.source} holds vectors of more spaces than the job's {expected!r} "
+                    f"({held}); search would compare them as one. Re-embed into a new side table (--side-table) and switch that job"
+                )
             if report.missing and report.old_column_not_null and not allow_null:
                 raise JobError(
                     f"refused, nothing changed: {report.missing} of {report.total_rows} rows have no current new vector "

@@ -1,17 +1,24 @@
 """The compatibility client's logic, without a broker: Athena's prompt, the answer's
-schema and budget, the text Athena's parser reads, and Athena's result shapes."""
+schema and budget, the text Athena's parser reads, Athena's result shapes, and
+how long a generation may wait in the queue and then run."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from athena_client import payloads
+from athena_client.compat import llm_client
 from athena_client.compat.llm_client import (
+    ANSWER_GRAMMAR,
     ANSWER_SCHEMA,
     CONSOLIDATION_SYSTEM_PROMPT,
+    MIN_TOKENS_PER_S,
+    QUEUE_TIMEOUT_S,
     AthenaAnswer,
     CompressionResult,
     EmbeddingResult,
@@ -21,8 +28,10 @@ from athena_client.compat.llm_client import (
     get_llm_client,
     render_for_athena,
 )
-from athena_client.errors import AthenaError, InvalidInput, ServerUnavailable
+from athena_client.errors import AthenaError, InvalidInput, ServerTimeout, ServerUnavailable
 from athena_client.grammar import longest_output
+from athena_client.result_waiter import Ticket
+from athena_client.routes import TaskName
 
 
 def read_like_athena(text: str) -> list[dict]:
@@ -101,3 +110,132 @@ def test_results_are_athenas_dataclasses_usable_positionally_and_with_asdict(res
 def test_every_error_is_a_runtime_error_as_athena_catches(error):
     with pytest.raises(RuntimeError):
         raise error("boom")
+
+
+# --- generations: time in the queue is not the model's ---
+
+
+class FakeWaiter:
+    """The result waiter's side of a generation: whether its task starts within the time given."""
+
+    def __init__(self, starts: bool, done: bool = False) -> None:
+        self.starts, self.finished = starts, done
+        self.waited: list[float] = []
+        self.released: list[object] = []
+
+    def expect(self, task_id: str) -> Ticket:
+        ticket = Ticket(f"celery-task-meta-{task_id}")
+        if self.finished:
+            ticket.done.set()
+        return ticket
+
+    def wait_started(self, ticket: Ticket, timeout: float) -> bool:
+        self.waited.append(timeout)
+        return self.starts
+
+    def release(self, ticket: Ticket) -> None:
+        self.released.append(ticket)
+
+
+class FakeClient:
+    """An AthenaClient that records what a generation sends and waits for, and answers with `outcome`."""
+
+    def __init__(self, waiter: FakeWaiter, outcome) -> None:
+        self.revoked: list[str] = []
+        self.transport = SimpleNamespace(waiter=waiter)
+        self.app = SimpleNamespace(control=SimpleNamespace(revoke=self.revoked.append))
+        self.outcome = outcome
+        self.sent: list[tuple] = []
+        self.results: list[float] = []
+
+    def submit(self, task, request):
+        self.sent.append((task, request))
+        return "task-1"
+
+    def result(self, task, task_id, timeout):
+        self.results.append(timeout)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+ANSWER = payloads.ReasoningResult(
+    text="Because.",
+    model="qwen2.5-7b-instruct",
+    timing={"task": "athena.reason", "queue": "reasoning", "model": "m", "started_at": "2025-01-01T00:00:00+00:00",
+            "finished_at": "2025-01-01T00:00:01+00:00", "run_ms": 1000.0,
+            "server": {"prompt_tokens": 5, "generated_tokens": 2, "request_ms": 990.0}},
+)
+
+
+@pytest.fixture
+def generation(monkeypatch):
+    """A LocalLLMClient over a FakeClient: `generation(starts=..., outcome=...)`."""
+
+    def make(starts: bool = True, outcome=ANSWER, done: bool = False, **options) -> tuple[LocalLLMClient, FakeClient]:
+        fake = FakeClient(FakeWaiter(starts, done), outcome)
+        monkeypatch.setattr(llm_client, "shared_client", lambda timeout: fake)
+        return LocalLLMClient(**options), fake
+
+    return make
+
+
+def test_a_generation_may_run_for_max_tokens_at_the_floor_rate_and_never_less_than_timeout_seconds():
+    client = LocalLLMClient()
+    assert client.generation_timeout(2048) == 2048 / MIN_TOKENS_PER_S == 409.6
+    assert client.generation_timeout(100) == 60.0
+    assert LocalLLMClient(timeout_seconds=5, min_tokens_per_second=50).generation_timeout(2048) == 2048 / 50
+
+
+def test_the_generation_clock_is_given_once_the_task_has_started_and_the_queue_wait_apart(generation):
+    client, fake = generation(timeout_seconds=30.0)
+    out = asyncio.run(client.reason("Why?", max_tokens=2048))
+    assert out.text == "Because." and out.tokens == 2
+    [(task, request)] = fake.sent
+    assert task is TaskName.REASON and (request.prompt, request.max_tokens, request.temperature) == ("Why?", 2048, 0.7)
+    assert fake.transport.waiter.waited == [QUEUE_TIMEOUT_S]
+    assert fake.results == [2048 / MIN_TOKENS_PER_S]
+    assert len(fake.transport.waiter.released) == 1 and fake.revoked == []
+
+
+def test_consolidation_is_a_generation_of_athenas_2048_tokens_held_to_the_grammar(generation):
+    client, fake = generation(outcome=ANSWER.model_copy(update={"text": json.dumps(answer([athena_pattern("Fail loudly.")]).model_dump())}))
+    out = asyncio.run(client.consolidate_with_reasoning("Event 1:\n  Content: x"))
+    [(_, request)] = fake.sent
+    assert (request.max_tokens, request.temperature, request.grammar) == (2048, 0.5, ANSWER_GRAMMAR)
+    assert fake.results == [2048 / MIN_TOKENS_PER_S] and read_like_athena(out.text)[0]["description"] == "Fail loudly."
+
+
+def test_a_generation_no_worker_takes_in_time_is_revoked_and_says_so(generation):
+    client, fake = generation(starts=False, queue_timeout_seconds=7.0)
+    with pytest.raises(ServerTimeout, match="waited 7 s in the reasoning queue and no worker took it, so it was revoked"):
+        asyncio.run(client.reason("Why?"))
+    assert fake.revoked == ["task-1"] and fake.results == []
+    assert len(fake.transport.waiter.released) == 1
+
+
+def test_a_generation_that_outruns_its_time_after_starting_says_how_long_it_had(generation):
+    client, fake = generation(outcome=ServerTimeout("athena.reason task-1 gave no result within 410 s"))
+    with pytest.raises(ServerTimeout, match=r"task-1 started but gave no answer within 409.6 s \(max_tokens 2048 at 5 tokens/s"):
+        asyncio.run(client.reason("Why?"))
+    assert fake.revoked == []
+
+
+def test_the_tasks_own_timeout_reaches_the_caller_unchanged(generation):
+    # The worker's time limit, say: the task ended, with that error as its result.
+    client, _ = generation(outcome=ServerTimeout("the reasoning server did not answer in 600 s"), done=True)
+    with pytest.raises(ServerTimeout, match="^the reasoning server did not answer in 600 s$"):
+        asyncio.run(client.reason("Why?"))
+
+
+def test_a_bad_request_fails_before_anything_is_sent(generation):
+    client, fake = generation()
+    with pytest.raises(InvalidInput, match="max_tokens"):
+        asyncio.run(client.reason("Why?", max_tokens=0))
+    assert fake.sent == []
+
+
+@pytest.mark.parametrize("option", ["timeout_seconds", "queue_timeout_seconds", "min_tokens_per_second"])
+def test_timeouts_and_the_floor_rate_must_be_positive(option):
+    with pytest.raises(InvalidInput, match=option):
+        LocalLLMClient(**{option: 0})

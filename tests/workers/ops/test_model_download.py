@@ -20,9 +20,13 @@ BLOB = os.urandom(5 * PIECE + 12345)
 SHA = hashlib.sha256(BLOB).hexdigest()
 
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
 class Hub:
-    """Answers like the model hub does for an LFS file: a HEAD on /<repo>/resolve/main/<file>
-    redirects to a CDN address and declares the commit, size and SHA-256; the CDN serves the bytes."""
+    """Answers like the model hub does for an LFS file: a HEAD on /<repo>/resolve/<revision>/<file>
+    redirects to a CDN address and declares the commit, size and SHA-256; the CDN serves the bytes.
+    It knows one repository, `org/model`, at the branch `main` and at the commit COMMIT."""
 
     def __init__(self) -> None:
         self.drops_left = 0  # GETs that are cut after `drop_after` bytes
@@ -31,6 +35,7 @@ class Hub:
         self.declared_sha = SHA
         self.declared_size = len(BLOB)
         self.honour_range = True
+        self.revisions: list[str] = []  # the revision of every HEAD
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,7 +43,7 @@ class Hub:
                 pass
 
             def _known(self) -> bool:
-                if not self.path.startswith(("/org/model/resolve/main/", "/cdn/")):
+                if not self.path.startswith(("/org/model/resolve/main/", f"/org/model/resolve/{COMMIT}/", "/cdn/")):
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -48,9 +53,10 @@ class Hub:
             def do_HEAD(self):
                 if not self._known():
                     return
+                hub.revisions.append(self.path.split("/")[4])
                 self.send_response(302)
                 self.send_header("Location", f"{hub.url}/cdn/{self.path.rsplit('/', 1)[-1]}")
-                self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+                self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("X-Linked-Size", str(hub.declared_size))
                 self.send_header("X-Linked-Etag", f'"{hub.declared_sha}"')
                 self.send_header("Content-Length", "0")
@@ -152,3 +158,24 @@ def test_an_unreachable_hub_is_a_clear_error(tmp_path):
     gone = Downloader("http://127.0.0.1:9", tmp_path, attempts=1)
     with pytest.raises(DownloadError, match="cannot reach http://127.0.0.1:9/org/model"):
         download_models(gone, [SPEC])
+
+
+def test_a_pinned_revision_is_the_one_asked_for(hub, tmp_path):
+    pinned = SPEC.model_copy(update={"revision": COMMIT})
+    path = download_models(downloader(hub, tmp_path), [pinned])["tiny"][0]
+    assert path.read_bytes() == BLOB
+    assert set(hub.revisions) == {COMMIT}
+
+
+def test_a_pinned_checksum_is_checked_whatever_the_hub_declares(hub, tmp_path):
+    hub.declared_sha = "0" * 64
+    pinned = SPEC.model_copy(update={"files": [ModelFile(path="tiny.gguf", sha256=SHA, size=len(BLOB))]})
+    path = download_models(downloader(hub, tmp_path), [pinned])["tiny"][0]
+    assert path.read_bytes() == BLOB
+
+
+def test_a_file_that_differs_from_its_pinned_checksum_is_refused_though_the_hub_agrees_with_it(hub, tmp_path):
+    pinned = SPEC.model_copy(update={"files": [ModelFile(path="tiny.gguf", sha256="f" * 64)]})
+    with pytest.raises(DownloadError, match=f"has SHA-256 {SHA}, expected f{{64}}.*removed"):
+        download_models(downloader(hub, tmp_path), [pinned])
+    assert list((tmp_path / "models").iterdir()) == []

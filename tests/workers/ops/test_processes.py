@@ -58,6 +58,18 @@ def test_embeddings_server_runs_in_embedding_mode_with_mean_pooling(settings):
     assert value_after(argv, "--pooling") == "mean"
 
 
+def test_each_embedding_server_pools_as_its_lanes_profile_says(monkeypatch, settings):
+    # A migration: the bulk lane on bge (CLS pooling), search still on MiniLM (mean).
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_PROFILE", "bge-small-en-v1.5")
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_MODEL_PATH", "/models/bge-small.gguf")
+    migrating = load_settings()
+    assert value_after(llama_server_argv(Queue.EMBEDDINGS, migrating, BINARY, MODEL), "--pooling") == "mean"
+    bulk = llama_server_argv(Queue.EMBEDDINGS_BULK, migrating, BINARY, MODEL)
+    assert value_after(bulk, "--pooling") == "cls"
+    # Its own model keeps its own name: the vectors are not recorded as MiniLM's.
+    assert "--alias" not in bulk
+
+
 def test_embeddings_server_batch_and_ubatch_equal_embedding_max_tokens(settings):
     argv = llama_server_argv(Queue.EMBEDDINGS, settings, BINARY, MODEL)
     assert value_after(argv, "-b") == "256"

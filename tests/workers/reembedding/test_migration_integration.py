@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from athena_client.jobs import JobStatus
+from athena_client.payloads import vector_space
 from athena_inference.workers.reembedding.stores.postgres import side_table_name
 from tests.workers.reembedding.conftest import SECRET
 from tests.workers.reembedding.test_postgres_store import table_fingerprint
@@ -22,6 +23,8 @@ from tests.workers.reembedding.test_reembed_integration import cli, memories, wa
 pytestmark = pytest.mark.integration
 
 MODEL = "all-MiniLM-L6-v2"
+# The embedded default's profile has the model's name, and no prefixes.
+SPACE = vector_space(MODEL, MODEL, 384)
 LONG_MEMORY = " ".join(f"On day {i} the payments team reviewed reconciliation run {i} and its row counts." for i in range(820))
 
 # Athena's memory_vectors as its init script creates it (the columns that matter to a
@@ -94,7 +97,9 @@ def test_the_default_job_completes_and_leaves_athenas_table_byte_for_byte_as_it_
     assert table_fingerprint(dsn, "memory_vectors") == before
     side = side_table_name("memory_vectors", MODEL)
     with psycopg.connect(dsn) as conn:
-        assert conn.execute(f"SELECT count(*), count(DISTINCT vector_dims(embedding)), max(model) FROM {side}").fetchone() == (399, 1, MODEL)
+        assert conn.execute(f"SELECT count(*), count(DISTINCT vector_dims(embedding)), count(DISTINCT model), max(model) FROM {side}").fetchone() == (
+            399, 1, 1, SPACE
+        )
         assert conn.execute(f"SELECT vector_dims(embedding) FROM {side} LIMIT 1").fetchone() == (384,)
         note = conn.execute(f"SELECT s.note FROM {side} s JOIN memory_vectors m ON m.id = s.row_id WHERE length(m.content) > 60000").fetchone()
     assert note == ("chunked",)

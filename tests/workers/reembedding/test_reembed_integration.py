@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from athena_client.jobs import JobState, JobStatus, JsonlSource, PostgresSource, ReembedRequest
+from athena_client.payloads import vector_space
 from athena_inference.workers.reembedding.stores import content_sha256
 from athena_inference.workers.reembedding.stores.postgres import side_table_name
 from tests.harness import CLI, Stack, wait_for
@@ -60,15 +61,16 @@ def wait_terminal(lane: Stack, job_id: str, timeout: float = 300) -> JobState:
     return lane.jobs.get(job_id)
 
 
-def assert_table_matches_direct(lane: Stack, dsn: str, table: str, model: str) -> None:
-    """Every row has the model's vector for its current text, in the job's side table (the default)."""
+def assert_table_matches_direct(lane: Stack, dsn: str, table: str, job: JobState) -> None:
+    """Every row has the model's vector for its current text, tagged with the job's space, in its side table (the default)."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             f"SELECT t.content, s.embedding, s.model, s.content_sha256 FROM {table} t "
-            f"JOIN {side_table_name(table, model)} s ON s.row_id = t.id ORDER BY t.id"
+            f"JOIN {side_table_name(table, job.model)} s ON s.row_id = t.id ORDER BY t.id"
         ).fetchall()
     assert len(rows) == len(fetch_ids(dsn, table))
-    assert {row[2] for row in rows} == {model}
+    assert job.space == vector_space(job.model, job.profile, job.dimension)
+    assert {row[2] for row in rows} == {job.space}
     assert all(row[3] == content_sha256(row[0]) for row in rows)
     got = np.array([row[1] for row in rows], dtype=np.float32)
     np.testing.assert_allclose(got, direct_vectors(lane, [row[0] for row in rows]), atol=2e-4)
@@ -97,7 +99,7 @@ def test_killed_runner_resumes_and_every_row_gets_the_new_model(lane, postgres_d
     state = lane.jobs.get(job.job_id)
     assert state.status is JobStatus.COMPLETED
     assert state.counts.completed + state.counts.skipped == 1200 and state.counts.failed == 0
-    assert_table_matches_direct(lane, postgres_dsn, table, state.model)
+    assert_table_matches_direct(lane, postgres_dsn, table, state)
 
 
 def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
@@ -164,7 +166,7 @@ def test_a_rerun_skips_every_unchanged_row_and_duplicates_are_embedded_once(lane
     table = make_table(postgres_dsn, texts)
     first = wait_terminal(lane, lane.client.reembed(PostgresSource(dsn=postgres_dsn, table=table), batch_texts=32))
     assert (first.status, first.counts.completed) == (JobStatus.COMPLETED, 300)
-    assert_table_matches_direct(lane, postgres_dsn, table, first.model)
+    assert_table_matches_direct(lane, postgres_dsn, table, first)
 
     second = wait_terminal(lane, lane.client.reembed(PostgresSource(dsn=postgres_dsn, table=table)))
     assert (second.status, second.counts.completed, second.counts.skipped) == (JobStatus.COMPLETED, 0, 300)

@@ -13,16 +13,18 @@ import fakeredis
 import numpy as np
 import pytest
 
-from athena_client.errors import JobError, ServerUnavailable
+from athena_client.errors import InvalidInput, JobError, ServerUnavailable
 from athena_client.job_store import JobStore
 from athena_client.jobs import EmbedBulkResult, ItemError, JobStatus, JsonlSource, ReembedRequest
-from athena_client.payloads import TaskTiming
+from athena_client.payloads import TaskTiming, VectorOrigin, vector_space
 from athena_inference.workers.reembedding.embedding_cache import EmbeddingCache
 from athena_inference.workers.reembedding.stores import JsonlStore
 from athena_inference.workers.reembedding.lease import JobLeases
 from athena_inference.workers.reembedding.runner import ReembedRunner
 
 MODEL = "fake-model"
+PROFILE = "fake-profile"
+SPACE = vector_space(MODEL, PROFILE, 4)
 
 
 def vector_of(text: str) -> list[float]:
@@ -33,8 +35,8 @@ def vector_of(text: str) -> list[float]:
 class InProcessLane:
     """Answers batches at once, like the bulk task would; records every text it embedded."""
 
-    def __init__(self, model: str = MODEL, fail_after_batches: int | None = None) -> None:
-        self.model = model
+    def __init__(self, model: str = MODEL, fail_after_batches: int | None = None, profile: str = PROFILE) -> None:
+        self.model, self.profile = model, profile
         self.embedded: list[str] = []
         self.batches: dict[str, list[str]] = {}
         self.fail_after_batches = fail_after_batches
@@ -59,13 +61,13 @@ class InProcessLane:
                 errors.append(None)
         now = datetime.now(timezone.utc)
         timing = TaskTiming(task="athena.embed_bulk", queue="embeddings_bulk", model=self.model, started_at=now, finished_at=now, run_ms=1.0)
-        return EmbedBulkResult(embeddings=vectors, errors=errors, dimension=4, model=self.model, timing=timing)
+        return EmbedBulkResult(embeddings=vectors, errors=errors, dimension=4, model=self.model, profile=self.profile, timing=timing)
 
     def backlog(self):
         return 0
 
     def probe(self, timeout):
-        return self.model, 4
+        return VectorOrigin(model=self.model, profile=self.profile, dimension=4)
 
     def close(self):
         pass
@@ -105,7 +107,7 @@ def test_every_row_gets_its_vector_in_source_order(tmp_path, redis_client):
     assert state.counts.model_dump() == {"total": 23, "completed": 23, "failed": 0, "skipped": 0, "chunked": 0, "truncated": 0}
     matrix, ids = read_npy(tmp_path)
     assert [entry["id"] for entry in ids] == list(range(23))
-    assert {entry["model"] for entry in ids} == {MODEL}
+    assert {(entry["model"], entry["profile"], entry["space"]) for entry in ids} == {(MODEL, PROFILE, SPACE)}
     np.testing.assert_allclose(matrix, [vector_of(row["content"]) for row in rows], rtol=1e-6)
 
 
@@ -188,7 +190,8 @@ def test_cancel_stops_after_the_batches_in_flight_and_leaves_no_output(tmp_path,
     assert not (tmp_path / "out.npy").exists()
     # What was written is exactly what was counted.
     store = JsonlStore(JsonlSource(path=str(tmp_path / "memories.jsonl"), output=str(tmp_path / "out.npy")))
-    assert sum(row.up_to_date for row in store.rows(-1, MODEL)) == state.counts.completed
+    store.prepare(VectorOrigin(model=MODEL, profile=PROFILE, dimension=4))
+    assert sum(row.up_to_date for row in store.rows(-1)) == state.counts.completed
 
 
 def test_a_job_held_by_a_live_runner_is_refused(tmp_path, redis_client):
@@ -248,3 +251,150 @@ def test_a_chunked_vector_is_written_with_its_note_and_counted(tmp_path, redis_c
     assert (state.counts.completed, state.counts.chunked, state.counts.failed) == (2, 1, 0)
     _, ids = read_npy(tmp_path)
     assert [entry.get("note") for entry in ids] == [None, "chunked"]
+
+
+# --- vectors carry their space ---
+
+
+def test_the_job_records_the_model_profile_and_space_the_lane_answered_with(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": 1, "content": "one"}])
+    jobs, job_id, runner = run_job(tmp_path, redis_client, InProcessLane())
+    state = runner.run()
+    assert (state.model, state.profile, state.dimension, state.space) == (MODEL, PROFILE, 4, SPACE)
+    assert jobs.get(job_id).space == SPACE
+
+
+def test_a_lane_of_another_profile_is_refused_before_anything_is_written_and_the_output_is_kept(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": i, "content": f"memory {i}"} for i in range(6)])
+    run_job(tmp_path, redis_client, InProcessLane())[2].run()
+    published = {name: (tmp_path / name).read_bytes() for name in ("out.npy", "out.ids.jsonl", "out.npy.manifest.json")}
+    sidecar = sqlite_rows(tmp_path / "out.npy.state.sqlite")
+
+    # The same model and size, another prefix: vectors that must not sit beside the others.
+    other = InProcessLane(profile="fake-profile-with-prefix")
+    jobs, job_id, runner = run_job(tmp_path, redis_client, other)
+    with pytest.raises(JobError, match=r"refused before any write: .*6 of 'fake-model \[fake-profile, 4-d\]'.*Name another output"):
+        runner.run()
+    assert jobs.get(job_id).status is JobStatus.FAILED
+    assert other.embedded == []
+    assert {name: (tmp_path / name).read_bytes() for name in published} == published
+    assert sqlite_rows(tmp_path / "out.npy.state.sqlite") == sidecar
+
+
+def test_another_profile_into_another_output_embeds_every_text_afresh_not_from_the_cache(tmp_path, redis_client):
+    rows = [{"id": i, "content": f"memory {i}"} for i in range(6)]
+    write_source(tmp_path / "memories.jsonl", rows)
+    run_job(tmp_path, redis_client, InProcessLane())[2].run()
+    other = InProcessLane(profile="fake-profile-with-prefix")
+    state = run_job(tmp_path, redis_client, other, output="other.npy")[2].run()
+    assert (state.status, state.counts.completed) == (JobStatus.COMPLETED, 6)
+    # The cache holds every text's vector from the first job, in its space only.
+    assert sorted(other.embedded) == sorted(row["content"] for row in rows)
+    _, ids = read_npy(tmp_path, "other")
+    assert {entry["space"] for entry in ids} == {vector_space(MODEL, "fake-profile-with-prefix", 4)}
+
+
+def test_the_same_space_reuses_the_cache_across_jobs(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": i, "content": f"memory {i}"} for i in range(6)])
+    run_job(tmp_path, redis_client, InProcessLane())[2].run()
+    again = InProcessLane()
+    state = run_job(tmp_path, redis_client, again, output="copy.npy")[2].run()
+    assert (state.counts.completed, again.embedded) == (6, [])
+
+
+class SwitchingLane(InProcessLane):
+    """A lane whose worker is restarted on another profile after `after` batches."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def collect(self, handle, timeout):
+        result = super().collect(handle, timeout)
+        return result.model_copy(update={"profile": "restarted-profile"}) if int(handle[1:]) >= self.after else result
+
+
+def test_a_lane_that_changes_space_during_the_job_stops_it_before_writing_that_batch(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": i, "content": f"memory {i}"} for i in range(20)])
+    jobs, job_id, runner = run_job(tmp_path, redis_client, SwitchingLane(after=2), window=1)
+    with pytest.raises(JobError, match=r"switched from 'fake-model \[fake-profile, 4-d\]' to 'fake-model \[restarted-profile, 4-d\]'"):
+        runner.run()
+    state = jobs.get(job_id)
+    assert state.status is JobStatus.FAILED
+    # Only the batches made in the job's space were written (4 texts a batch).
+    assert {row[1] for row in sqlite_rows(tmp_path / "out.npy.state.sqlite")} == {SPACE}
+    assert len(sqlite_rows(tmp_path / "out.npy.state.sqlite")) == state.counts.completed == 8
+
+
+def test_the_expected_model_may_name_the_whole_space(tmp_path, redis_client):
+    write_source(tmp_path / "memories.jsonl", [{"id": 1, "content": "one"}])
+    jobs = JobStore(redis_client)
+    spec = JsonlSource(path=str(tmp_path / "memories.jsonl"), output=str(tmp_path / "out.jsonl"))
+    for expected, status in ((vector_space(MODEL, "another-profile", 4), JobStatus.FAILED), (SPACE, JobStatus.COMPLETED)):
+        job = jobs.create(ReembedRequest(source=spec, expected_model=expected))
+        runner = ReembedRunner(job.job_id, jobs=jobs, leases=JobLeases(redis_client), store=JsonlStore(spec), lane=InProcessLane(), cache=EmbeddingCache(redis_client, 0))
+        try:
+            runner.run()
+        except JobError as exc:
+            assert "not the expected model" in str(exc)
+        assert jobs.get(job.job_id).status is status
+
+
+class RecordingTransport:
+    """Takes what CeleryLane sends, and answers like the bulk task."""
+
+    def __init__(self) -> None:
+        self.sent = []
+
+    def submit(self, task, request):
+        self.sent.append(request)
+        return f"t{len(self.sent)}"
+
+    def result(self, task, handle, timeout, allow_in_task=False):
+        request = self.sent[int(handle[1:]) - 1]
+        size = request.dimensions or 8
+        if size not in (8, 4):
+            # What the bulk task's Embedder raises for a size its profile does not allow.
+            raise InvalidInput(f"dimensions={size}: {PROFILE} vectors can be 8, 4 dimensions long, not {size}")
+        now = datetime.now(timezone.utc)
+        timing = TaskTiming(task="athena.embed_bulk", queue="embeddings_bulk", model=MODEL, started_at=now, finished_at=now, run_ms=1.0)
+        return EmbedBulkResult(
+            embeddings=[[1.0] * size for _ in request.texts], errors=[None] * len(request.texts),
+            model=MODEL, profile=PROFILE, prefix="passage: ", dimension=size, timing=timing,
+        )
+
+    def close(self):
+        pass
+
+
+def test_the_celery_lane_asks_for_documents_at_the_jobs_size_and_probes_its_space():
+    from athena_inference.workers.reembedding.lane import CeleryLane
+
+    transport = RecordingTransport()
+    lane = CeleryLane(transport, long_text="chunk", dimensions=4)
+    origin = lane.probe(5.0)
+    lane.submit(["a memory"])
+    assert [(r.purpose, r.dimensions, r.long_text) for r in transport.sent] == [("document", 4, "chunk"), ("document", 4, "chunk")]
+    assert (origin.model, origin.profile, origin.prefix, origin.dimension, origin.space) == (MODEL, PROFILE, "passage: ", 4, vector_space(MODEL, PROFILE, 4))
+
+
+def test_a_size_the_lanes_model_does_not_allow_fails_the_probe_with_the_allowed_sizes():
+    from athena_inference.workers.reembedding.lane import CeleryLane
+
+    with pytest.raises(JobError, match=r"cannot make this job's vectors \(dimensions=5: fake-profile vectors can be 8, 4 .*nothing was written"):
+        CeleryLane(RecordingTransport(), dimensions=5).probe(5.0)
+
+
+def test_a_matryoshka_size_is_part_of_the_request_and_must_be_positive():
+    spec = JsonlSource(path="m.jsonl", output="o.npy")
+    assert ReembedRequest(source=spec, dimensions=256).dimensions == 256
+    assert ReembedRequest(source=spec).dimensions is None
+    with pytest.raises(ValueError):
+        ReembedRequest(source=spec, dimensions=0)
+
+
+def sqlite_rows(path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id, model, content_sha256, vector, note FROM vectors ORDER BY id").fetchall()

@@ -1,4 +1,10 @@
-"""A JSONL file of memories, re-embedded into a `.npy` matrix or a JSONL file of vectors."""
+"""A JSONL file of memories, re-embedded into a `.npy` matrix or a JSONL file of vectors.
+
+An output holds vectors of one space (`vector_space`: model, profile, size),
+named on every line of it and in the `.npy` manifest; the sidecar tags each
+vector with it. A job whose lane makes another space than the output or its
+sidecar already holds is refused before it writes anything.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from typing import IO, Any, Iterator, Optional, Sequence, Union
 
 from athena_client.errors import JobError
 from athena_client.jobs import JsonlSource
-from athena_inference.workers.reembedding.stores.rows import PAGE, StoreRow, content_sha256
+from athena_client.payloads import VectorOrigin
+from athena_inference.workers.reembedding.stores.rows import PAGE, StoreRow, another_space, content_sha256
 
 CHUNK_BYTES = 1 << 20
 
@@ -42,7 +49,7 @@ class Malformed(ValueError):
 
 
 def ids_path(output: Union[str, Path]) -> Path:
-    """`vectors.npy` -> `vectors.ids.jsonl`: one `{"id", "model", "content_sha256"}` per matrix row."""
+    """`vectors.npy` -> `vectors.ids.jsonl`: one `{"id", "model", "profile", "space", "content_sha256"}` per matrix row."""
     output = Path(output)
     return output.with_name(output.name.removesuffix(".npy") + ".ids.jsonl")
 
@@ -75,6 +82,7 @@ class JsonlStore:
         self.sidecar_path = self.output.with_name(self.output.name + ".state.sqlite")
         self.db = sqlite3.connect(self.sidecar_path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # `model` holds each vector's space (a bare model name in a sidecar of an older job).
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS vectors (id TEXT PRIMARY KEY, model TEXT NOT NULL, "
             "content_sha256 TEXT NOT NULL, vector BLOB NOT NULL, note TEXT)"
@@ -86,8 +94,38 @@ class JsonlStore:
     def describe(self) -> str:
         return f"{self.path} -> {self.output}"
 
-    def prepare(self, model: str, dimension: int) -> None:
-        self.dimension = dimension
+    def prepare(self, origin: VectorOrigin) -> None:
+        self.origin, self.space, self.dimension = origin, origin.space, origin.dimension
+        found = [(tag, rows) for tag, rows in self.db.execute(
+            "SELECT model, count(*) FROM vectors WHERE model IS NOT ? GROUP BY model ORDER BY count(*) DESC LIMIT 3", (self.space,)
+        )]
+        place = f"{self.sidecar_path.name} (the work behind {self.output.name})"
+        if not found and (published := self._published_space()) is not None and published[0] != self.space:
+            found, place = [published], str(self.output.name)
+        if found:
+            beside = [p.name for p in (self.sidecar_path, ids_path(self.output), manifest_path(self.output)) if p.exists()]
+            raise another_space(
+                place, found, self.space,
+                f"Name another output (--output); to replace {self.output.name}, delete it"
+                + (f" and {', '.join(beside)}" if beside else "") + " first.",
+            )
+
+    def _published_space(self) -> Optional[tuple[str, int]]:
+        """(space, rows) of the output already published, None when there is none."""
+        if self.output.suffix == ".npy":
+            try:
+                manifest = json.loads(manifest_path(self.output).read_bytes())
+                # An older manifest names a bare model only.
+                return str(manifest.get("space") or manifest["model"]), int(manifest["rows"])
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return None
+        try:
+            with self.output.open("rb") as out:
+                first = json.loads(out.readline())
+                rows = 1 + sum(1 for line in out if line.strip())
+            return str(first.get("space") or first["model"]), rows
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     # --- reading the source ---
 
@@ -167,15 +205,14 @@ class JsonlStore:
             for row in page:
                 yield row, recorded.get(json.dumps(row.id))
 
-    @staticmethod
-    def _is_current(row: StoreRow, seen: Optional[tuple], model: str) -> bool:
-        return seen is not None and seen[0] == model and seen[1] == row.content_sha256
+    def _is_current(self, row: StoreRow, seen: Optional[tuple]) -> bool:
+        return seen is not None and seen[0] == self.space and seen[1] == row.content_sha256
 
-    def rows(self, after: int, model: str) -> Iterator[StoreRow]:
+    def rows(self, after: int) -> Iterator[StoreRow]:
         for row, seen in self._with_records(after):
-            yield row.model_copy(update={"up_to_date": True}) if self._is_current(row, seen, model) else row
+            yield row.model_copy(update={"up_to_date": True}) if self._is_current(row, seen) else row
 
-    def write(self, model: str, done: Sequence[tuple[StoreRow, list[float]]], failed: Sequence[StoreRow]) -> list[StoreRow]:
+    def write(self, done: Sequence[tuple[StoreRow, list[float]]], failed: Sequence[StoreRow]) -> list[StoreRow]:
         # A malformed line's id is made up ("line 3") and may be a real memory's
         # id elsewhere in the file, so its failure must not clear that memory's
         # vector. Problem rows have no hash, so they never reach the output anyway.
@@ -184,40 +221,40 @@ class JsonlStore:
             self.db.execute("BEGIN")
             self.db.executemany(
                 "INSERT OR REPLACE INTO vectors (id, model, content_sha256, vector, note) VALUES (?, ?, ?, ?, ?)",
-                [(json.dumps(row.id), model, row.content_sha256, array("f", vector).tobytes(), row.note) for row, vector in done],
+                [(json.dumps(row.id), self.space, row.content_sha256, array("f", vector).tobytes(), row.note) for row, vector in done],
             )
             self.db.executemany("DELETE FROM vectors WHERE id = ?", [(json.dumps(row.id),) for row in cleared])
         return []
 
     # --- publishing the output ---
 
-    def finish(self, model: str) -> None:
+    def finish(self) -> None:
         if self.output.suffix == ".npy":
-            self._write_npy(model)
+            self._write_npy()
         else:
-            self._write_jsonl(model)
+            self._write_jsonl()
 
-    def _current(self, model: str) -> Iterator[tuple[StoreRow, bytes]]:
-        """Source rows in order (with how their vector was made), each with its vector, when it is this model's and for this text."""
+    def _current(self) -> Iterator[tuple[StoreRow, bytes]]:
+        """Source rows in order (with how their vector was made), each with its vector, when it is of this space and for this text."""
         for row, seen in self._with_records(-1):
-            if self._is_current(row, seen, model):
+            if self._is_current(row, seen):
                 yield row.model_copy(update={"note": seen[3]}), seen[2]
 
-    def _write_jsonl(self, model: str) -> None:
+    def _write_jsonl(self) -> None:
         # One file, one rename: a reader sees the old file or the new one, whole,
         # so this output needs no manifest. The directory's fsync makes the
         # rename itself survive a power cut.
         tmp = self.output.with_name(self.output.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as out:
-            for row, blob in self._current(model):
-                record = {**_entry(row, model), "embedding": _floats(blob).tolist()}
+            for row, blob in self._current():
+                record = {**_entry(row, self.origin), "embedding": _floats(blob).tolist()}
                 out.write(json.dumps(record) + "\n")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.output)
         _fsync_directory(self.output.parent)
 
-    def _write_npy(self, model: str) -> None:
+    def _write_npy(self) -> None:
         """The matrix and its ids file, published as one generation.
 
         No rename can replace two names at once, and both names are what
@@ -231,7 +268,7 @@ class JsonlStore:
         """
         ids_final, raw_tmp = ids_path(self.output), self.output.with_name(self.output.name + ".raw")
         ids_tmp, npy_tmp = ids_final.with_name(ids_final.name + ".tmp"), self.output.with_name(self.output.name + ".tmp.npy")
-        rows, ids_file = self._write_ids_and_raw(model, ids_tmp, raw_tmp)
+        rows, ids_file = self._write_ids_and_raw(ids_tmp, raw_tmp)
         matrix_file = self._write_matrix(raw_tmp, npy_tmp, rows)
         raw_tmp.unlink()
         os.replace(npy_tmp, self.output)
@@ -242,20 +279,25 @@ class JsonlStore:
             "format": MANIFEST_FORMAT,
             "generation": _generation(self.output) + 1,
             "written_at": datetime.now(timezone.utc).isoformat(),
-            "model": model,
+            # What made every vector: vectors compare only within one space.
+            "model": self.origin.model,
+            "profile": self.origin.profile,
+            "purpose": self.origin.purpose,
+            "prefix": self.origin.prefix,
+            "space": self.space,
             "rows": rows,
             "dimension": self.dimension,
             "files": {"matrix": {"name": self.output.name, **matrix_file}, "ids": {"name": ids_final.name, **ids_file}},
         }
         _replace_atomically(manifest_path(self.output), (json.dumps(manifest, indent=2) + "\n").encode())
 
-    def _write_ids_and_raw(self, model: str, ids_tmp: Path, raw_tmp: Path) -> tuple[int, dict[str, Any]]:
+    def _write_ids_and_raw(self, ids_tmp: Path, raw_tmp: Path) -> tuple[int, dict[str, Any]]:
         """The ids file (fsynced, with its digest), and the matrix's rows in a scratch file."""
         rows = 0
         with ids_tmp.open("wb") as ids_out, raw_tmp.open("wb") as raw:
             ids = HashingWriter(ids_out)
-            for row, blob in self._current(model):
-                ids.write((json.dumps(_entry(row, model)) + "\n").encode())
+            for row, blob in self._current():
+                ids.write((json.dumps(_entry(row, self.origin)) + "\n").encode())
                 raw.write(blob)
                 rows += 1
             ids.sync()
@@ -281,14 +323,15 @@ class JsonlStore:
 # --- reading a published .npy output ---
 
 
-def _entry(row: StoreRow, model: str) -> dict[str, Any]:
-    """A row's line in the output: id, model and text hash, and `note` when the vector was not made from the whole text."""
-    entry = {"id": row.id, "model": model, "content_sha256": row.content_sha256}
+def _entry(row: StoreRow, origin: VectorOrigin) -> dict[str, Any]:
+    """A row's line in the output: id, what made its vector (model, profile,
+    space) and its text's hash, and `note` when the vector was not made from the whole text."""
+    entry = {"id": row.id, "model": origin.model, "profile": origin.profile, "space": origin.space, "content_sha256": row.content_sha256}
     return {**entry, "note": row.note} if row.note else entry
 
 
 def read_npy_output(output: Union[str, Path]) -> tuple[Any, list[dict[str, Any]]]:
-    """The matrix and its ids entries (`{"id", "model", "content_sha256"}`, one per row).
+    """The matrix and its ids entries (`{"id", "model", "profile", "space", "content_sha256"}`, one per row).
 
     Both files are checked against the manifest, so a pair left by a crash
     while it was being published is refused (JobError) instead of pairing one

@@ -12,6 +12,17 @@ on what the job asked (`PostgresSource.mode`):
   model's dimension equals every existing vector's; the bookkeeping goes to the
   side table.
 
+Every vector is tagged with its space (`vector_space`: model, profile, size)
+in the bookkeeping's `model` column (the name is historical: it held the bare
+model name before, and keeping it keeps older tables readable). A place holds
+one space: a side table or target column that already holds vectors of
+another space (or bare model names, as older jobs wrote) is refused, and so is
+an in-place job when the bookkeeping records that the column holds another
+space's vectors, from an earlier in-place job finished or not. The first
+in-place job on a column cannot know what made the vectors already there
+(nothing recorded them); it is trusted at the same dimension, and records
+every vector it writes.
+
 Every refusal happens in `prepare`, before any DDL or write. Each vector is
 written by a statement that also checks the row's text is still the one
 embedded, so a row edited during the job never gets a vector of its old text.
@@ -26,7 +37,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 from athena_client.errors import JobError
 from athena_client.jobs import PostgresSource
-from athena_inference.workers.reembedding.stores.rows import PAGE, StoreRow, content_sha256
+from athena_client.payloads import VectorOrigin
+from athena_inference.workers.reembedding.stores.rows import PAGE, StoreRow, another_space, content_sha256
 
 CONNECTION_ENV = "ATHENA_POSTGRES_{}"
 VECTOR_TYPES = ("vector", "real[]", "double precision[]")
@@ -45,10 +57,11 @@ def named_connection(name: str) -> str:
     return dsn
 
 
-def side_table_name(table: str, model: str) -> str:
-    """`<table>__<model>`, as a plain identifier of at most 63 characters (PostgreSQL's limit)."""
+def side_table_name(table: str, model: str, dimensions: Optional[int] = None) -> str:
+    """`<table>__<model>` (`<table>__<model>_<n>` for a job that asks for n
+    dimensions), as a plain identifier of at most 63 characters (PostgreSQL's limit)."""
     slug = re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_") or "model"
-    name = f"{table}__{slug}"
+    name = f"{table}__{slug}" + (f"_{dimensions}" if dimensions is not None else "")
     if len(name) > 63:
         name = f"{name[:54]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return name
@@ -57,11 +70,13 @@ def side_table_name(table: str, model: str) -> str:
 class PostgresStore:
     """A `memory_vectors`-shaped table, read in id order by keyset pages."""
 
-    def __init__(self, spec: PostgresSource) -> None:
+    def __init__(self, spec: PostgresSource, *, dimensions: Optional[int] = None) -> None:
         import psycopg
         from psycopg import sql
 
         self.spec, self.sql = spec, sql
+        # The Matryoshka size the job asked for, which names its default side table.
+        self.dimensions = dimensions
         dsn = spec.dsn if spec.dsn is not None else named_connection(spec.connection or "")
         try:
             self.conn = psycopg.connect(dsn, autocommit=True)
@@ -78,6 +93,8 @@ class PostgresStore:
         self.note_col = sql.Identifier(f"{self.column}_note")
         self.side_name: Optional[str] = spec.side_table
         self.pgvector = False
+        # The space every vector is written in and compared by; set by prepare().
+        self.space = ""
         # What happens to a row that gets no vector, said in its item error.
         self.failure_note: Optional[str] = None
 
@@ -114,8 +131,8 @@ class PostgresStore:
 
     # --- before anything is written ---
 
-    def prepare(self, model: str, dimension: int) -> None:
-        spec = self.spec
+    def prepare(self, origin: VectorOrigin) -> None:
+        spec, dimension = self.spec, origin.dimension
         if self.conn.execute("SELECT to_regclass(%s)", (spec.table,)).fetchone()[0] is None:
             raise JobError(f"PostgreSQL has no table {spec.table!r}")
         for column in (spec.id_column, spec.content_column, *spec.where):
@@ -123,16 +140,21 @@ class PostgresStore:
                 raise JobError(f"table {spec.table!r} has no column {column!r}")
         self.pgvector = bool(self.conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone())
         self.vector_type = f"vector({dimension})" if self.pgvector else "real[]"
-        self.side_name = spec.side_table or side_table_name(spec.table, model)
+        self.side_name = spec.side_table or side_table_name(spec.table, origin.model, self.dimensions)
+        self.space = origin.space
         if self.mode == "column":
             self._check_new_column(dimension)
-        elif self.mode == "in_place":
-            self._check_in_place(dimension)
-        self._check_side_table(dimension)
-        # Every check has passed: only now is anything created.
+        else:
+            if self.mode == "in_place":
+                self._check_in_place(dimension)
+            self._check_side_table(dimension)
+        self._check_space()
+        # Every check has passed: only now is anything created. A target
+        # column keeps its bookkeeping beside it, and needs no side table.
         if self.mode == "column":
             self._create_column()
-        self._create_side_table()
+        else:
+            self._create_side_table()
         # Vectors are sent as pgvector text or as arrays, whichever the column they go to holds.
         held_in = (self.side_name, "embedding") if self.mode == "side_table" else (spec.table, self.column)
         self.pgvector = self._column(*held_in)[0].startswith("vector")
@@ -171,6 +193,53 @@ class PostgresStore:
         # A NOT NULL column cannot lose a failed row's vector: the row keeps its old one.
         self.failure_note = "it keeps its old vector" if not_null else "its vector was cleared"
 
+    def _other_spaces(self, held) -> list[tuple[Optional[str], int]]:
+        """(tag, rows) of each space other than the job's among `held` (a query of tags), most rows first."""
+        query = self.sql.SQL(
+            "SELECT tag, count(*) FROM ({}) held WHERE tag IS DISTINCT FROM %s GROUP BY tag ORDER BY count(*) DESC LIMIT 3"
+        ).format(held)
+        return [(tag, int(rows)) for tag, rows in self.conn.execute(query, [self.space]).fetchall()]
+
+    def _check_space(self) -> None:
+        """Refuse a place that holds vectors of another space: one side table, one column, one space."""
+        if self.mode == "column":
+            self._check_column_space()
+        elif self._column(self.side_name, "model") is not None:
+            self._check_side_table_space()
+
+    def _check_column_space(self) -> None:
+        sql = self.sql
+        if self._column(self.spec.table, self.column) is None:
+            return
+        # A vector with no tag beside it was written by something else than a job: of no known space.
+        tagged = self._column(self.spec.table, f"{self.column}_model") is not None
+        tag = self.model_col if tagged else sql.SQL("NULL::text")
+        found = self._other_spaces(sql.SQL("SELECT {} AS tag FROM {} WHERE {} IS NOT NULL").format(tag, self.table, self.col))
+        if found:
+            raise another_space(
+                f"column {self.spec.table}.{self.column}", found, self.space,
+                f"Name another target column (--target-column {self.column}_2), or re-embed into a side table "
+                f"(leave out --target-column); to replace these vectors, drop the column and its "
+                f"{self.column}_model, {self.column}_content_sha256 and {self.column}_note first.",
+            )
+
+    def _check_side_table_space(self) -> None:
+        found = self._other_spaces(self.sql.SQL("SELECT model AS tag FROM {}").format(self.sql.Identifier(self.side_name)))
+        if not found:
+            return
+        if self.mode == "in_place":
+            # The column itself holds those vectors: its bookkeeping says so.
+            raise another_space(
+                f"{self.spec.table}.{self.column} (its bookkeeping in {self.side_name}, from an earlier in-place job, finished or not)",
+                found, self.space,
+                "Finish or redo that job with the bulk lane on its space (reembed resume JOB), or re-embed into a side "
+                "table (leave out --in-place) and `athena-inference reembed switch JOB`.",
+            )
+        raise another_space(
+            f"side table {self.side_name}", found, self.space,
+            f"Name another side table (--side-table {self.side_name}_2); to replace these vectors, DROP TABLE {self.side_name} first.",
+        )
+
     def _check_side_table(self, dimension: int) -> None:
         existing = self._column(self.side_name, "embedding")
         if existing is not None and existing[0].startswith("vector(") and existing[0] != f"vector({dimension})":
@@ -205,7 +274,7 @@ class PostgresStore:
         query = self.sql.SQL("SELECT count(*) FROM {} WHERE TRUE").format(self.table) + filters
         return self.conn.execute(query, params).fetchone()[0]
 
-    def rows(self, after: int, model: str) -> Iterator[StoreRow]:
+    def rows(self, after: int) -> Iterator[StoreRow]:
         sql = self.sql
         filters, params = self._filters()
         if self.mode == "column":
@@ -223,20 +292,20 @@ class PostgresStore:
         )
         last = after
         while page := self.conn.execute(query, [last, *params, PAGE]).fetchall():
-            for key, text, recorded_model, recorded_sha in page:
+            for key, text, recorded_space, recorded_sha in page:
                 if text is None:
                     yield StoreRow(position=key, id=key, problem="content is NULL")
                     continue
                 sha = content_sha256(text)
-                current = recorded_model == model and recorded_sha == sha
+                current = recorded_space == self.space and recorded_sha == sha
                 yield StoreRow(position=key, id=key, content=text, content_sha256=sha, up_to_date=current)
             last = page[-1][0]
 
     # --- writing ---
 
-    def write(self, model: str, done: Sequence[tuple[StoreRow, list[float]]], failed: Sequence[StoreRow]) -> list[StoreRow]:
+    def write(self, done: Sequence[tuple[StoreRow, list[float]]], failed: Sequence[StoreRow]) -> list[StoreRow]:
         with self.conn.transaction(), self.conn.cursor() as cur:
-            written = self._write_vectors(cur, model, done) if done else set()
+            written = self._write_vectors(cur, done) if done else set()
             if failed:
                 self._forget(cur, [row.id for row in failed])
         return [row for row, _ in done if row.id not in written]
@@ -244,22 +313,22 @@ class PostgresStore:
     def _vector(self, vector: Sequence[float]) -> Any:
         return _vector_text(vector) if self.pgvector else list(vector)
 
-    def _write_vectors(self, cur, model: str, done: Sequence[tuple[StoreRow, list[float]]]) -> set:
-        sql = self.sql
+    def _write_vectors(self, cur, done: Sequence[tuple[StoreRow, list[float]]]) -> set:
+        sql, space = self.sql, self.space
         cast = sql.SQL("::vector" if self.pgvector else "::real[]")
         still_same = sql.SQL(_SHA).format(text=self.text_col)
         if self.mode == "column":
             statement = sql.SQL(
                 "UPDATE {t} SET {col} = %s{cast}, {m} = %s, {h} = %s, {n} = %s WHERE {id} = %s AND {same} = %s RETURNING {id}"
             ).format(t=self.table, col=self.col, cast=cast, m=self.model_col, h=self.sha_col, n=self.note_col, id=self.id_col, same=still_same)
-            params = [(self._vector(v), model, row.content_sha256, row.note, row.id, row.content_sha256) for row, v in done]
+            params = [(self._vector(v), space, row.content_sha256, row.note, row.id, row.content_sha256) for row, v in done]
             return _returned(cur, statement, params)
         if self.mode == "in_place":
             statement = sql.SQL("UPDATE {t} SET {col} = %s{cast} WHERE {id} = %s AND {same} = %s RETURNING {id}").format(
                 t=self.table, col=self.col, cast=cast, id=self.id_col, same=still_same
             )
             written = _returned(cur, statement, [(self._vector(v), row.id, row.content_sha256) for row, v in done])
-            self._record(cur, model, [(row, None) for row, _ in done if row.id in written])
+            self._record(cur, [row for row, _ in done if row.id in written])
             return written
         statement = sql.SQL(
             "INSERT INTO {s} (row_id, embedding, model, content_sha256, note) "
@@ -267,10 +336,10 @@ class PostgresStore:
             "ON CONFLICT (row_id) DO UPDATE SET embedding = EXCLUDED.embedding, model = EXCLUDED.model, "
             "content_sha256 = EXCLUDED.content_sha256, note = EXCLUDED.note, embedded_at = now() RETURNING row_id"
         ).format(s=sql.Identifier(self.side_name), cast=cast, t=self.table, id=self.id_col, same=still_same)
-        params = [(row.id, self._vector(v), model, row.content_sha256, row.note, row.id, row.content_sha256) for row, v in done]
+        params = [(row.id, self._vector(v), space, row.content_sha256, row.note, row.id, row.content_sha256) for row, v in done]
         return _returned(cur, statement, params)
 
-    def _record(self, cur, model: str, rows: Sequence[tuple[StoreRow, None]]) -> None:
+    def _record(self, cur, rows: Sequence[StoreRow]) -> None:
         """The in-place mode's bookkeeping, in the side table (the vector itself is in the user's column)."""
         if not rows:
             return
@@ -279,7 +348,7 @@ class PostgresStore:
             "ON CONFLICT (row_id) DO UPDATE SET model = EXCLUDED.model, content_sha256 = EXCLUDED.content_sha256, "
             "note = EXCLUDED.note, embedded_at = now()"
         ).format(s=self.sql.Identifier(self.side_name))
-        cur.executemany(statement, [(row.id, model, row.content_sha256, row.note) for row, _ in rows])
+        cur.executemany(statement, [(row.id, self.space, row.content_sha256, row.note) for row in rows])
 
     def _forget(self, cur, ids: list) -> None:
         """A row that got no vector keeps none from this model (and, in place, loses its old one where the column allows)."""
@@ -296,7 +365,7 @@ class PostgresStore:
         else:
             cur.executemany(sql.SQL("DELETE FROM {} WHERE row_id = %s").format(sql.Identifier(self.side_name)), [(i,) for i in ids])
 
-    def finish(self, model: str) -> None:
+    def finish(self) -> None:
         pass
 
     def close(self) -> None:

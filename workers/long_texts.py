@@ -13,7 +13,9 @@ those texts cut, by the request's `LongTextPolicy`:
 A window is cut from the text's tokens (without the special tokens the server
 adds to every input), turned back into text by the server's own tokenizer
 (`/detokenize`), and re-tokenized to check it fits: a tokenizer need not give
-back the same tokens for its own output. A window that does not fit is made
+back the same tokens for its own output. The model's prefix for the request's
+purpose (`search_document: ` for nomic) goes before every input the server
+gets, each window of a cut text included, and a window leaves room for it. A window that does not fit is made
 shorter, a bounded number of times. The windows then go to the server together
 with the batch's other texts, in one request.
 """
@@ -27,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from athena_client.errors import InputTooLong
-from athena_client.payloads import LongTextPolicy, ServerTiming, VectorNote
+from athena_client.payloads import LongTextPolicy, ServerTiming, VectorNote, text_problem
 from athena_inference.workers.llama_server import Embeddings, LlamaServer
 
 log = logging.getLogger(__name__)
@@ -65,39 +67,49 @@ class Vectors:
         return self.notes if any(self.notes) else []
 
 
-def embed_texts(server: LlamaServer, texts: list[str], policy: LongTextPolicy, embed: Embed) -> Vectors:
-    """`texts` embedded by `embed` in one request, or two when some are too long and the policy cuts them.
+def embed_texts(server: LlamaServer, texts: list[str], policy: LongTextPolicy, embed: Embed, prefix: str = "") -> Vectors:
+    """`texts`, each after `prefix`, embedded by `embed` in one request, or two
+    when some are too long and the policy cuts them.
 
     Raises `InputTooLong` naming positions in `texts`: under "fail" the
     server's refusal; otherwise the texts that could not be cut to fit.
     """
+    send: Embed = (lambda inputs: embed([prefix + text for text in inputs])) if prefix else embed
     try:
-        out = embed(texts)
+        out = send(texts)
     except InputTooLong as refused:
         if policy == "fail" or not refused.positions:
             raise
-        return _embed_cut(server, texts, policy, embed, refused)
+        return _embed_cut(server, texts, policy, send, refused, prefix)
     return Vectors(out.vectors, [None] * len(texts), out.model, out.timing)
 
 
 def cut(
-    server: LlamaServer, text: str, policy: LongTextPolicy, *, limit: int, window: Optional[int] = None
+    server: LlamaServer,
+    text: str,
+    policy: LongTextPolicy,
+    *,
+    limit: int,
+    window: Optional[int] = None,
+    prefix: str = "",
 ) -> list[Window]:
-    """`text` as windows that each fit `limit` tokens as one input: the first only
-    for "truncate", all of them for "chunk". `window` is the tokens to cut at
-    (default: as many as fit beside the special tokens); a parameter so that a
-    measurement can force small windows."""
-    size = window if window is not None else limit - added_tokens(server)
+    """`text` as windows that each fit `limit` tokens as one input after `prefix`:
+    the first only for "truncate", all of them for "chunk". `window` is the
+    tokens to cut at (default: as many as fit beside the special tokens and the
+    prefix); a parameter so that a measurement can force small windows."""
+    size = window if window is not None else limit - added_tokens(server, prefix)
     if size < 1:
-        raise InputTooLong(f"the server's special tokens leave no room for text under its limit of {limit} tokens")
+        raise InputTooLong(
+            f"the server's special tokens and the prefix {prefix!r} leave no room for text under its limit of {limit} tokens"
+        )
     tokens = server.tokenize(text, add_special=False)
     windows: list[Window] = []
     start = 0
     while start < len(tokens) and not (policy == "truncate" and windows):
-        piece = _fitting(server, tokens[start : start + size], limit)
+        piece = _fitting(server, tokens[start : start + size], limit, prefix)
         start += piece.tokens
         # A window that reads as nothing (control tokens, bare whitespace) would be refused as blank.
-        if piece.text.strip():
+        if text_problem(piece.text) is None:
             windows.append(piece)
     if not windows:
         raise InputTooLong("no window of the text reads as anything once detokenized")
@@ -113,22 +125,23 @@ def pooled(vectors: list[list[float]], weights: list[int]) -> list[float]:
     return (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist()
 
 
-def added_tokens(server: LlamaServer) -> int:
-    """How many special tokens (BOS/CLS, EOS/SEP) the server adds to each input.
-    Asked each time rather than kept: the server behind a URL may change model."""
-    return len(server.tokenize(_PROBE, add_special=True)) - len(server.tokenize(_PROBE, add_special=False))
+def added_tokens(server: LlamaServer, prefix: str = "") -> int:
+    """How many tokens the server's special tokens (BOS/CLS, EOS/SEP) and `prefix`
+    add to each input. Asked each time rather than kept: the server behind a URL
+    may change model."""
+    return len(server.tokenize(prefix + _PROBE, add_special=True)) - len(server.tokenize(_PROBE, add_special=False))
 
 
 # --- the cut path ---
 
 
 def _embed_cut(
-    server: LlamaServer, texts: list[str], policy: LongTextPolicy, embed: Embed, refused: InputTooLong
+    server: LlamaServer, texts: list[str], policy: LongTextPolicy, embed: Embed, refused: InputTooLong, prefix: str
 ) -> Vectors:
     limit = refused.limit
     if limit is None:
         raise _too_long(refused.positions, "the server did not state its limit in tokens, so it cannot be cut to fit")
-    windows = _cut_all(server, texts, refused.positions, policy, limit)
+    windows = _cut_all(server, texts, refused.positions, policy, limit, prefix)
     inputs, owners = _inputs(texts, windows)
     try:
         out = embed(inputs)
@@ -149,15 +162,15 @@ def _embed_cut(
 
 
 def _cut_all(
-    server: LlamaServer, texts: list[str], positions: tuple[int, ...], policy: LongTextPolicy, limit: int
+    server: LlamaServer, texts: list[str], positions: tuple[int, ...], policy: LongTextPolicy, limit: int, prefix: str
 ) -> dict[int, list[Window]]:
     """Each refused text's windows; every text that cannot be cut is named in one error."""
-    room = limit - added_tokens(server)
+    room = limit - added_tokens(server, prefix)
     windows: dict[int, list[Window]] = {}
     failed: list[int] = []
     for p in positions:
         try:
-            windows[p] = cut(server, texts[p], policy, limit=limit, window=room)
+            windows[p] = cut(server, texts[p], policy, limit=limit, window=room, prefix=prefix)
         except InputTooLong as exc:
             log.warning("text at position %d cannot be cut to fit %d tokens: %s", p, limit, exc)
             failed.append(p)
@@ -177,12 +190,13 @@ def _inputs(texts: list[str], windows: dict[int, list[Window]]) -> tuple[list[st
     return inputs, owners
 
 
-def _fitting(server: LlamaServer, tokens: list[int], limit: int) -> Window:
-    """`tokens`, or a head of them made shorter at most MAX_SHRINKS times, whose text re-tokenizes within `limit`."""
+def _fitting(server: LlamaServer, tokens: list[int], limit: int, prefix: str = "") -> Window:
+    """`tokens`, or a head of them made shorter at most MAX_SHRINKS times, whose
+    text re-tokenizes within `limit` after `prefix`."""
     size = len(tokens)
     for _ in range(MAX_SHRINKS):
         text = server.detokenize(tokens[:size])
-        counted = len(server.tokenize(text, add_special=True))
+        counted = len(server.tokenize(prefix + text, add_special=True))
         if counted <= limit:
             return Window(text, size)
         # Drop at least the excess, and at least an eighth, so the tries stay few.
