@@ -54,11 +54,10 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.REASONING_HEALTH: Queue.REASONING,
     TaskName.EMBEDDINGS_BULK_HEALTH: Queue.EMBEDDINGS_BULK,
 }
-SERVER_HEALTH = {
-    Queue.EMBEDDINGS: TaskName.EMBEDDINGS_HEALTH,
-    Queue.REASONING: TaskName.REASONING_HEALTH,
-    Queue.EMBEDDINGS_BULK: TaskName.EMBEDDINGS_BULK_HEALTH,
-}
+# The queues whose worker fronts a server, each with the task that looks at it:
+# `athena.health.<queue>`, answered on that queue.
+HEALTH_TASK_PREFIX = "athena.health."
+SERVER_HEALTH = {TASK_QUEUES[task]: task for task in TaskName if task.value.startswith(HEALTH_TASK_PREFIX)}
 
 # Set by the publisher (see config.celery) so the worker can report queue wait.
 ENQUEUED_AT_HEADER = "athena_enqueued_at"

@@ -16,30 +16,17 @@ from kombu.transport import TRANSPORT_ALIASES
 from athena_client.redis_transport import REDIS_TRANSPORT
 from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, Queue, TaskName
 from athena_client.transport import PUBLISH_RETRY_POLICY, RESULT_RETRIES
+from athena_inference.config.registry import LANES, task_modules
 from athena_inference.config.settings import Settings, get_settings
 
-TASK_MODULES = [
-    "athena_inference.tasks.embeddings",
-    "athena_inference.tasks.reasoning",
-    "athena_inference.tasks.compression",
-    "athena_inference.tasks.consolidation.stages",
-    "athena_inference.tasks.health",
-    "athena_inference.tasks.jobs",
-]
+TASK_MODULES = task_modules()
 # Set by `athena-inference worker <queue>`, so the worker's processes know what they serve.
 WORKER_QUEUE_ENV = "ATHENA_WORKER_QUEUE"
 
 
 def time_limits(settings: Settings) -> dict[Queue, int]:
-    """Hard limits per queue. The jobs queue has none: a store's re-embedding runs
-    for hours, and its lease (not the visibility timeout) keeps a second runner off it."""
-    return {
-        Queue.EMBEDDINGS: settings.embed_time_limit_s,
-        Queue.EMBEDDINGS_BULK: settings.embed_time_limit_s,
-        Queue.REASONING: settings.reason_time_limit_s,
-        Queue.COMPRESSION: settings.compression_time_limit_s,
-        Queue.CONSOLIDATION: settings.consolidation_time_limit_s,
-    }
+    """Hard limits per queue, for the lanes that have one (config/registry.py)."""
+    return {lane.queue: limit for lane in LANES if (limit := lane.time_limit_s(settings)) is not None}
 
 
 def celery_config(settings: Settings) -> dict:
@@ -50,7 +37,7 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_queues": [KombuQueue(q.value, routing_key=q.value) for q in Queue],
+        "task_queues": [KombuQueue(lane.queue.value, routing_key=lane.queue.value) for lane in LANES],
         "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
         "task_annotations": {
             name.value: {"time_limit": limits[queue], "soft_time_limit": round(limits[queue] * 0.9, 3)}

@@ -14,18 +14,13 @@ from pydantic import BaseModel, ConfigDict
 
 from athena_client.routes import Queue
 from athena_inference.config.embedding_profiles import EmbeddingProfile
+from athena_inference.config.registry import lane, server_lanes
 from athena_inference.config.settings import Settings
 
-SERVER_QUEUES = (Queue.EMBEDDINGS, Queue.REASONING, Queue.EMBEDDINGS_BULK)
-EMBEDDING_QUEUES = (Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK)
-# The names the default models are served under. The bulk lane serves the same
-# model under the same name unless it is given a model of its own, so its
-# vectors and the interactive server's are recorded as one model id.
-MODEL_ALIASES = {
-    Queue.EMBEDDINGS: "all-MiniLM-L6-v2",
-    Queue.EMBEDDINGS_BULK: "all-MiniLM-L6-v2",
-    Queue.REASONING: "SmolLM2-135M-Instruct",
-}
+SERVER_QUEUES = tuple(row.queue for row in server_lanes())
+EMBEDDING_QUEUES = tuple(row.queue for row in server_lanes() if row.embeds)
+# The names the default models are served under (config/registry.py).
+MODEL_ALIASES = {row.queue: row.model_alias for row in server_lanes()}
 
 
 class ServerConfig(BaseModel):
@@ -76,31 +71,21 @@ def server_config(queue: Queue, settings: Settings) -> ServerConfig:
     if queue not in SERVER_QUEUES:
         raise KeyError(f"the {queue.value} queue fronts no llama-server")
     s = settings
-    per_queue = {
-        Queue.EMBEDDINGS: (s.embeddings_url, s.embeddings_slots, s.embeddings_threads, s.embeddings_nice, s.embeddings_cpus),
-        Queue.EMBEDDINGS_BULK: (
-            s.embeddings_bulk_url, s.embeddings_bulk_slots, s.embeddings_bulk_threads, s.embeddings_bulk_nice, s.embeddings_bulk_cpus,
-        ),
-        Queue.REASONING: (s.reasoning_url, s.reasoning_slots, s.reasoning_threads, s.reasoning_nice, s.reasoning_cpus),
-    }
-    url, slots, threads, nice, cpus = per_queue[queue]
-    custom_model = {
-        Queue.EMBEDDINGS: s.embeddings_model_path,
-        Queue.EMBEDDINGS_BULK: s.embeddings_bulk_model_path or s.embeddings_model_path,
-        Queue.REASONING: s.reasoning_model_path,
-    }[queue]
+    own = s.server(str(lane(queue).settings_key))
     bulk = queue is Queue.EMBEDDINGS_BULK
+    # The bulk lane serves the interactive lane's model unless given one of its own.
+    custom_model = own.model_path or (s.embeddings_model_path if bulk else None)
     profile = s.embedding_profile_for(bulk) if queue in EMBEDDING_QUEUES else None
     return ServerConfig(
         queue=queue,
-        url=url,
-        copies=s.embeddings_bulk_copies if queue is Queue.EMBEDDINGS_BULK else 1,
-        slots=slots,
-        threads=threads or s.n_threads,
-        nice=nice,
-        idle=s.embeddings_bulk_idle if queue is Queue.EMBEDDINGS_BULK else False,
-        cpus=cpus,
-        read_timeout_s=s.embed_timeout_s if queue in EMBEDDING_QUEUES else s.reason_timeout_s,
+        url=own.url,
+        copies=s.embeddings_bulk_copies if bulk else 1,
+        slots=own.slots,
+        threads=own.threads or s.n_threads,
+        nice=own.nice,
+        idle=s.embeddings_bulk_idle if bulk else False,
+        cpus=own.cpus,
+        read_timeout_s=getattr(s, str(lane(queue).read_timeout)),
         alias=None if custom_model is not None else MODEL_ALIASES[queue],
         profile=profile,
         dimension=s.lane_dimension(bulk, profile) if profile else None,

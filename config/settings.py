@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, Optional
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from athena_client.errors import ConfigurationError
@@ -26,7 +26,9 @@ from athena_inference.config.embedding_profiles import (
     find_profile,
     profile_table,
 )
+from athena_inference.config.registry import server_lanes
 from athena_inference.config.retry import RetryPolicy
+from athena_inference.config.server_settings import ServerSettings, server_fields
 
 ENV_PREFIX = "ATHENA_"
 # Values that examples and templates ship with; a deployment that still carries
@@ -48,16 +50,14 @@ def _athena_name(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class Settings(BaseSettings):
+class _Settings(BaseSettings):
+    """Every setting but those each server has, which `Settings` adds from the registry (below)."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True)
 
-    # --- model servers (Athena's names) ---
-    embeddings_url: str = Field("http://127.0.0.1:8001", validation_alias=_athena_name("LLAMACPP_EMBEDDINGS_URL"))
-    reasoning_url: str = Field("http://127.0.0.1:8002", validation_alias=_athena_name("LLAMACPP_REASONING_URL"))
-    # The bulk lane: a second server with the same model for re-embedding jobs,
-    # so a job's batches never wait in front of an interactive embed. It may be
-    # set to LLAMACPP_EMBEDDINGS_URL, at the cost of that isolation.
-    embeddings_bulk_url: str = "http://127.0.0.1:8003"
+    # --- model servers: url, slots, threads, nice, cpus and model_path of each
+    # server come from config/server_settings.py; these are the lanes' own ---
+    # The bulk lane's URL may be set to LLAMACPP_EMBEDDINGS_URL, at the cost of its isolation.
     # Copies of the bulk server, each a single-thread llama-server: copy i listens
     # on the bulk URL's port + i, and the bulk worker spreads batches over them.
     # Copies rather than one server's threads because llama.cpp's threads meet at
@@ -81,24 +81,14 @@ class Settings(BaseSettings):
     # new model while search goes on with the old one.
     embeddings_bulk_profile: Optional[str] = Field(None, min_length=1)
     embeddings_bulk_dim: Optional[int] = Field(None, ge=1, le=65536)
-    embeddings_bulk_model_path: Optional[Path] = None
     # More profiles, or replacements for the known ones: JSON, name -> fields
     # ({"my-model": {"dimension": 512, "query_prefix": "query: "}}).
     embedding_profiles: dict[str, EmbeddingProfile] = Field(default_factory=dict)
-    # Threads for each llama-server this project starts. One each on a 2-core
-    # machine keeps the embedding server from fighting the reasoning server.
+    # Threads for each llama-server this project starts, unless its own
+    # ATHENA_<SERVER>_THREADS says otherwise. One each on a 2-core machine keeps
+    # the embedding server from fighting the reasoning server.
     n_threads: int = Field(1, ge=1, le=512, validation_alias=_athena_name("LLAMACPP_N_THREADS"))
-    # Per-server thread counts; unset, each server takes LLAMACPP_N_THREADS.
-    embeddings_threads: Optional[int] = Field(None, ge=1, le=512)
-    reasoning_threads: Optional[int] = Field(None, ge=1, le=512)
-    embeddings_bulk_threads: Optional[int] = Field(None, ge=1, le=512)
 
-    # --- server slots = worker concurrency ---
-    # A worker takes only as many tasks as its server has slots, so the backlog
-    # waits in the broker (visible to Flower), not inside llama-server.
-    embeddings_slots: int = Field(2, ge=1, le=64)
-    reasoning_slots: int = Field(1, ge=1, le=64)
-    embeddings_bulk_slots: int = Field(1, ge=1, le=64)
     # The interactive embeddings worker: "threads" runs up to embed_coalesce_tasks
     # embeds at once in one process, so concurrent single embeds can share one
     # server request (below) and no task pays a hand-off to a pool process;
@@ -110,26 +100,11 @@ class Settings(BaseSettings):
     # The longest an embed waits for the server to be free so that it can share
     # a request; past it, it goes alone. A lone embed never waits.
     embed_coalesce_wait_ms: float = Field(50.0, ge=0, le=10_000)
-    # CPU priority (nice) of each llama-server the stack starts. Generation is bulk
-    # work; the embedding server answers interactive calls, so on a small machine
-    # the reasoning server yields the CPU to it.
-    embeddings_nice: int = Field(0, ge=0, le=19)
-    reasoning_nice: int = Field(10, ge=0, le=19)
-    # The bulk server takes only the CPU nothing interactive wants.
-    embeddings_bulk_nice: int = Field(19, ge=0, le=19)
-    # And on Linux it runs under the SCHED_IDLE policy: nice 19 only shrinks its
-    # share, so a waking interactive process could still wait for its time slice
-    # to end; under SCHED_IDLE any other process that wakes takes the core at once.
+    # The bulk servers run at nice 19 and, on Linux, under the SCHED_IDLE policy:
+    # nice 19 only shrinks their share, so a waking interactive process could
+    # still wait for a time slice to end; under SCHED_IDLE any other process that
+    # wakes takes the core at once.
     embeddings_bulk_idle: bool = True
-    # CPUs each llama-server the stack starts is pinned to: "auto" puts the
-    # embedding server on the first CPUs and the reasoning server on the last ones
-    # when there are enough for both, "none" leaves them to the scheduler, or a
-    # list such as "0,1". Pinned apart, a generation cannot push the embedding
-    # server off its core (bench/isolation.py: p95 ratio 1.04x pinned, 1.40x not).
-    embeddings_cpus: str = Field("auto", pattern=r"^(auto|none|\d+(,\d+)*)$")
-    reasoning_cpus: str = Field("auto", pattern=r"^(auto|none|\d+(,\d+)*)$")
-    # Unpinned by default: at nice 19 it may use any CPU left idle.
-    embeddings_bulk_cpus: str = Field("none", pattern=r"^(auto|none|\d+(,\d+)*)$")
     # Longest text, in tokens, one embedding input may have: the server runs with
     # -b = -ub = this, and a longer text is refused with InputTooLong.
     embedding_max_tokens: int = Field(512, ge=8, le=131072)
@@ -137,8 +112,6 @@ class Settings(BaseSettings):
     reasoning_ctx: int = Field(4096, ge=256, le=1048576)
 
     # --- embedded default stack ---
-    embeddings_model_path: Optional[Path] = None
-    reasoning_model_path: Optional[Path] = None
     llama_server_bin: Optional[Path] = None
     # The default llama.cpp build (GGML_NATIVE=ON) dies with "Illegal instruction" on
     # VMs whose CPUs advertise AMX the hypervisor does not allow; this portable AVX2
@@ -254,17 +227,8 @@ class Settings(BaseSettings):
     worker_max_memory_per_child_mb: int = Field(2048, ge=64)
     worker_max_tasks_per_child: int = Field(10000, ge=1)
 
-    # --- payload caps: a request over one is refused with InvalidInput ---
-    max_embed_text_chars: int = Field(200_000, ge=1)
-    max_batch_texts: int = Field(512, ge=1)
-    max_bulk_texts: int = Field(1024, ge=1)
-    max_prompt_chars: int = Field(200_000, ge=1)
-    max_context_chars: int = Field(400_000, ge=1)
-    max_schema_chars: int = Field(100_000, ge=1)
-    max_events: int = Field(500, ge=1)
-    max_event_chars: int = Field(20_000, ge=1)
-    max_list_items: int = Field(100, ge=1)
-    max_short_chars: int = Field(1_000, ge=1)
+    # --- payload caps: ATHENA_MAX_<CAP> for each field of client/limits.py's
+    # PayloadLimits (added below); a request over one is refused with InvalidInput ---
 
     # --- per-kind hard time limits (a soft limit fires 10% earlier) ---
     embed_time_limit_s: int = Field(300, ge=1)
@@ -282,14 +246,6 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {k: {"name": k, **v} if isinstance(v, dict) else v for k, v in value.items()}
         return value
-
-    @field_validator("embeddings_url", "reasoning_url", "embeddings_bulk_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected http(s)://host:port, got {value!r}")
-        return value.rstrip("/")
 
     @field_validator("broker_url")
     @classmethod
@@ -322,9 +278,6 @@ class Settings(BaseSettings):
 
     @field_validator(
         "cache_dir",
-        "embeddings_model_path",
-        "embeddings_bulk_model_path",
-        "reasoning_model_path",
         "llama_server_bin",
         "compression_llmlingua2_model",
         "compression_lm_path",
@@ -427,6 +380,10 @@ class Settings(BaseSettings):
         threads = self.embeddings_bulk_threads or self.n_threads
         return max(1, min(MAX_AUTO_BULK_SERVERS, len(os.sched_getaffinity(0)) // threads))
 
+    def server(self, key: str) -> ServerSettings:
+        """The settings of the server whose registry key is `key` (`embeddings`, `reasoning`, `embeddings_bulk`)."""
+        return ServerSettings(**{name: getattr(self, f"{key}_{name}") for name in ServerSettings.model_fields})
+
     @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.retry_attempts, backoff_s=self.retry_backoff_s, backoff_max_s=self.retry_backoff_max_s)
@@ -454,6 +411,20 @@ class Settings(BaseSettings):
     @property
     def compression_lm_dir(self) -> Path:
         return self.compression_lm_path or self.cache_dir / "models" / "SmolLM2-135M-Instruct-hf"
+
+
+def _make_settings() -> type[_Settings]:
+    """The settings class: `_Settings`, and fields written once elsewhere: for each lane
+    with a server, the settings every server has; and a cap per field of PayloadLimits."""
+    fields: dict = {}
+    for row in server_lanes():
+        assert row.settings_key is not None
+        fields.update(server_fields(row.settings_key, row.server_defaults, row.url_env))
+    fields.update({f"max_{name}": (info.annotation, info) for name, info in PayloadLimits.model_fields.items()})
+    return create_model("Settings", __base__=_Settings, __module__=__name__, **fields)
+
+
+Settings = _make_settings()
 
 
 def _no_placeholder(password: Optional[str], value):

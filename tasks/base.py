@@ -1,59 +1,105 @@
 """The one policy every task runs under, written once.
 
 A task is declared with `@app.task(name=..., base=AthenaTask)` over a body
-`body(request, clock) -> result`: `request` is a pydantic model (the body's
-annotation names it) and `result` a pydantic model. `AthenaTask` does the rest,
-for every task:
+`body(request) -> result` (`body(self, request)` with `bind=True`): `request`
+is a pydantic model (the body's annotation names it) and `result` a pydantic
+model. The body does its work; `AthenaTask` owns the call:
 
-- keyword arguments only, validated into the request model; anything else
-  (positional arguments, unknown or bad fields) fails as `InvalidInput`;
-- a `TaskClock` started before validation, for the result's timing;
-- one metrics record per call, success or failure, and for a stage of a
-  multi-task job (consolidation) the job's record when it ends;
-- foreign exceptions mapped into the project's family: a soft time limit
-  becomes `ServerTimeout`, a lost connection `ServerUnavailable`, anything
-  else unexpected `InternalError`; Celery's own control flow (`replace`,
-  `retry`) passes through untouched;
-- a server that is unavailable (down, restarting, 503 while it loads) is
-  waited out: the task is retried by Celery, with jittered exponential backoff,
-  for as long as its kind's budget allows (`ATHENA_*_RETRY_BUDGET_S`), the
-  worker process free meanwhile; bad input is never retried;
+- keyword arguments only, validated into the request model under the payload
+  limits; anything else (positional arguments, unknown or bad fields) fails as
+  `InvalidInput`;
+- the call's clock, started before validation. A body fills its result's
+  `timing` with `task_timing(model, server)`, giving only what it alone knows
+  (the model that answered, what the server reported); the clock gives the
+  task, queue and times. A body that times itself otherwise (a consolidation
+  stage) reads `running_clock()`;
+- one `Outcome` per call, and one metrics record per call, success or failure,
+  written once Celery has stored the result (`after_return`), so a caller never
+  waits on bookkeeping; a stage of a multi-task job (consolidation) also
+  records the job when it ends. The store is any `MetricsSink`;
+- foreign exceptions mapped once into the project's family
+  (`map_foreign_error`): a soft time limit becomes `ServerTimeout`, a lost
+  connection `ServerUnavailable`, anything else unexpected `InternalError`;
+  Celery's own control flow (`Retry`, and `Ignore`/`Reject` from `replace`)
+  passes through untouched;
+- a server that is unavailable is waited out (below); bad input is never retried;
 - a message whose worker died every time it ran it is failed with
   `PoisonMessage` after `ATHENA_MAX_DELIVERIES` deliveries.
+
+Who retries what
+----------------
+Each layer retries one kind of trouble, and none retries another's:
+
+    LlamaServer (workers/llama_server.py)   a blip inside one HTTP call: a refused or
+        reset connection, a connect timeout, 503 while the model loads. ATHENA_RETRY_ATTEMPTS
+        (2) tries, ATHENA_RETRY_BACKOFF_S apart, so under a second. It stays because the
+        breaker counts what it raises: without it, one stale keep-alive connection would
+        open the breaker of every worker process for a cooldown and send tasks through the
+        broker's backoff for a fault gone half a second later.
+    CircuitBreaker (workers/circuit_breaker.py)   retries nothing: once a server failed,
+        it refuses every process's calls at once for a cooldown and says when to come back
+        (`ServerUnavailable.retry_after`), which this layer waits at least.
+    ServerPool (workers/server_pool.py)   retries nothing either: a call that one copy of
+        the bulk lane's server refuses goes to the next copy, once each, without waiting.
+    AthenaTask (here)   the task, once the seam gave up with `ServerUnavailable` and only
+        then: retried through Celery (`self.retry`) with full-jitter exponential backoff
+        (ATHENA_TASK_RETRY_BACKOFF_S, capped at ATHENA_TASK_RETRY_BACKOFF_MAX_S), the worker
+        process free meanwhile, until the lane's budget from the first try is spent
+        (`config/registry.py`: `lane_of(task).retry_budget_s(settings)`, e.g.
+        ATHENA_EMBED_RETRY_BUDGET_S; none for lanes that call no model server). The first
+        try's time travels in the `athena_first_try_at` header. Celery's `autoretry_for`
+        is not used: its budget is a count, not seconds from the first try, and its backoff
+        knows nothing of the breaker's `retry_after`.
+    the broker (acks_late, reject_on_worker_lost)   a task whose worker died is delivered
+        again, up to ATHENA_MAX_DELIVERIES (counted here, `_count_delivery`).
+
+A read timeout, a server error and bad input are retried by no layer: the
+server got the request (retrying would double its load), or it can only fail
+again. The re-embedding runner's resending of a failed batch is a job's
+decision about one batch of many, above all of these.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import sys
 import time
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any, Optional
 
+import redis
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
 from pydantic import BaseModel, ValidationError
 
 from athena_client.errors import AthenaError, InternalError, InvalidInput, PoisonMessage, ServerTimeout, ServerUnavailable
 from athena_client.payloads import ServerTiming, TaskTiming
-from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, Queue, TaskName
-from athena_inference.config.servers import EMBEDDING_QUEUES
+from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
 from athena_client.validation import parse
-from athena_inference.config.settings import get_settings
+from athena_inference.config.registry import Lane, lane_of
+from athena_inference.config.settings import env_name, get_settings
 from athena_inference.tasks import seams
+from athena_inference.workers.metrics import AddsSamples, AddsTotals, MetricsSink
 
 log = logging.getLogger(__name__)
 
-# Celery's control flow: a task replaced by its next stage raises Ignore, one
-# that retries raises Retry. Neither is a failure.
-_HANDED_OVER = (Ignore, Reject)
 # When a task first tried its server, carried across its retries.
 FIRST_TRY_HEADER = "athena_first_try_at"
-# Queues whose tasks call no model server: nothing to wait for.
-NO_SERVER_QUEUES = (Queue.COMPRESSION, Queue.JOBS)
+
+
+class Outcome(str, Enum):
+    """How one call of a task ended."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    # Celery runs it again later: recorded when its last try ends, not at each try.
+    RETRYING = "retrying"
+    # Replaced by its job's next stage (Celery's Ignore, or Reject): the job goes on under its id.
+    HANDED_OVER = "handed over"
 
 
 @dataclass
@@ -92,13 +138,46 @@ class TaskClock:
         )
 
 
+# The clock of the call running in this thread: a threaded worker runs many at once.
+_running: ContextVar[TaskClock] = ContextVar("athena_running_clock")
+
+
+def running_clock() -> TaskClock:
+    """The clock of the task call running here (its start, queue wait, time so far)."""
+    try:
+        return _running.get()
+    except LookupError:
+        raise RuntimeError("no task is running here: running_clock() and task_timing() serve a body that AthenaTask runs") from None
+
+
+def task_timing(model: str, server: Optional[ServerTiming] = None) -> TaskTiming:
+    """The running call's `TaskTiming`, stamped now. The body says what only it
+    knows (the model that answered, what its server reported; None for work done
+    in the worker), the call's clock the rest."""
+    return running_clock().finish(model, server)
+
+
+@dataclass
+class _Call:
+    """One call of a task, as the base follows it from its start to its bookkeeping."""
+
+    clock: TaskClock
+    request: Optional[BaseModel] = None
+    result: Optional[BaseModel] = None
+    outcome: Outcome = Outcome.FAILURE
+    # What left the call: None on success.
+    raised: Optional[BaseException] = None
+    # This delivery was counted in Redis (a redelivery), to be cleared once the call ends.
+    counted: bool = False
+
+
 class AthenaTask(Task):
     """Base class of every task; see the module docstring."""
 
     # Results are JSON-ready dicts built from pydantic models; Celery need not
     # check arguments against `run`'s signature, this class does it better.
     typing = False
-    # Retries are bounded by time (the kind's retry budget), not by a count.
+    # Retries are bounded by time (the lane's retry budget), not by a count.
     max_retries = None
     # Set on a stage of a multi-task job: the metrics kind the whole job is recorded under.
     job_kind: Optional[TaskName] = None
@@ -106,89 +185,94 @@ class AthenaTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Not Task.__call__: it would push a request without the message's
         # headers. Celery's tracer pushes the real one before calling this.
-        name = TaskName(self.name)
-        clock = TaskClock.start(name, self.request.get(ENQUEUED_AT_HEADER))
-        request: Optional[BaseModel] = None
-        result: Optional[BaseModel] = None
-        outcome = "failure"
-        counted = False
+        call = _Call(TaskClock.start(TaskName(self.name), self.request.get(ENQUEUED_AT_HEADER)))
+        running = _running.set(call.clock)
         try:
-            counted = self._count_delivery()
-            if args:
-                raise InvalidInput(
-                    f"{self.name} takes keyword arguments only (the fields of {self.request_model.__name__}); "
-                    f"it was sent {len(args)} positional argument(s)"
-                )
-            request = parse(self.request_model, kwargs, limits=get_settings().payload_limits)
-            result = self.run(request, clock)
-            outcome = "success"
-            return result.model_dump(mode="json")
-        except _HANDED_OVER:
-            outcome = "handed over"
-            raise
-        except Retry:
-            # Counted when the last attempt ends, not at each attempt.
-            outcome = "retrying"
-            raise
-        except ServerUnavailable as exc:
-            final = self._retry_later(exc, clock)
-            outcome = "retrying" if isinstance(final, Retry) else "failure"
-            raise final from None
-        except AthenaError:
-            raise
-        except SoftTimeLimitExceeded:
-            raise ServerTimeout(f"{self.name} ran past its soft time limit ({self.soft_time_limit} s)") from None
-        except Exception as exc:  # noqa: BLE001 - the one place foreign errors become ours
-            raise map_foreign_error(self.name, exc) from None
+            call.counted = self._count_delivery()
+            call.request = self._validate(args, kwargs)
+            call.result = self.run(call.request)
+            call.outcome = Outcome.SUCCESS
+            return call.result.model_dump(mode="json")
+        except BaseException as exc:
+            call.outcome, call.raised = self._settle(exc, call.clock)
+            if call.raised is exc:
+                raise
+            raise call.raised from None
         finally:
-            if outcome != "retrying":
-                done = (clock, request, result, outcome, counted)
-                ending = sys.exc_info()[1]
-                if outcome in ("success", "failure") and self._traced() and (ending is None or isinstance(ending, Exception)):
-                    # Once the result is stored (after_return): the caller never waits on bookkeeping.
-                    self.request.athena_done = done
-                else:
-                    self._done(*done)
+            _running.reset(running)
+            self._end(call)
+
+    def _validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseModel:
+        if args:
+            raise InvalidInput(
+                f"{self.name} takes keyword arguments only (the fields of {self.request_model.__name__}); "
+                f"it was sent {len(args)} positional argument(s)"
+            )
+        return parse(self.request_model, kwargs, limits=get_settings().payload_limits)
+
+    def _settle(self, exc: BaseException, clock: TaskClock) -> tuple[Outcome, BaseException]:
+        """How the call ended, and the exception that leaves it: the one place exceptions are judged."""
+        if isinstance(exc, (Ignore, Reject)):
+            return Outcome.HANDED_OVER, exc
+        if isinstance(exc, Retry):
+            return Outcome.RETRYING, exc
+        if isinstance(exc, ServerUnavailable):
+            later = self._retry_later(exc, clock)
+            return (Outcome.RETRYING if isinstance(later, Retry) else Outcome.FAILURE), later
+        if isinstance(exc, AthenaError) or not isinstance(exc, Exception):
+            return Outcome.FAILURE, exc
+        return Outcome.FAILURE, map_foreign_error(self.name, exc, soft_time_limit=self.soft_time_limit)
+
+    # --- bookkeeping: after the result is stored, when Celery stores one ---
+
+    def _end(self, call: _Call) -> None:
+        if call.outcome is Outcome.RETRYING:
+            return  # its last try is the one recorded
+        if self._traced() and _stored_before_after_return(call.raised):
+            # Once the result is stored (after_return): the caller never waits on bookkeeping.
+            self.request.athena_call = call
+        else:
+            self._book(call)
 
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        done = getattr(self.request, "athena_done", None)
-        if done is not None:
-            self.request.athena_done = None
-            self._done(*done)
+        call = getattr(self.request, "athena_call", None)
+        if call is not None:
+            self.request.athena_call = None
+            self._book(call)
+
+    def _book(self, call: _Call) -> None:
+        if call.counted:
+            self._forget_delivery()
+        self._record(call)
 
     def _traced(self) -> bool:
         """Run by Celery's tracer, which calls after_return once the result is stored."""
         return self.request.id is not None and not self.request.called_directly
 
-    def _done(self, clock: TaskClock, request: Optional[BaseModel], result: Optional[BaseModel], outcome: str, counted: bool) -> None:
-        if counted:
-            self._forget_delivery()
-        self._record(clock, request, result, outcome)
-
-    # --- a server down: retried by the task, under a budget ---
+    # --- a server down: retried by the task, under its lane's budget ---
 
     def _retry_later(self, exc: ServerUnavailable, clock: TaskClock) -> BaseException:
         """Celery's Retry, to try again once the server may be back; or, past the
-        task's budget, the error that says which server and for how long."""
+        lane's budget, the error that says which server, for how long, and which setting."""
         settings = get_settings()
-        queue = TASK_QUEUES[TaskName(self.name)]
-        budget = settings.embed_retry_budget_s if queue in EMBEDDING_QUEUES else settings.reason_retry_budget_s
-        if queue in NO_SERVER_QUEUES:
-            budget = 0.0
+        lane = lane_of(TaskName(self.name))
+        budget = lane.retry_budget_s(settings)
         first = float(self.request.get(FIRST_TRY_HEADER) or clock.started_at)
         tried_s = time.time() - first
         retries = self.request.retries or 0
-        delay = max(exc.retry_after or 0.0, random.uniform(0, min(settings.task_retry_backoff_max_s, settings.task_retry_backoff_s * 2**retries)))
+        # Full jitter, so processes that failed together come back apart; never before the breaker lets them.
+        backoff = min(settings.task_retry_backoff_max_s, settings.task_retry_backoff_s * 2**retries)
+        delay = max(exc.retry_after or 0.0, random.uniform(0, backoff))
         if self.request.id is None or tried_s + delay > budget:
             return ServerUnavailable(
-                f"{exc} — gave up after {tried_s:.0f} s and {retries + 1} tries of this task "
-                f"(its budget: {budget:g} s, ATHENA_{'EMBED' if queue in EMBEDDING_QUEUES else 'REASON'}_RETRY_BUDGET_S)"
+                f"{exc} — gave up after {tried_s:.0f} s and {retries + 1} tries of this task ({_budget_note(lane, budget)})"
             )
         log.warning("%s: %s; retrying in %.1f s (tried for %.0f s)", self.name, exc, delay, tried_s)
         try:
             return self.retry(countdown=delay, max_retries=None, headers={FIRST_TRY_HEADER: first})
-        except Retry as retry:
-            return retry
+        except (Retry, Reject) as control:
+            # Reject: the retry could not be published, and Celery drops the message.
+            return control
 
     # --- poison messages ---
 
@@ -216,7 +300,7 @@ class AthenaTask(Task):
 
     @property
     def request_model(self) -> type[BaseModel]:
-        """The pydantic model the body's first non-self parameter is annotated with."""
+        """The pydantic model the body's request parameter is annotated with."""
         cached = self.__dict__.get("_request_model")
         if cached is None:
             hints = typing.get_type_hints(self.run)
@@ -228,26 +312,25 @@ class AthenaTask(Task):
 
     # --- metrics: a side channel, so losing one never fails the task ---
 
-    def _record(self, clock: TaskClock, request: Optional[BaseModel], result: Optional[BaseModel], outcome: str) -> None:
+    def _record(self, call: _Call) -> None:
         try:
-            store = seams.metrics()
+            sink: MetricsSink = seams.metrics()
             # A job's entry task is counted once, as the job (below).
             if self.job_kind is None or self.job_kind.value != self.name:
-                store.record(self.name, **_sample(outcome != "failure", clock.elapsed_ms(), result))
-            if self.job_kind is not None and outcome != "handed over":
+                sink.record(self.name, **_figures(call))
+            if self.job_kind is not None and call.outcome is not Outcome.HANDED_OVER:
                 # A stage carries the job's start; for the entry task, its own start is the job's.
-                started = getattr(request, "started_at", None) or clock.started_at
-                job_ms = (time.time() - started) * 1000
-                store.record(self.job_kind.value, ok=outcome == "success", latency_ms=job_ms)
+                started = getattr(call.request, "started_at", None) or call.clock.started_at
+                sink.record(self.job_kind.value, ok=call.outcome is Outcome.SUCCESS, latency_ms=(time.time() - started) * 1000)
         except Exception:  # noqa: BLE001 - see above
             log.warning("could not record metrics for %s", self.name, exc_info=True)
 
 
-def map_foreign_error(task: str, exc: Exception) -> AthenaError:
+def map_foreign_error(task: str, exc: Exception, *, soft_time_limit: Optional[float] = None) -> AthenaError:
     """An exception from outside the project's family, as the family member that says what happened."""
-    import redis
-
     what = f"{exc.__class__.__name__}: {exc}"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return ServerTimeout(f"{task} ran past its soft time limit ({soft_time_limit} s)")
     if isinstance(exc, ValidationError):
         return InternalError(f"{task} built an invalid result ({what})")
     if isinstance(exc, (redis.ConnectionError, ConnectionError)):
@@ -257,8 +340,24 @@ def map_foreign_error(task: str, exc: Exception) -> AthenaError:
     return InternalError(f"{task} failed unexpectedly ({what})")
 
 
-def _sample(ok: bool, latency_ms: float, result: Optional[BaseModel]) -> dict[str, Any]:
+def _stored_before_after_return(raised: Optional[BaseException]) -> bool:
+    """Whether Celery's tracer stores a result and then calls after_return: on
+    success and on a failure, not when the task retries, is replaced or rejected
+    (Celery's TaskPredicate), nor when a BaseException leaves it."""
+    return raised is None or (isinstance(raised, Exception) and not isinstance(raised, TaskPredicate))
+
+
+def _budget_note(lane: Lane, budget: float) -> str:
+    if lane.retry_budget is None:
+        return f"no retry budget: the {lane.queue.value} queue calls no model server to wait for"
+    return f"its budget: {budget:g} s, {env_name(lane.retry_budget)}"
+
+
+def _figures(call: _Call) -> dict[str, Any]:
     """A call's metrics: latency always; tokens, the result's own sums and samples when it succeeded."""
+    ok = call.outcome is not Outcome.FAILURE
+    latency_ms = call.clock.elapsed_ms()
+    result = call.result
     if not ok or result is None:
         return {"ok": ok, "latency_ms": latency_ms}
     timing = getattr(result, "timing", None)
@@ -269,8 +368,8 @@ def _sample(ok: bool, latency_ms: float, result: Optional[BaseModel]) -> dict[st
         "prompt_tokens": server.prompt_tokens if server else 0,
         "output_tokens": server.generated_tokens if server else 0,
         "tokens_per_second": server.tokens_per_second if server else None,
-        "totals": result.metric_totals() if hasattr(result, "metric_totals") else {},
-        "samples": result.metric_samples() if hasattr(result, "metric_samples") else {},
+        "totals": result.metric_totals() if isinstance(result, AddsTotals) else {},
+        "samples": result.metric_samples() if isinstance(result, AddsSamples) else {},
     }
 
 

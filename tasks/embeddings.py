@@ -12,11 +12,11 @@ from athena_client.payloads import EmbedBatchRequest, EmbeddingBatchResult, Embe
 from athena_client.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.tasks import seams
-from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.tasks.base import AthenaTask, task_timing
 
 
 @app.task(name=TaskName.EMBED.value, base=AthenaTask)
-def embed(request: EmbedRequest, clock: TaskClock) -> EmbeddingResult:
+def embed(request: EmbedRequest) -> EmbeddingResult:
     """One text to one vector; concurrent ones in a threaded worker share a server request."""
     out = seams.embedder(Queue.EMBEDDINGS, coalesced=True).embed(
         [request.text], purpose=request.purpose, long_text=request.long_text, dimensions=request.dimensions
@@ -25,12 +25,12 @@ def embed(request: EmbedRequest, clock: TaskClock) -> EmbeddingResult:
         embedding=out.vectors[0],
         note=out.notes[0],
         **out.origin.model_dump(),
-        timing=clock.finish(out.origin.model, out.timing),
+        timing=task_timing(out.origin.model, out.timing),
     )
 
 
 @app.task(name=TaskName.EMBED_BATCH.value, base=AthenaTask)
-def embed_batch(request: EmbedBatchRequest, clock: TaskClock) -> EmbeddingBatchResult:
+def embed_batch(request: EmbedBatchRequest) -> EmbeddingBatchResult:
     """Many texts in one server request, vectors in input order."""
     out = seams.embedder(Queue.EMBEDDINGS).embed(
         list(request.texts), purpose=request.purpose, long_text=request.long_text, dimensions=request.dimensions
@@ -39,12 +39,12 @@ def embed_batch(request: EmbedBatchRequest, clock: TaskClock) -> EmbeddingBatchR
         embeddings=out.vectors,
         notes=out.cut_notes,
         **out.origin.model_dump(),
-        timing=clock.finish(out.origin.model, out.timing),
+        timing=task_timing(out.origin.model, out.timing),
     )
 
 
 @app.task(name=TaskName.EMBED_BULK.value, base=AthenaTask)
-def embed_bulk(request: EmbedBulkRequest, clock: TaskClock) -> EmbedBulkResult:
+def embed_bulk(request: EmbedBulkRequest) -> EmbedBulkResult:
     """A re-embedding batch on the bulk lane. Blank or unembeddable texts, and
     over-long texts its policy does not cut, get an error of their own; the rest is embedded."""
     out = seams.embedder(Queue.EMBEDDINGS_BULK).embed_items(
@@ -55,5 +55,5 @@ def embed_bulk(request: EmbedBulkRequest, clock: TaskClock) -> EmbedBulkResult:
         errors=out.errors,
         notes=out.notes,
         **out.origin.model_dump(),
-        timing=clock.finish(out.origin.model, out.timing),
+        timing=task_timing(out.origin.model, out.timing),
     )

@@ -7,23 +7,23 @@ from athena_client.payloads import NoArguments
 from athena_client.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.tasks import seams
-from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.tasks.base import AthenaTask
 
 
 @app.task(name=TaskName.EMBEDDINGS_HEALTH.value, base=AthenaTask)
-def embeddings_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
+def embeddings_health(request: NoArguments) -> ServerHealth:
     """One look at the interactive embedding server (no retries): a 503 while the model loads counts as not ready,
     and so do vectors of another size than the lane's profile (the server runs another model)."""
     return seams.embedder(Queue.EMBEDDINGS).health()
 
 
 @app.task(name=TaskName.REASONING_HEALTH.value, base=AthenaTask)
-def reasoning_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
+def reasoning_health(request: NoArguments) -> ServerHealth:
     """One look at the reasoning server."""
     return seams.llama(Queue.REASONING).health()
 
 
 @app.task(name=TaskName.EMBEDDINGS_BULK_HEALTH.value, base=AthenaTask)
-def embeddings_bulk_health(request: NoArguments, clock: TaskClock) -> ServerHealth:
+def embeddings_bulk_health(request: NoArguments) -> ServerHealth:
     """One look at each of the bulk lane's embedding servers: ready when every copy is, and one makes vectors of the profile's size."""
     return seams.embedder(Queue.EMBEDDINGS_BULK).health()

@@ -10,12 +10,12 @@ from athena_client.jobs import JobState, ReembedJobRef
 from athena_client.routes import TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
-from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.tasks.base import AthenaTask
 from athena_inference.workers.reembedding.runner import build_runner
 
 
 @app.task(name=TaskName.REEMBED.value, base=AthenaTask)
-def reembed(request: ReembedJobRef, clock: TaskClock) -> JobState:
+def reembed(request: ReembedJobRef) -> JobState:
     """Run (or resume) a re-embedding job created in Redis; returns its final state."""
     settings = get_settings()
     # A redelivered copy of a job another runner holds waits out at most one lease.

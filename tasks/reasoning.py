@@ -6,7 +6,7 @@ from athena_client.payloads import ReasoningResult, ReasonRequest
 from athena_client.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.tasks import seams
-from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.tasks.base import AthenaTask, task_timing
 
 
 # track_started: the worker stores a STARTED state before the generation runs,
@@ -14,7 +14,7 @@ from athena_inference.tasks.base import AthenaTask, TaskClock
 # (athena_client.compat's LocalLLMClient does). One Redis write against seconds
 # of generation; the fast tasks go without (config/celery.py).
 @app.task(name=TaskName.REASON.value, base=AthenaTask, track_started=True)
-def reason(request: ReasonRequest, clock: TaskClock) -> ReasoningResult:
+def reason(request: ReasonRequest) -> ReasoningResult:
     """Prompt (and optional system message) to text, through the model's chat template."""
     messages = [{"role": "system", "content": request.system}] if request.system else []
     messages.append({"role": "user", "content": request.prompt})
@@ -35,5 +35,5 @@ def reason(request: ReasonRequest, clock: TaskClock) -> ReasoningResult:
         text=out.text,
         finish_reason=out.finish_reason,
         model=out.model,
-        timing=clock.finish(out.model, out.timing),
+        timing=task_timing(out.model, out.timing),
     )

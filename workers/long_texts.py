@@ -61,11 +61,6 @@ class Vectors:
     # The request that made the vectors; a refused first try shows in the task's run time.
     timing: ServerTiming
 
-    @property
-    def cut_notes(self) -> list[Optional[VectorNote]]:
-        """The results' `notes`: empty when every vector came from a whole text."""
-        return self.notes if any(self.notes) else []
-
 
 def embed_texts(server: LlamaServer, texts: list[str], policy: LongTextPolicy, embed: Embed, prefix: str = "") -> Vectors:
     """`texts`, each after `prefix`, embedded by `embed` in one request, or two

@@ -1,5 +1,9 @@
 """The seam to the metrics store: every worker process records each call here.
 
+`MetricsSink` is what a task's base class records into, and `MetricsStore`,
+in Redis, the one the workers use. A result adds figures of its own kind by
+offering `metric_totals()` (`AddsTotals`) or `metric_samples()` (`AddsSamples`).
+
 The layout, and reading it, live in `athena_client.metrics`, so that the
 client (Athena's performance monitor) reads the same figures the workers write.
 """
@@ -8,15 +12,58 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
+from typing import Optional, Protocol, runtime_checkable
 
 from athena_client.metrics import LATENCY_BUCKETS_MS, KindStats, LatencyHistogram, LatencyStats, MetricsReader, latency_stats, percentile
 
-__all__ = ["KindStats", "LatencyHistogram", "LatencyStats", "MetricsStore", "latency_stats", "percentile"]
+__all__ = [
+    "AddsSamples",
+    "AddsTotals",
+    "KindStats",
+    "LatencyHistogram",
+    "LatencyStats",
+    "MetricsSink",
+    "MetricsStore",
+    "latency_stats",
+    "percentile",
+]
+
+
+class MetricsSink(Protocol):
+    """Where each call of a kind is recorded: its outcome and latency, and on
+    success its tokens, its rate and the kind's own sums and samples."""
+
+    def record(
+        self,
+        kind: str,
+        *,
+        ok: bool,
+        latency_ms: float,
+        prompt_tokens: int = 0,
+        output_tokens: int = 0,
+        tokens_per_second: Optional[float] = None,
+        totals: Optional[dict[str, float]] = None,
+        samples: Optional[dict[str, float]] = None,
+        at: Optional[float] = None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class AddsTotals(Protocol):
+    """A result that adds to its kind's running sums (tokens saved, texts embedded)."""
+
+    def metric_totals(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class AddsSamples(Protocol):
+    """A result whose values join its kind's window of samples (vector size, compression ratio)."""
+
+    def metric_samples(self) -> dict[str, float]: ...
 
 
 class MetricsStore(MetricsReader):
-    """Reads and writes the metrics; `client` is any redis-py client (fakeredis in unit tests)."""
+    """Reads and writes the metrics (a `MetricsSink`); `client` is any redis-py client (fakeredis in unit tests)."""
 
     def record(
         self,

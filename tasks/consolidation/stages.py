@@ -23,7 +23,7 @@ from athena_client.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
 from athena_inference.tasks import seams
-from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_inference.tasks.base import AthenaTask, running_clock
 from athena_inference.tasks.consolidation import prompt
 from athena_inference.tasks.consolidation.answer import extract_patterns
 
@@ -57,8 +57,9 @@ class ConsolidationState(BaseModel):
     started_at: float = Field(gt=0)
 
 
-def hand_on(task: Task, state: ConsolidationState, stage: Stage, clock: TaskClock) -> ConsolidationResult:
+def hand_on(task: Task, state: ConsolidationState, stage: Stage) -> ConsolidationResult:
     """Record this stage's timing, then replace the task with the next stage, or end the job."""
+    clock = running_clock()
     timing = StageTiming(stage=stage, queue=TASK_QUEUES[TaskName(task.name)].value, queue_wait_ms=clock.queue_wait_ms, run_ms=clock.elapsed_ms())
     state = state.model_copy(update={"stages": [*state.stages, timing]})
     if state.remaining:
@@ -78,7 +79,7 @@ def hand_on(task: Task, state: ConsolidationState, stage: Stage, clock: TaskCloc
 
 
 @app.task(name=TaskName.CONSOLIDATE.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
-def consolidate(self: Task, request: ConsolidateRequest, clock: TaskClock) -> ConsolidationResult:
+def consolidate(self: Task, request: ConsolidateRequest) -> ConsolidationResult:
     """Validate the cluster, fit it to the model's context, and hand it to the stages."""
     options = request.options
     budget = get_settings().reasoning_ctx - prompt.PROMPT_OVERHEAD_TOKENS - prompt.max_output_tokens(options.max_patterns)
@@ -96,35 +97,35 @@ def consolidate(self: Task, request: ConsolidateRequest, clock: TaskClock) -> Co
         event_text="\n".join(prompt.render_event(e) for e in kept),
         dropped_event_ids=dropped,
         remaining=stages,
-        started_at=clock.started_at,
+        started_at=running_clock().started_at,
     )
-    return hand_on(self, state, "prepare", clock)
+    return hand_on(self, state, "prepare")
 
 
 @app.task(name=TaskName.CONSOLIDATE_COMPRESS.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
-def compress_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> ConsolidationResult:
+def compress_stage(self: Task, state: ConsolidationState) -> ConsolidationResult:
     """Shrink the events' text; each event's [id] is kept whole, or the patterns could not cite it."""
     compressor = seams.compressor()
     if compressor.status.ready:
         out = compressor.compress(state.event_text, rate=COMPRESSION_RATE, force_tokens=[f"[{i}]" for i in state.event_ids])
         state = state.model_copy(update={"event_text": out.prompt, "compressed": True})
-    return hand_on(self, state, "compression", clock)
+    return hand_on(self, state, "compression")
 
 
 @app.task(name=TaskName.CONSOLIDATE_REASON.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
-def reason_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> ConsolidationResult:
+def reason_stage(self: Task, state: ConsolidationState) -> ConsolidationResult:
     """Patterns from the reasoning model, schema-constrained and validated (one repair at most)."""
     found = extract_patterns(seams.llama(Queue.REASONING), state.event_text, state.event_ids, state.options)
     state = state.model_copy(update={"patterns": found.patterns, "model": found.model, "repaired": found.repaired})
-    return hand_on(self, state, "reasoning", clock)
+    return hand_on(self, state, "reasoning")
 
 
 @app.task(name=TaskName.CONSOLIDATE_EMBED.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
-def embed_stage(self: Task, state: ConsolidationState, clock: TaskClock) -> ConsolidationResult:
+def embed_stage(self: Task, state: ConsolidationState) -> ConsolidationResult:
     """Each pattern's description embedded as a document to store (a long one
     in windows, so that its vector stands for all of it), in one request."""
     if state.patterns:
         out = seams.embedder(Queue.EMBEDDINGS).embed([p.description for p in state.patterns], purpose="document", long_text="chunk")
         patterns = [p.model_copy(update={"embedding": v}) for p, v in zip(state.patterns, out.vectors, strict=True)]
         state = state.model_copy(update={"patterns": patterns, "embedding_origin": out.origin})
-    return hand_on(self, state, "embedding", clock)
+    return hand_on(self, state, "embedding")

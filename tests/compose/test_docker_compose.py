@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from athena_client.routes import Queue
+from athena_inference.config.registry import LANES, lane, server_lanes
 from athena_inference.config.settings import Settings, env_name, load_settings
 from athena_inference.workers.ops.model_download import PRODUCTION_MODELS
 from athena_inference.workers.ops.processes import llama_server_argv
@@ -20,11 +21,11 @@ from athena_inference.config.servers import MODEL_ALIASES, server_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
-SERVER_OF = {Queue.EMBEDDINGS: "embeddings-server", Queue.REASONING: "reasoning-server", Queue.EMBEDDINGS_BULK: "embeddings-bulk-server"}
+SERVER_OF = {row.queue: row.server_process for row in server_lanes()}
 URL_SETTING = {Queue.EMBEDDINGS: "LLAMACPP_EMBEDDINGS_URL", Queue.REASONING: "LLAMACPP_REASONING_URL", Queue.EMBEDDINGS_BULK: "ATHENA_EMBEDDINGS_BULK_URL"}
 SLOTS_SETTING = {Queue.EMBEDDINGS: "ATHENA_EMBEDDINGS_SLOTS", Queue.REASONING: "ATHENA_REASONING_SLOTS", Queue.EMBEDDINGS_BULK: "ATHENA_EMBEDDINGS_BULK_SLOTS"}
 # The workers that embed, or hand texts to a lane that does: each must add nomic's prefixes.
-EMBEDDING_WORKERS = ("embeddings-worker", "embeddings_bulk-worker", "consolidation-worker", "jobs-worker")
+EMBEDDING_WORKERS = ("embeddings-worker", "embeddings-bulk-worker", "consolidation-worker", "jobs-worker")
 NOMIC = "nomic-embed-text-v1.5"
 # The context nomic's GGUF is served with when llama.cpp is given no RoPE scaling
 # flags (its model card: 2048 by default, 8192 with YaRN scaling).
@@ -70,14 +71,15 @@ def test_every_worker_flower_and_exporter_runs_the_procfile_command(compose):
             assert shlex.join(compose["services"][name]["command"]) == command, name
 
 
-def test_every_queue_has_a_worker_service(compose):
-    assert {f"{q.value}-worker" for q in Queue} <= set(compose["services"])
+def test_every_queue_has_a_worker_service_running_the_registrys_command(compose):
+    for row in LANES:
+        assert compose["services"][row.worker_process]["command"] == ["athena-inference", "worker", row.queue.value]
 
 
 @pytest.mark.parametrize("queue", list(SERVER_OF))
 def test_a_worker_waits_for_its_healthy_server_at_the_address_it_listens_on(compose, queue):
     services = compose["services"]
-    worker, server = services[f"{queue.value}-worker"], services[SERVER_OF[queue]]
+    worker, server = services[lane(queue).worker_process], services[SERVER_OF[queue]]
     assert worker["depends_on"][SERVER_OF[queue]] == {"condition": "service_healthy"}
     port = flag(server["command"], "--port")
     assert worker["environment"][URL_SETTING[queue]] == f"http://{SERVER_OF[queue]}:{port}"
@@ -164,9 +166,9 @@ def test_outside_a_container_the_exporter_binds_to_loopback_unless_told_otherwis
 
 
 def test_every_worker_has_a_healthcheck_on_its_own_queue(compose):
-    for queue in Queue:
-        check = compose["services"][f"{queue.value}-worker"]["healthcheck"]["test"]
-        assert check == ["CMD", "athena-inference", "health", "--queue", queue.value]
+    for row in LANES:
+        check = compose["services"][row.worker_process]["healthcheck"]["test"]
+        assert check == ["CMD", "athena-inference", "health", "--queue", row.queue.value]
 
 
 def test_the_gpu_file_offloads_every_server_and_changes_nothing_else(compose, gpu):
@@ -235,7 +237,7 @@ def test_each_server_runs_the_command_the_stacks_launcher_builds_from_its_worker
     # `athena-inference serve` builds llama-server's command from the same settings
     # the workers read; the compose file writes it out, so the two must agree.
     command = compose["services"][SERVER_OF[queue]]["command"]
-    settings = worker_settings(compose["services"][f"{queue.value}-worker"])
+    settings = worker_settings(compose["services"][lane(queue).worker_process])
     expected = llama_server_argv(queue, settings, Path("llama-server"), Path(flag(command, "-m")))
     assert shape(command) == shape(expected)
     assert ("--embedding" in command) == ("--embedding" in expected)

@@ -1,6 +1,7 @@
 """tasks.base: TaskClock timing, and the policy AthenaTask applies to every task."""
 
 import importlib
+import inspect
 import time
 from datetime import timezone
 
@@ -13,8 +14,11 @@ from athena_client.payloads import ServerTiming
 from athena_client.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import TASK_MODULES, app
 from athena_inference.tasks import seams
-from athena_inference.tasks.base import AthenaTask, TaskClock
+from athena_client.routes import ENQUEUED_AT_HEADER
+from athena_inference.tasks.base import AthenaTask, Outcome, TaskClock, running_clock, task_timing
 from athena_inference.workers.llama_server import LlamaServer
+from athena_inference.workers.metrics import MetricsSink, MetricsStore
+from tests.embedding_fakes import WordServer
 
 SERVER = ServerTiming(prompt_tokens=5, request_ms=12.0)
 
@@ -94,7 +98,8 @@ def tasks(metrics):
 
 
 def answer_with(handler) -> None:
-    server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(handler))
+    # No sleeping between the seam's own tries: these tests are about the task.
+    server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(handler), sleep=lambda s: None)
     seams.use_llama(Queue.EMBEDDINGS, server)
 
 
@@ -171,3 +176,83 @@ def test_text_no_server_could_take_is_invalid_input(tasks, payload, problem):
 def test_a_not_a_number_is_invalid_input(tasks):
     with pytest.raises(InvalidInput, match="finite number"):
         tasks["athena.reason"](prompt="why?", temperature=float("nan"))
+
+
+def answer_with_words() -> None:
+    answer_with(WordServer(64))
+
+
+# --- the call is the base's: the body does its work, the base times and records it ---
+
+
+def test_every_task_body_takes_its_request_alone(tasks):
+    for name, task in tasks.items():
+        parameters = [p for p in inspect.signature(task.run).parameters.values() if p.name != "self"]
+        assert len(parameters) == 1, f"{name} takes {[p.name for p in parameters]}"
+        assert task.request_model.__name__ in str(parameters[0].annotation), name
+
+
+def test_a_result_is_timed_by_the_base_from_what_the_body_knows(tasks):
+    answer_with_words()
+    embed = tasks["athena.embed"]
+    embed.push_request(id="t1", called_directly=False, delivery_info={}, **{ENQUEUED_AT_HEADER: time.time() - 0.5})
+    try:
+        timing = embed(text="alpha")["timing"]
+    finally:
+        embed.pop_request()
+    assert (timing["task"], timing["queue"], timing["model"]) == ("athena.embed", "embeddings", "fake")
+    assert timing["server"]["prompt_tokens"] == 1
+    assert 500 <= timing["queue_wait_ms"] < 5000
+    assert timing["started_at"] <= timing["finished_at"] and timing["run_ms"] >= 0
+
+
+def test_task_timing_outside_a_running_task_says_so():
+    with pytest.raises(RuntimeError, match="no task is running here"):
+        task_timing("m")
+
+
+def test_the_running_clock_is_the_calls_alone_and_gone_once_it_ends(tasks):
+    answer_with_words()
+    tasks["athena.embed"](text="alpha")
+    with pytest.raises(RuntimeError):
+        running_clock()
+
+
+def test_a_workers_call_is_recorded_once_its_result_is_stored(tasks, metrics):
+    answer_with_words()
+    embed = tasks["athena.embed"]
+    embed.push_request(id="t1", called_directly=False, delivery_info={})
+    try:
+        embed(text="alpha")
+        assert "athena.embed" not in metrics.kinds()
+        embed.after_return("SUCCESS", None, "t1", (), {}, None)
+    finally:
+        embed.pop_request()
+    assert metrics.stats("athena.embed").success == 1
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict]] = []
+
+    def record(self, kind: str, **figures) -> None:
+        self.records.append((kind, figures))
+
+
+def test_the_base_records_into_any_metrics_sink(tasks):
+    sink = RecordingSink()
+    seams.use_metrics(sink)
+    answer_with_words()
+    tasks["athena.embed"](text="alpha")
+    ((kind, figures),) = sink.records
+    assert kind == "athena.embed" and figures["ok"] and figures["prompt_tokens"] == 1
+    assert figures["samples"] == {"dimension": 384} and figures["totals"] == {}
+
+
+def test_the_metrics_store_is_a_metrics_sink():
+    assert inspect.signature(MetricsStore.record) == inspect.signature(MetricsSink.record)
+
+
+def test_outcomes_are_one_str_enum():
+    assert [o.value for o in Outcome] == ["success", "failure", "retrying", "handed over"]
+    assert Outcome.SUCCESS == "success"

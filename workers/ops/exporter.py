@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from athena_client.routes import Queue
+from athena_inference.config.registry import LANES
 from athena_inference.config.settings import Settings
 from athena_inference.workers.broker import queue_depth
 from athena_inference.workers.metrics import MetricsStore
@@ -73,7 +73,7 @@ def serve_exporter(settings: Settings) -> None:
     registry.register(
         AthenaCollector(
             MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window),
-            lambda: {q.value: queue_depth(connection, q.value) for q in Queue},
+            lambda: {row.queue.value: queue_depth(connection, row.queue.value) for row in LANES},
         )
     )
     start_http_server(settings.exporter_port, settings.exporter_address, registry=registry)

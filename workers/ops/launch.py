@@ -15,12 +15,14 @@ import httpx
 from athena_client.errors import ConfigurationError
 from athena_client.routes import Queue
 from athena_inference.config.celery import WORKER_QUEUE_ENV
+from athena_inference.config.registry import served, servers
 from athena_inference.config.servers import SERVER_QUEUES, server_config
 from athena_inference.config.settings import Settings
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.ops import processes, provision
 
-SERVED = {"embeddings": Queue.EMBEDDINGS, "embeddings-bulk": Queue.EMBEDDINGS_BULK, "reasoning": Queue.REASONING}
+# What `serve` starts besides Redis.
+SERVED = servers()
 
 
 class FlowerRefused(Exception):
@@ -49,7 +51,7 @@ def copy_number(given: Optional[int]) -> int:
 
 
 def serve_llama(what: str, settings: Settings, copy: int = 0) -> None:
-    queue = SERVED[what]
+    queue = served(what).queue
     server = server_config(queue, settings)
     if copy >= server.copies:
         raise ConfigurationError(

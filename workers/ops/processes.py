@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from athena_client.routes import Queue
+from athena_inference.config.registry import LANES, lane, server_lanes
 from athena_inference.config.servers import SERVER_QUEUES, server_config
 from athena_inference.config.settings import Settings
 from athena_inference.workers.ops.secrets import new_password, stored_secret
@@ -59,7 +60,7 @@ def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[i
 
 
 def worker_pool(queue: Queue, settings: Settings) -> str:
-    return settings.embeddings_pool if queue is Queue.EMBEDDINGS else "prefork"
+    return lane(queue).pool(settings)
 
 
 def worker_concurrency(queue: Queue, settings: Settings) -> int:
@@ -173,6 +174,19 @@ def write_redis_config(settings: Settings, password: str) -> Path:
 def redis_argv(settings: Settings, binary: Path) -> list[str]:
     """Writes the config file and returns the command that reads it: the password is on no command line."""
     return [str(binary), str(write_redis_config(settings, redis_password(settings)))]
+
+
+COMMAND = "athena-inference"
+
+
+def procfile() -> str:
+    """The Procfile `up` runs: Redis, each lane's server, each lane's worker, Flower and the exporter.
+    Checked in, so that honcho and a reader see the same file; a test keeps it equal to this."""
+    entries = [("redis", f"{COMMAND} serve redis")]
+    entries += [(row.server_process, f"{COMMAND} serve {row.server}") for row in server_lanes()]
+    entries += [(row.worker_process, f"{COMMAND} worker {row.queue.value}") for row in LANES]
+    entries += [("flower", f"{COMMAND} flower"), ("exporter", f"{COMMAND} exporter")]
+    return "".join(f"{name}: {command}\n" for name, command in entries)
 
 
 def flower_argv(settings: Settings) -> list[str]:

@@ -25,6 +25,7 @@ import redis
 from athena_client.errors import AthenaError, ConfigurationError
 from athena_client.routes import Queue
 from athena_client.sender import TaskSender
+from athena_inference.config.registry import LANES, lane, server_lanes
 from athena_inference.config.servers import server_config
 from athena_inference.config.settings import LOOPBACK_HOSTS as LOOPBACK, Settings, env_name
 from athena_inference.workers.ops.demo import demo, demo_reembed
@@ -39,7 +40,7 @@ REDIS_URL_FIELDS = ("broker_url", "result_backend", "metrics_url", "cache_url")
 # itself kills an entry still running 5 s after asking it to stop; this is for
 # whatever outlives honcho.
 STOP_GRACE_S = 20.0
-BULK_SERVER = "embeddings-bulk-server"
+BULK_SERVER = lane(Queue.EMBEDDINGS_BULK).server_process
 
 
 class StopRequested(BaseException):
@@ -74,13 +75,14 @@ def process_names(settings: Settings) -> list[str]:
     names = []
     if _managed(settings.result_backend, 6379, "Redis"):
         names.append("redis")
-    if _managed(settings.embeddings_url, 80, "embeddings server"):
-        names.append("embeddings-server")
-    if _managed(settings.reasoning_url, 80, "reasoning server"):
-        names.append("reasoning-server")
-    if settings.embeddings_bulk_url != settings.embeddings_url and _bulk_managed(settings):
-        names.append(BULK_SERVER)
-    names += [f"{q.value}-worker" for q in Queue]
+    for row in server_lanes():
+        if row.queue is Queue.EMBEDDINGS_BULK:
+            # Copies of their own, unless the lane shares the interactive server.
+            if settings.embeddings_bulk_url != settings.embeddings_url and _bulk_managed(settings):
+                names.append(BULK_SERVER)
+        elif _managed(server_config(row.queue, settings).url, 80, f"{row.server} server"):
+            names.append(str(row.server_process))
+    names += [row.worker_process for row in LANES]
     names += ["flower", "exporter"]
     return names
 
@@ -124,14 +126,10 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float, alive: Call
 def wait_ready(settings: Settings, sender: TaskSender, alive: Callable[[], bool], timeout: float = 180) -> None:
     client = redis.Redis.from_url(settings.result_backend)
     wait_until(lambda: bool(client.ping()), "Redis", timeout, alive)
-    servers = [
-        ("embeddings server", settings.embeddings_url),
-        ("reasoning server", settings.reasoning_url),
-        *(("bulk embeddings server", url) for url in server_config(Queue.EMBEDDINGS_BULK, settings).urls),
-    ]
+    servers = [(f"{row.server} server", url) for row in server_lanes() for url in server_config(row.queue, settings).urls]
     for name, url in servers:
         wait_until(lambda url=url: httpx.get(f"{url}/health", timeout=2).status_code == 200, name, timeout, alive)
-    wanted = {q.value for q in Queue}
+    wanted = {row.queue.value for row in LANES}
 
     def workers_online() -> bool:
         replies = sender.app.control.inspect(timeout=1.0).active_queues() or {}

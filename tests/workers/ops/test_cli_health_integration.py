@@ -17,7 +17,8 @@ def test_a_healthy_stack_exits_zero_and_names_each_queue_and_model(sender, stack
     assert done.returncode == 0, done.stdout + done.stderr
     for queue in ("embeddings", "reasoning", "compression", "consolidation", "embeddings_bulk", "jobs"):
         assert f"{queue} " in done.stdout
-    assert "(all-MiniLM-L6-v2)" in done.stdout and "(SmolLM2-135M-Instruct)" in done.stdout
+    # An embedding lane names the profile its probe showed the server to fit.
+    assert "(all-MiniLM-L6-v2, profile all-MiniLM-L6-v2)" in done.stdout and "(SmolLM2-135M-Instruct)" in done.stdout
     assert done.stdout.strip().endswith("healthy")
 
 
@@ -26,6 +27,7 @@ def test_json_report_for_one_queue(sender, stack):
     report = json.loads(done.stdout)
     assert done.returncode == 0 and report["healthy"] is True
     assert report["queues"]["embeddings"]["model"] == "all-MiniLM-L6-v2"
+    assert report["queues"]["embeddings"]["profile"] == "all-MiniLM-L6-v2"
 
 
 def test_a_queue_with_no_worker_is_unhealthy(stack):

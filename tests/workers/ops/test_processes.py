@@ -13,6 +13,7 @@ from athena_inference.workers.ops.processes import (
     flower_argv,
     host_port,
     llama_server_argv,
+    procfile,
     server_cpus,
     worker_argv,
     worker_concurrency,
@@ -243,11 +244,15 @@ def _procfile_entries():
     return entries
 
 
+def test_the_checked_in_procfile_is_the_one_the_registry_makes():
+    assert PROCFILE.read_text() == procfile()
+
+
 @pytest.mark.parametrize("queue", list(Queue))
-def test_procfile_has_a_worker_entry_for_every_queue(queue):
+def test_procfile_has_a_worker_entry_for_every_queue_spelled_with_dashes(queue):
     entries = _procfile_entries()
-    assert f"{queue.value}-worker" in entries
-    assert entries[f"{queue.value}-worker"].split()[-2:] == ["worker", queue.value]
+    name = f"{queue.value.replace('_', '-')}-worker"
+    assert entries[name].split()[-2:] == ["worker", queue.value]
 
 
 @pytest.mark.parametrize("name", ["embeddings-server", "reasoning-server", "embeddings-bulk-server", "redis", "flower", "exporter"])
