@@ -35,9 +35,9 @@ import httpx
 
 from athena_client.async_client import AsyncAthenaClient
 from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.local_stack import UpStack, descendants
 from athena_inference.workers.ops.provision import provision
 from bench.output import emit
-from tests.harness import UpStack, descendants
 
 SUBJECTS = ["the payments team", "the on-call engineer", "the data platform group", "the support lead", "the release manager"]
 EVENTS = [

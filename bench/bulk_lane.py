@@ -32,12 +32,12 @@ import httpx
 from pydantic import BaseModel
 
 from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.local_stack import free_port, wait_for
 from athena_inference.workers.ops.provision import embedding_model_as, embedding_source_model, provision
 
 from bench.direct import direct_texts_per_s
 from bench.reembed import memories
 from bench.torch_peer import CPUS, TorchPeer, mean_cosine
-from tests.harness import free_port, wait_for
 
 
 class Config(BaseModel):

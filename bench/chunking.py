@@ -30,9 +30,8 @@ import numpy as np
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.long_texts import cut, pooled
 from athena_inference.workers.llama_server import LlamaServer
+from athena_inference.workers.ops.local_stack import Stack, local_stack_env
 from athena_inference.workers.ops.provision import provision
-
-from tests.harness import Stack, local_stack_env
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_TOKENS, MAX_TOKENS = 300, 500

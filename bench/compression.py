@@ -37,9 +37,9 @@ from athena_inference.config.settings import load_settings
 from athena_inference.tasks.consolidation.prompt import render_event
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.metrics import latency_stats
+from athena_inference.workers.ops.sample_payloads import INCIDENT_MEMORY as MEMORY
 
 from bench.consolidation import cluster_of_20
-from tests.tasks.test_compression_integration import MEMORY
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (500, 2000, 8000)

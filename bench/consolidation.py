@@ -21,10 +21,9 @@ from pathlib import Path
 from athena_client import AthenaClient
 from athena_client.consolidation import EpisodicEvent
 from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.local_stack import ALL_QUEUES, Stack, local_stack_env
 from athena_inference.workers.ops.provision import provision
-
-from tests.harness import Stack, local_stack_env, wait_for
-from tests.tasks.consolidation.test_consolidation_integration import EVENTS
+from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS as EVENTS
 
 MODEL_STAGES = ("compression", "reasoning", "embedding")
 
@@ -51,7 +50,7 @@ def main() -> int:
     try:
         stack.everything("bench")
         with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=900) as client:
-            wait_for(lambda: len(client.app.control.ping(timeout=1.0) or []) >= 4, "workers", 120)
+            stack.wait_for_workers(client, {f"{queue}@bench" for queue in ALL_QUEUES}, timeout=120)
             client.compress_prompt("warm the compressor up before timing anything", "Summarise.")
             for run in range(args.runs):
                 started = time.perf_counter()

@@ -1,7 +1,7 @@
 """A production day's faults, against real processes, in one table (docs/reliability.md).
 
     .venv/bin/python -m bench.faults             # the full day, about 15 minutes
-    .venv/bin/python -m bench.faults --short     # the short form CI runs (tests/bench/test_faults_integration.py)
+    .venv/bin/python -m bench.faults --short     # the short form, about 3 minutes
 
 One stack of its own: its embedded Redis (`serve redis`: append-only file, a
 password), the three llama-servers, a worker per queue, started with the same
@@ -14,7 +14,7 @@ password), the three llama-servers, a worker per queue, started with the same
    embeds are sent (in flight and queued);
 3. Redis restarted under a steady load of embeds, a result written before read after;
 4. a task whose worker dies every time it runs it (a poison message);
-5. malformed payloads to every task (tests/malformed.py), and whether every
+5. malformed payloads to every task (`athena_inference.workers.ops.sample_payloads`), and whether every
    worker still answers afterwards;
 6. SIGTERM to `athena-inference up` (a stack of its own), and the processes left.
 
@@ -41,13 +41,13 @@ from athena_client.errors import AthenaError, ServerTimeout
 from athena_client.payloads import EmbedRequest, ReasonRequest
 from athena_client.routes import TaskName, queue_for
 from athena_inference.config.settings import load_settings
-from athena_inference.workers.ops.provision import provision
-from athena_inference.workers.ops.stack import with_password
-from tests.harness import (
-    ALL_QUEUES, Proc, RestartableRedis, Stack, UpStack, alive, children, descendants, endless_generation, local_stack_env,
-    redis_port, wait_for,
+from athena_inference.workers.ops.local_stack import (
+    ALL_QUEUES, Proc, RestartableRedis, Stack, UpStack, alive, answering, children, descendants, endless_generation,
+    local_stack_env, redis_port,
 )
-from tests.malformed import sample
+from athena_inference.workers.ops.provision import provision
+from athena_inference.workers.ops.sample_payloads import sample
+from athena_inference.workers.ops.stack import with_password
 
 PASSWORD = "faults-bench-7c2e"
 SHORT = dict(kills=4, outage_s=10.0, restart_tasks=30, malformed=120)
@@ -175,10 +175,7 @@ class Day:
         self.stack.llama("embeddings-bulk", self.env["ATHENA_EMBEDDINGS_BULK_URL"])
         self.workers: dict[str, Proc] = {queue: self.stack.worker(queue, "day") for queue in ALL_QUEUES}
         self.client = AthenaClient(self.env["ATHENA_BROKER_URL"], self.env["ATHENA_RESULT_BACKEND"], timeout=60)
-        wait_for(lambda: len(self.answering()) == len(ALL_QUEUES), "every worker", 180)
-
-    def answering(self) -> set[str]:
-        return {name for reply in self.client.app.control.ping(timeout=2.0) or [] for name in reply}
+        self.stack.wait_for_workers(self.client, {f"{queue}@day" for queue in ALL_QUEUES}, timeout=180)
 
     def pool_processes(self, *queues: str) -> list[int]:
         return [pid for queue in queues for pid in children(self.workers[queue].popen.pid)]
@@ -297,7 +294,7 @@ def malformed(day: Day, count: int) -> Row:
     row.figures["invalid_input"] = sum(o in ("typed: InvalidInput", "typed: InputTooLong") for o in typed)
     row.figures["untyped"] = sum(o.startswith("untyped") for o in outcomes) + outcomes.count("success")
     row.figures["worker_mains_lost"] = sum(not alive(pid) for pid in before.values())
-    row.figures["workers_answering_after"] = len(day.answering())
+    row.figures["workers_answering_after"] = len(answering(day.client, timeout=2.0))
     return row
 
 

@@ -33,10 +33,9 @@ from athena_client.routes import ENQUEUED_AT_HEADER, Queue, TaskName
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.metrics import latency_stats
+from athena_inference.workers.ops.local_stack import Stack, local_stack_env
 from athena_inference.workers.ops.processes import worker_argv
 from athena_inference.workers.ops.provision import provision
-
-from tests.harness import Stack, local_stack_env, wait_for
 
 STORY = (
     "Write a long, detailed story about a lighthouse keeper who keeps a diary of every ship "
@@ -78,7 +77,8 @@ def run_layout(stack: Stack, sender: TaskSender, layout: str, args, settings) ->
         argv[argv.index("-Q") + 1] = "shared"
         argv[argv.index("-c") + 1] = str(settings.embeddings_slots + settings.reasoning_slots)
         workers = [stack.start(f"bench-{layout}-shared", argv)]
-    wait_for(lambda: len(sender.app.control.ping(timeout=1.0) or []) >= len(workers), f"{layout} workers", 60)
+    served = ("embeddings", "reasoning") if layout == "separate" else ("embeddings",)
+    stack.wait_for_workers(sender, {f"{queue}@{layout}" for queue in served})
 
     # Warm up both servers and every worker process.
     measure_embeds(sender, queues["embed"], 6, 0.05)

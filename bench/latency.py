@@ -47,9 +47,9 @@ from athena_client.client import AthenaClient
 from athena_client.payloads import EmbeddingResult, EmbedRequest
 from athena_client.routes import TaskName
 from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.local_stack import Stack, UpStack, local_stack_env, redis_port, wait_for
 from athena_inference.workers.ops.provision import provision
 from bench.output import emit
-from tests.harness import Stack, UpStack, local_stack_env, redis_port, wait_for
 
 TEXT = "the payments team reviewed the nightly reconciliation job after the outage"
 STAGES = ("send", "to worker", "hand-off", "in task", "server", "to client")

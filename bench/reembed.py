@@ -42,11 +42,11 @@ from athena_client.sender import TaskSender
 from athena_inference.config.servers import copy_url
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.metrics import latency_stats
+from athena_inference.workers.ops.local_stack import CLI, Stack, bulk_copies_env, local_stack_env, redis_port
 from athena_inference.workers.ops.provision import embedding_source_model, provision
 
 from bench.direct import direct_texts_per_s
 from bench.torch_peer import CPUS, TorchPeer
-from tests.harness import CLI, Stack, bulk_copies_env, local_stack_env, redis_port, wait_for
 
 WORDS = (
     "user meeting friday tea cat backup night project deadline moved prefers morning coffee garden "
@@ -142,7 +142,7 @@ def main() -> None:
             stack.worker("embeddings", "bench")
             stack.worker("embeddings_bulk", "bench")
             sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-            wait_for(lambda: len(sender.app.control.ping(timeout=1.0)) >= 2, "workers", 60)
+            stack.wait_for_workers(sender, {"embeddings@bench", "embeddings_bulk@bench"})
             jobs = JobStore.from_url(env["ATHENA_RESULT_BACKEND"])
 
             source = work / "memories.jsonl"

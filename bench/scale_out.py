@@ -23,9 +23,8 @@ from athena_client.payloads import EmbedBatchRequest
 from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
+from athena_inference.workers.ops.local_stack import Stack, free_port, local_stack_env, redis_port
 from athena_inference.workers.ops.provision import provision
-
-from tests.harness import Stack, free_port, local_stack_env, redis_port, wait_for
 
 
 def run_load(sender: TaskSender, batches: int, texts: int) -> tuple[float, Counter]:
@@ -54,7 +53,7 @@ def main() -> None:
             stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"], first)
             stack.worker("embeddings", "pair1", first)
             sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-            wait_for(lambda: len(sender.app.control.ping(timeout=1.0)) >= 1, "first pair", 60)
+            stack.wait_for_workers(sender, {"embeddings@pair1"})
             run_load(sender, 4, args.texts)  # warm-up
             one, _ = run_load(sender, args.batches, args.texts)
 
@@ -62,7 +61,7 @@ def main() -> None:
             second = {"LLAMACPP_EMBEDDINGS_URL": second_url, "ATHENA_EMBEDDINGS_CPUS": "1"}
             stack.llama("embeddings", second_url, second)
             stack.worker("embeddings", "pair2", second)
-            wait_for(lambda: len(sender.app.control.ping(timeout=1.0)) >= 2, "second pair", 60)
+            stack.wait_for_workers(sender, {"embeddings@pair1", "embeddings@pair2"})
             run_load(sender, 4, args.texts)
             two, served = run_load(sender, args.batches, args.texts)
         finally:

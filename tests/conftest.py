@@ -12,7 +12,7 @@ import pytest
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import Provisioned, provision
-from tests.harness import ALL_QUEUES, Stack, ensure_postgres, local_stack_env, pgvector_server, scratch_database, wait_for
+from tests.harness import ALL_QUEUES, Stack, ensure_postgres, local_stack_env, pgvector_server, scratch_database
 
 
 @pytest.fixture
@@ -50,13 +50,7 @@ def stack(provisioned, tmp_path_factory) -> Stack:
 @pytest.fixture(scope="session")
 def sender(stack) -> TaskSender:
     sender = TaskSender(stack.env["ATHENA_BROKER_URL"], stack.env["ATHENA_RESULT_BACKEND"])
-    wanted = {f"{queue}@main" for queue in ALL_QUEUES}
-
-    def online() -> bool:
-        replies = sender.app.control.ping(timeout=1.0) or []
-        return wanted <= {name for reply in replies for name in reply}
-
-    wait_for(online, "workers", 60)
+    stack.wait_for_workers(sender, {f"{queue}@main" for queue in ALL_QUEUES})
     yield sender
     sender.close()
 

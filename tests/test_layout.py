@@ -6,6 +6,8 @@
     workers/   seams, one per external system: never import tasks/ or workers/ops/
     workers/reembedding/  the job runner with its stores and lease
     workers/ops/          operator commands: may import any room but tasks/
+    bench/ and tests/     import nothing of each other: what both need (the local
+                          stack runner, sample payloads) is in workers/ops/
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ def test_seams_import_neither_operations_nor_jobs():
 def test_tasks_and_jobs_never_import_operator_commands():
     assert offenders("tasks", ("athena_inference.workers.ops",)) == {}
     assert offenders("workers/reembedding", ("athena_inference.workers.ops",)) == {}
+
+
+def test_the_benches_and_the_tests_import_nothing_of_each_other():
+    def of(package: str):
+        return lambda name: name == package or name.startswith(package + ".")
+
+    for folder, other in (("bench", "tests"), ("tests", "bench")):
+        named = {path: sorted(filter(of(other), names)) for path, names in imports_of(folder).items()}
+        assert {path: names for path, names in named.items() if names} == {}, folder
 
 
 @pytest.mark.parametrize("module", ["athena_client.payloads", "athena_client.consolidation", "athena_client.jobs", "athena_client.health"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,10 +14,55 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class ClientOnlyVenv:
+    """A fresh virtual environment with the base install only: what Athena installs.
+
+    Built in a thread from the end of collection on, while the session's stack
+    starts and the first tests run, when a selected test asks for it.
+    """
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="athena-client-venv-"))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._build, daemon=True)
+        self.thread.start()
+
+    def _build(self) -> None:
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(self.folder)], check=True, capture_output=True)
+            subprocess.run([str(self.folder / "bin" / "pip"), "install", "-q", str(ROOT)], check=True, capture_output=True, timeout=600)
+        except subprocess.CalledProcessError as exc:
+            self.error = RuntimeError(f"{' '.join(map(str, exc.cmd))} failed:\n{(exc.stderr or b'').decode(errors='replace')[-3000:]}")
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test that needs it
+            self.error = exc
+
+    def python(self) -> str:
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"could not build the client-only environment: {self.error}") from self.error
+        return str(self.folder / "bin" / "python")
+
+    def remove(self) -> None:
+        self.thread.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_VENV: list[ClientOnlyVenv] = []
+
+
+def pytest_collection_finish(session):
+    if any("client_only_python" in getattr(item, "fixturenames", ()) for item in session.items):
+        _VENV.append(ClientOnlyVenv())
+
+
+def pytest_sessionfinish(session):
+    for venv in _VENV:
+        venv.remove()
+
+
 @pytest.fixture(scope="session")
-def client_only_python(tmp_path_factory) -> str:
-    """A fresh virtual environment with the base install only: what Athena installs."""
-    venv = tmp_path_factory.mktemp("athena-client-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True, timeout=600)
-    return str(venv / "bin" / "python")
+def client_only_python() -> str:
+    """The client-only environment's python."""
+    if not _VENV:
+        _VENV.append(ClientOnlyVenv())
+    return _VENV[0].python()

@@ -199,3 +199,44 @@ def test_a_result_that_cannot_be_decoded_ends_the_wait_at_once_with_why(backend,
     meta = waiter.wait(ticket, timeout=30)
     assert time.monotonic() - began < 10
     assert meta["status"] == result_waiter.UNREADABLE and isinstance(meta["result"], Exception)
+
+
+# --- the STARTED state a task declared with track_started stores (the reasoning task) ---
+
+
+def started(backend, task_id: str) -> None:
+    """What a worker stores before it runs a task declared with track_started."""
+    backend.store_result(task_id, {"pid": 1, "hostname": "reasoning@test"}, states.STARTED)
+
+
+def test_a_started_state_is_noted_and_the_wait_goes_on_for_the_result(backend, waiter):
+    task_id = new_id()
+    ticket = waiter.expect(task_id)
+    threading.Timer(0.2, started, (backend, task_id)).start()
+    assert waiter.wait_started(ticket, timeout=5)
+    assert not ticket.done.is_set()
+    threading.Timer(0.2, backend.store_result, (task_id, "done", states.SUCCESS)).start()
+    assert waiter.wait(ticket, timeout=5)["result"] == "done"
+
+
+def test_a_started_state_stored_before_the_wait_is_read(backend, waiter):
+    task_id = new_id()
+    started(backend, task_id)
+    ticket = waiter.expect(task_id)
+    assert waiter.wait_started(ticket, timeout=5)
+    with pytest.raises(WaitTimedOut):
+        waiter.wait(ticket, timeout=0.3)
+
+
+def test_a_finished_task_counts_as_started_though_it_stored_no_started_state(backend, waiter):
+    task_id = new_id()
+    backend.store_result(task_id, "done", states.SUCCESS)
+    assert waiter.wait_started(waiter.expect(task_id), timeout=5)
+
+
+def test_a_task_that_never_starts_is_reported_after_the_time_given(waiter):
+    ticket = waiter.expect(new_id())
+    began = time.monotonic()
+    assert not waiter.wait_started(ticket, timeout=0.4)
+    assert time.monotonic() - began >= 0.4
+    waiter.release(ticket)

@@ -11,7 +11,6 @@ import uuid
 import pytest
 
 from athena_client import AthenaClient
-from tests.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +57,7 @@ def test_embed_and_reason_through_rabbitmq(stack, rabbitmq_vhost):
     workers = [stack.worker("embeddings", "rabbit", env), stack.worker("reasoning", "rabbit", env)]
     with AthenaClient(broker, backend) as client:
         try:
-            wait_for(lambda: len(client.app.control.ping(timeout=1.0)) >= 2, "workers on RabbitMQ", 60, workers[0])
+            stack.wait_for_workers(client, {"embeddings@rabbit", "reasoning@rabbit"})
             vector = client.embed("a memory sent through RabbitMQ")
             reply = client.reason("Say yes.", max_tokens=4, temperature=0.0)
         finally:

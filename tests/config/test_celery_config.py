@@ -1,8 +1,12 @@
-"""celery_config(settings): serialisation, acks, prefetch, queues, routing, time limits."""
+"""celery_config(settings): serialisation, acks, prefetch, queues, routing, time limits;
+and JSON only, as a real worker of the session's stack applies it."""
 
+import pickle
 
 import pytest
+from kombu import Connection
 
+from athena_client.payloads import EmbedRequest
 from athena_client.routes import TASK_QUEUES, Queue, TaskName, queue_for
 from athena_inference.config.celery import celery_config, make_celery, time_limits
 from athena_inference.config.settings import load_settings
@@ -195,3 +199,21 @@ def test_the_client_waits_out_a_restart_as_the_workers_do():
     transport = TaskTransport.connect("redis://127.0.0.1:6390/0", "redis://127.0.0.1:6390/1", timeout=1)
     assert transport.app.conf.result_backend_always_retry is True
     assert transport.app.conf.task_publish_retry_policy == celery_config(load_settings())["task_publish_retry_policy"]
+
+
+def test_a_pickled_message_is_refused_by_a_real_worker_which_keeps_serving(sender, stack):
+    task_id = "pickled-0001"
+    with Connection(stack.env["ATHENA_BROKER_URL"]) as connection:
+        producer = connection.Producer(serializer="pickle")
+        producer.publish(
+            pickle.dumps(((), {"text": "never run"}, {})),
+            routing_key="embeddings",
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
+            headers={"lang": "py", "task": TaskName.EMBED.value, "id": task_id, "root_id": task_id, "parent_id": None, "group": None},
+        )
+    # The worker stays up and keeps serving after the message it refused.
+    assert sender.call(TaskName.EMBED, EmbedRequest(text="after the pickle")).dimension == 384
+    assert sender.app.AsyncResult(task_id).state == "PENDING"
+    log = next(p for p in stack.procs if p.name == "embeddings-worker-main").log_path.read_text()
+    assert "ContentDisallowed" in log or "Refusing to deserialize" in log

@@ -1,8 +1,9 @@
 """A production day, survived: Redis restarts under a steady stream of embeds.
 
 Its own Redis, through `athena-inference serve redis` (append-only file,
-fsync every second, a password), an embeddings server and worker, and a client
-sending `athena.embed` three times a second. Redis gets SIGTERM in the middle,
+fsync every second, a password), an embeddings worker on it in front of the
+session's embeddings server, and a client sending `athena.embed` three times
+a second. Redis gets SIGTERM in the middle,
 while a batch of 512 texts is running on the worker, and is started again on
 the same port and folder after a pause, as a supervisor's restart (or a large
 append-only file reloading) would leave it away for seconds.
@@ -42,21 +43,21 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def restartable(provisioned, tmp_path_factory):
-    env = local_stack_env(LLAMACPP_N_THREADS="1", ATHENA_REDIS_PASSWORD=PASSWORD)
+def restartable(stack, tmp_path_factory):
+    """A Redis of its own, which the test restarts, and an embeddings worker on it in front of the session's server."""
+    env = local_stack_env(ATHENA_REDIS_PASSWORD=PASSWORD, LLAMACPP_EMBEDDINGS_URL=stack.env["LLAMACPP_EMBEDDINGS_URL"])
     for name in ("ATHENA_BROKER_URL", "ATHENA_RESULT_BACKEND"):
         env[name] = with_password(env[name], PASSWORD)
-    stack = Stack(tmp_path_factory.mktemp("logs"), env)
+    own = Stack(tmp_path_factory.mktemp("logs"), env)
     try:
-        server = RestartableRedis(stack, redis_port(env), tmp_path_factory.mktemp("cache"), PASSWORD)
-        stack.llama("embeddings", env["LLAMACPP_EMBEDDINGS_URL"])
-        worker = stack.worker("embeddings", "restart")
+        server = RestartableRedis(own, redis_port(env), tmp_path_factory.mktemp("cache"), PASSWORD)
+        worker = own.worker("embeddings", "restart")
         client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=30)
         wait_for(lambda: client.embed("warm up").dimension == 384, "the embeddings worker", 120, worker)
-        yield stack, server, client, worker
+        yield own, server, client, worker
         client.close()
     finally:
-        stack.stop_all()
+        own.stop_all()
 
 
 def send_stream(client: AthenaClient, server: RestartableRedis) -> Run:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import pytest
 
 from athena_client.errors import InvalidInput
@@ -9,24 +12,10 @@ from athena_client.payloads import CompressionResult, CompressorStatus, Compress
 from athena_client.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.workers.metrics import MetricsStore
-from tests.harness import side_url, wait_for
+from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS, INCIDENT_MEMORY as MEMORY
+from tests.harness import side_url
 from tests.workers.compressor_fixtures import tiny_bert_classifier
 
-MEMORY = """On Monday the payments team noticed that the nightly reconciliation job had been failing silently for three days.
-The job reads settlement files from the bank's SFTP server, matches each line against the ledger in PostgreSQL, and
-writes mismatches to a review queue. Since the bank rotated its host key on Friday, the SFTP client refused to connect,
-and because the job caught every exception and logged it at debug level, nobody saw an error. Maria traced the problem
-by comparing the job's run times, which had dropped from twelve minutes to four seconds, a sign that it did no work.
-The team agreed on three changes. First, the job now fails loudly: any exception ends the run with a non-zero exit code,
-and the scheduler pages the on-call engineer. Second, host keys are pinned in configuration and a rotation is announced
-in the team channel a week ahead. Third, a freshness check alerts when no settlement file has been processed for
-twenty-six hours. Dev wrote a backfill script that replayed the three missing days in order; it found 214 mismatches,
-all of them refunds issued on Saturday that the bank settled on Monday. Finance reviewed them on Tuesday and closed
-the incident. In the retrospective the team noted that silent failure was the real defect, not the key rotation, and
-decided that every batch job must report its processed row count to the metrics store, so that a drop to zero is visible
-on the dashboard. The same review found two other jobs that swallowed exceptions: the invoice exporter and the
-currency-rate importer. Both now follow the new rule. Maria will present the incident at the Thursday engineering
-meeting, and Dev will add a section on batch job hygiene to the onboarding guide before the end of the month."""
 
 
 def compress(sender: TaskSender, request: CompressRequest, timeout: float = 300) -> CompressionResult:
@@ -70,11 +59,10 @@ def test_force_tokens_survive_compression(sender):
 
 def test_consolidation_events_compress_to_the_rate_keeping_every_event_id(sender):
     from athena_inference.tasks.consolidation.prompt import render_event
-    from tests.tasks.consolidation.test_consolidation_integration import EVENTS
 
     # What a consolidation's compression stage sends: one line per event, each id forced.
-    events = "\n".join(render_event(e) for e in EVENTS)
-    ids = [f"[{e.id}]" for e in EVENTS]
+    events = "\n".join(render_event(e) for e in INCIDENT_EVENTS)
+    ids = [f"[{e.id}]" for e in INCIDENT_EVENTS]
     out = compress(sender, CompressRequest(context=events, rate=0.5, force_tokens=ids))
     assert out.compressed and abs(out.ratio - 0.5) <= 0.15 * 0.5
     for token in ids:
@@ -109,57 +97,50 @@ def test_bad_compression_input_fails_with_invalid_input(sender, payload, fragmen
         pending.get(timeout=120)
 
 
-def side_worker(stack, node: str, db: int, extra_env: dict[str, str]) -> TaskSender:
-    redis_url = stack.env["ATHENA_BROKER_URL"].rsplit("/", 1)[0]
-    env = {"ATHENA_BROKER_URL": f"{redis_url}/{db}", "ATHENA_RESULT_BACKEND": f"{redis_url}/{db + 1}", **extra_env}
-    stack.worker("compression", node, env)
+@contextlib.contextmanager
+def side_worker(stack, node: str, extra_env: dict[str, str]) -> Iterator[TaskSender]:
+    """A compression worker of its own under `extra_env`, on Redis databases of its own; stopped afterwards."""
+    env = stack.isolated_env(**extra_env)
+    worker = stack.worker("compression", node, env)
     sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-    wait_for(lambda: sender.app.control.ping(timeout=1.0), f"compression worker {node}", 60)
-    return sender
+    try:
+        stack.wait_for_workers(sender, {f"compression@{node}"})
+        yield sender
+    finally:
+        sender.close()
+        worker.stop()
 
 
 def test_compression_works_with_the_network_unreachable(stack):
     nowhere = "http://127.0.0.1:9"
-    sender = side_worker(
-        stack, "offline", 4,
-        {"HTTP_PROXY": nowhere, "HTTPS_PROXY": nowhere, "ALL_PROXY": nowhere,
-         "http_proxy": nowhere, "https_proxy": nowhere, "NO_PROXY": "", "no_proxy": ""},
-    )
-    try:
+    offline = {"HTTP_PROXY": nowhere, "HTTPS_PROXY": nowhere, "ALL_PROXY": nowhere,
+               "http_proxy": nowhere, "https_proxy": nowhere, "NO_PROXY": "", "no_proxy": ""}
+    with side_worker(stack, "offline", offline) as sender:
         out = compress(sender, CompressRequest(context=MEMORY, rate=0.5))
-        assert out.compressed and out.compressed_tokens < out.original_tokens
-    finally:
-        sender.close()
+    assert out.compressed and out.compressed_tokens < out.original_tokens
 
 
 def test_missing_model_shows_in_status_and_result_not_as_a_crash(stack, tmp_path):
     missing = tmp_path / "no-such-model"
-    sender = side_worker(stack, "nomodel", 6, {"ATHENA_COMPRESSION_LM_PATH": str(missing)})
-    try:
+    with side_worker(stack, "nomodel", {"ATHENA_COMPRESSION_LM_PATH": str(missing)}) as sender:
         status = CompressorStatus.model_validate(
             sender.app.send_task(TaskName.COMPRESSOR_STATUS.value, queue="compression").get(timeout=60)
         )
         assert not status.ready and str(missing) in status.reason
         out = compress(sender, CompressRequest(context=MEMORY, instruction="Summarise.", rate=0.5))
-        assert not out.compressed and str(missing) in out.reason
-        assert out.compressed_prompt == "Summarise.\n\n" + MEMORY
-        assert out.compressed_tokens == out.original_tokens and out.tokens_saved == 0
-    finally:
-        sender.close()
+    assert not out.compressed and str(missing) in out.reason
+    assert out.compressed_prompt == "Summarise.\n\n" + MEMORY
+    assert out.compressed_tokens == out.original_tokens and out.tokens_saved == 0
 
 
 def test_llmlingua2_worker_returns_instruction_and_question_whole_and_counts_what_it_returns(stack, tmp_path):
     # A tiny random classifier (plumbing, not quality), in a folder named for the other family.
     folder = tiny_bert_classifier(tmp_path / "llmlingua-2-xlm-roberta-large-meetingbank", MEMORY)
-    sender = side_worker(
-        stack, "llmlingua2", 8, {"ATHENA_COMPRESSION_METHOD": "llmlingua2", "ATHENA_COMPRESSION_LLMLINGUA2_MODEL": str(folder)}
-    )
-    try:
-        request = CompressRequest(context=MEMORY, instruction="Summarise the incident.", question="What was the real defect?", rate=0.5)
+    llmlingua2 = {"ATHENA_COMPRESSION_METHOD": "llmlingua2", "ATHENA_COMPRESSION_LLMLINGUA2_MODEL": str(folder)}
+    request = CompressRequest(context=MEMORY, instruction="Summarise the incident.", question="What was the real defect?", rate=0.5)
+    with side_worker(stack, "llmlingua2", llmlingua2) as sender:
         out = compress(sender, request)
-        assert out.compressed and out.method == "llmlingua2", out.reason
-        assert out.compressed_prompt.startswith("Summarise the incident.\n\n")
-        assert out.compressed_prompt.endswith("\n\nWhat was the real defect?")
-        assert out.ratio == out.compressed_tokens / out.original_tokens and abs(out.ratio - 0.5) <= 0.15 * 0.5
-    finally:
-        sender.close()
+    assert out.compressed and out.method == "llmlingua2", out.reason
+    assert out.compressed_prompt.startswith("Summarise the incident.\n\n")
+    assert out.compressed_prompt.endswith("\n\nWhat was the real defect?")
+    assert out.ratio == out.compressed_tokens / out.original_tokens and abs(out.ratio - 0.5) <= 0.15 * 0.5

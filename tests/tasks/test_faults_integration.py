@@ -1,9 +1,10 @@
 """Faults a production day brings, against real processes: a model server killed and
-brought back while tasks are in flight and queued, a server down past the budget, and
-a task whose worker dies every time it runs it.
+brought back while tasks are in flight and queued, a server down past the budget, pool
+processes killed while they run tasks (a consolidation's stage among them), and a task
+whose worker dies every time it runs it.
 
 Each test runs its own workers (and, where it kills one, its own server) on Redis
-databases of its own, so the session's stack is never touched.
+databases of their own (`Stack.isolated_env`), so the session's stack is never touched.
 """
 
 from __future__ import annotations
@@ -14,46 +15,40 @@ import threading
 import time
 
 import pytest
+import redis
 
 from athena_client.client import AthenaClient
+from athena_client.consolidation import ConsolidateRequest
 from athena_client.errors import PoisonMessage, ServerUnavailable
-from athena_client.payloads import EmbedRequest
+from athena_client.payloads import EmbedRequest, ReasonRequest
 from athena_client.routes import TaskName
-from tests.harness import endless_generation, free_port, wait_for
+from athena_inference.workers.circuit_breaker import CircuitBreaker
+from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS
+from tests.harness import Proc, endless_generation, free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def side_env(stack, db: int, **extra: str) -> dict[str, str]:
-    redis_url = stack.env["ATHENA_BROKER_URL"].rsplit("/", 1)[0]
-    return {
-        "ATHENA_BROKER_URL": f"{redis_url}/{db}",
-        "ATHENA_RESULT_BACKEND": f"{redis_url}/{db + 1}",
-        "ATHENA_METRICS_URL": f"{redis_url}/{db + 2}",
-        "ATHENA_CACHE_URL": f"{redis_url}/{db + 2}",
-        **extra,
-    }
-
-
-def worker_online(client: AthenaClient, node: str) -> None:
-    wait_for(lambda: any(node in name for reply in client.app.control.ping(timeout=1.0) or [] for name in reply), node, 60)
 
 
 @pytest.fixture(scope="module")
 def restarting(stack):
     """An embeddings server of its own, and a worker in front of it with the default retry budget."""
     url = f"http://127.0.0.1:{free_port()}"
-    env = side_env(stack, 5, LLAMACPP_EMBEDDINGS_URL=url)
+    env = stack.isolated_env(LLAMACPP_EMBEDDINGS_URL=url)
     server = stack.llama("embeddings", url, env)
-    stack.worker("embeddings", "restart", env)
+    worker = stack.worker("embeddings", "restart", env)
     client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=180)
-    worker_online(client, "embeddings@restart")
+    stack.wait_for_workers(client, {"embeddings@restart"})
     yield client, server, url, env
     client.close()
+    worker.stop()
+    for proc in stack.procs:
+        if proc.name == server.name:
+            proc.stop()
 
 
 def test_tasks_in_flight_and_queued_across_a_server_restart_all_succeed(restarting, stack):
     client, server, url, env = restarting
+    breaker = CircuitBreaker(redis.Redis.from_url(env["ATHENA_CACHE_URL"]), url)
     assert client.embed("before the restart").dimension == 384
     server.stop(signal.SIGKILL)
     sent: list[str] = []
@@ -65,47 +60,99 @@ def test_tasks_in_flight_and_queued_across_a_server_restart_all_succeed(restarti
 
     sender = threading.Thread(target=send_during_the_outage)
     sender.start()
-    time.sleep(15)  # down for 15 s; the budget is 90 s
+    # The failures open the server's breaker, shared by every worker process.
+    wait_for(lambda: breaker.state() is not None, "the breaker to open", 15)
+    time.sleep(15)  # down for 15 s or more; the budget is 90 s
     stack.llama("embeddings", url, env)
     sender.join()
     results = [client.result(TaskName.EMBED, task_id, timeout=180) for task_id in sent]
     assert len(results) == 20 and all(r.dimension == 384 for r in results)
+    # The server that came back is used again: the first call after a cooldown probed it and closed the breaker.
+    assert breaker.state() is None
+    assert client.embed("after the restart").dimension == 384
 
 
 def test_a_server_down_past_the_budget_fails_naming_the_server_and_how_long(stack):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
-    env = side_env(stack, 8, LLAMACPP_EMBEDDINGS_URL=url, ATHENA_EMBED_RETRY_BUDGET_S="4", ATHENA_RETRY_ATTEMPTS="1")
-    stack.worker("embeddings", "budget", env)
-    with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=60) as client:
-        worker_online(client, "embeddings@budget")
-        started = time.monotonic()
-        with pytest.raises(ServerUnavailable, match=rf"{url}/v1/embeddings.* gave up after \d+ s and \d+ tries .*ATHENA_EMBED_RETRY_BUDGET_S"):
-            client.embed("nobody is there")
-    assert 2 < time.monotonic() - started < 30
+    env = stack.isolated_env(LLAMACPP_EMBEDDINGS_URL=url, ATHENA_EMBED_RETRY_BUDGET_S="4", ATHENA_RETRY_ATTEMPTS="1")
+    worker = stack.worker("embeddings", "budget", env)
+    try:
+        with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=60) as client:
+            stack.wait_for_workers(client, {"embeddings@budget"})
+            started = time.monotonic()
+            with pytest.raises(ServerUnavailable, match=rf"{url}/v1/embeddings.* gave up after \d+ s and \d+ tries .*ATHENA_EMBED_RETRY_BUDGET_S"):
+                client.embed("nobody is there")
+        assert 2 < time.monotonic() - started < 30
+    finally:
+        worker.stop()
 
 
-def test_a_task_whose_worker_dies_every_time_fails_typed_after_three_deliveries(stack):
-    env = side_env(stack, 11)
-    stack.worker("reasoning", "poison", env)
-    with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=120) as client:
-        worker_online(client, "reasoning@poison")
-        task_id = client.submit(TaskName.REASON, endless_generation("Write a long story about a lighthouse."))
-        killed: set[int] = set()
-        for _ in range(3):
-            pid = wait_running(client, task_id, killed)
-            os.kill(pid, signal.SIGKILL)
-            killed.add(pid)
-        with pytest.raises(PoisonMessage, match="delivered 4 times.*ATHENA_MAX_DELIVERIES=3"):
-            client.result(TaskName.REASON, task_id, timeout=120)
+@pytest.fixture(scope="module")
+def dying(stack):
+    """Prefork reasoning and consolidation workers of their own, in front of the session's
+    reasoning server, whose pool processes get killed."""
+    env = stack.isolated_env()
+    reasoning = stack.worker("reasoning", "dying", env)
+    consolidation = stack.worker("consolidation", "dying", env)
+    client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=300)
+    stack.wait_for_workers(client, {"reasoning@dying", "consolidation@dying"})
+    yield client, reasoning
+    client.close()
+    consolidation.stop()
+    reasoning.stop()
 
 
-def wait_running(client: AthenaClient, task_id: str, killed: set[int], timeout: float = 60) -> int:
-    """The pid of the worker process running `task_id` now (not one already killed)."""
+def deliveries(worker: Proc, task: TaskName, task_id: str) -> int:
+    """How many times `worker` was handed `task_id` (its log says so at each delivery)."""
+    return worker.log_path.read_text(errors="replace").count(f"{task.value}[{task_id}] received")
+
+
+def test_tasks_whose_pool_process_is_killed_while_they_run_are_run_again_and_none_is_lost(dying):
+    client, reasoning = dying
+    # Exactly 150 tokens each (a grammar with no end): seconds on the small model, so each is caught running.
+    generations = [
+        client.submit(TaskName.REASON, ReasonRequest(prompt=f"Say one word for memory {i}.", max_tokens=150, grammar='root ::= "lighthouse " root'))
+        for i in range(3)
+    ]
+    # A consolidation, whose reasoning stage (the same task id, replaced from stage to stage) is killed too.
+    consolidation = client.submit(
+        TaskName.CONSOLIDATE, ConsolidateRequest(events=INCIDENT_EVENTS, options={"max_patterns": 2, "temperature": 0.0})
+    )
+    killed: set[int] = set()
+    # Each is killed once while it runs, with the others queued behind it or run again meanwhile;
+    # a third death would make it a poison message (the next test).
+    for task, task_id in [*((TaskName.REASON, g) for g in generations), (TaskName.CONSOLIDATE_REASON, consolidation)]:
+        pid = wait_running(client, task_id, killed, task)
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+    assert [client.result(TaskName.REASON, task_id).tokens for task_id in generations] == [150] * 3
+    patterns = client.result(TaskName.CONSOLIDATE, consolidation).patterns
+    assert patterns and all(set(p.source_events) <= {e.id for e in INCIDENT_EVENTS} for p in patterns)
+    # Each was run again after its process died: delivered twice, not lost and not duplicated.
+    assert [deliveries(reasoning, TaskName.REASON, task_id) for task_id in generations] == [2] * 3
+    assert deliveries(reasoning, TaskName.CONSOLIDATE_REASON, consolidation) == 2
+
+
+def test_a_task_whose_worker_dies_every_time_fails_typed_after_three_deliveries(dying):
+    client, _ = dying
+    task_id = client.submit(TaskName.REASON, endless_generation("Write a long story about a lighthouse."))
+    killed: set[int] = set()
+    for _ in range(3):
+        pid = wait_running(client, task_id, killed)
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+    with pytest.raises(PoisonMessage, match="delivered 4 times.*ATHENA_MAX_DELIVERIES=3"):
+        client.result(TaskName.REASON, task_id, timeout=120)
+
+
+def wait_running(client: AthenaClient, task_id: str, killed: set[int], name: TaskName = TaskName.REASON, timeout: float = 120) -> int:
+    """The pid of the worker process running `task_id` (as task `name`) now, not one already killed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for tasks in (client.app.control.inspect(timeout=1.0).active() or {}).values():
+        # Both workers of the lane answer at once: no waiting out the timeout.
+        for tasks in (client.app.control.inspect(timeout=1.0, limit=2).active() or {}).values():
             for task in tasks:
-                if task["id"] == task_id and task.get("worker_pid") and task["worker_pid"] not in killed:
+                if task["id"] == task_id and task["name"] == name.value and task.get("worker_pid") not in killed | {None}:
                     return task["worker_pid"]
-        time.sleep(0.1)
-    raise AssertionError(f"{task_id} never ran")
+        time.sleep(0.05)
+    raise AssertionError(f"{name.value} {task_id} never ran")

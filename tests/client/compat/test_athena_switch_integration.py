@@ -13,7 +13,7 @@ import pytest
 
 from athena_client.compat import connection
 from athena_client.compat.llm_client import LocalLLMClient
-from tests.tasks.consolidation.test_consolidation_integration import EVENTS
+from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS as EVENTS
 
 PROGRAM = Path(__file__).with_name("athena_program.py")
 pytestmark = pytest.mark.integration

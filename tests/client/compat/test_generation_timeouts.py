@@ -1,29 +1,23 @@
 """A generation's time in the queue is not the model's: the reasoning task stores a
-STARTED state, the result waiter notes it, and LocalLLMClient bounds the wait for
-a worker and the generation apart. Against a real redis-server, and against a
-real reasoning worker in front of a real llama-server (SmolLM2, one slot)."""
+STARTED state, the result waiter notes it (tests/client/test_result_waiter_integration.py),
+and LocalLLMClient bounds the wait for a worker and the generation apart, against a
+real reasoning worker of its own in front of the session's llama-server (SmolLM2, one slot)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import re
-import threading
 import time
-import uuid
 
 import pytest
-from celery import states
 
 from athena_client.client import AthenaClient
 from athena_client.compat import connection
 from athena_client.compat.llm_client import LocalLLMClient
 from athena_client.errors import AthenaError, ServerTimeout
 from athena_client.payloads import ReasonRequest
-from athena_client.result_waiter import ResultWaiter, WaitTimedOut
 from athena_client.routes import TaskName
-from tests.client.test_result_waiter_integration import RedisServer
-from tests.harness import Stack, local_stack_env, redis_port, wait_for
 
 
 def test_only_the_reasoning_task_stores_a_started_state():
@@ -35,70 +29,6 @@ def test_only_the_reasoning_task_stores_a_started_state():
     assert {name for name, task in ours.items() if task.track_started} == {TaskName.REASON.value}
 
 
-# --- the result waiter and the STARTED state, against a real redis-server ---
-
-
-@pytest.fixture
-def backend(tmp_path):
-    from celery import Celery
-
-    server = RedisServer(tmp_path)
-    app = Celery("started-test", backend=f"redis://127.0.0.1:{server.port}/1", set_as_current=False)
-    app.conf.update(result_serializer="json", accept_content=["json"], result_accept_content=["json"])
-    yield app.backend
-    app.close()
-    server.stop()
-
-
-@pytest.fixture
-def waiter(backend):
-    made = ResultWaiter.for_backend(backend)
-    yield made
-    made.close()
-
-
-def started(backend, task_id: str) -> None:
-    """What a worker stores before it runs a task declared with track_started."""
-    backend.store_result(task_id, {"pid": 1, "hostname": "reasoning@test"}, states.STARTED)
-
-
-@pytest.mark.integration
-def test_a_started_state_is_noted_and_the_wait_goes_on_for_the_result(backend, waiter):
-    task_id = str(uuid.uuid4())
-    ticket = waiter.expect(task_id)
-    threading.Timer(0.2, started, (backend, task_id)).start()
-    assert waiter.wait_started(ticket, timeout=5)
-    assert not ticket.done.is_set()
-    threading.Timer(0.2, backend.store_result, (task_id, "done", states.SUCCESS)).start()
-    assert waiter.wait(ticket, timeout=5)["result"] == "done"
-
-
-@pytest.mark.integration
-def test_a_started_state_stored_before_the_wait_is_read(backend, waiter):
-    task_id = str(uuid.uuid4())
-    started(backend, task_id)
-    ticket = waiter.expect(task_id)
-    assert waiter.wait_started(ticket, timeout=5)
-    with pytest.raises(WaitTimedOut):
-        waiter.wait(ticket, timeout=0.3)
-
-
-@pytest.mark.integration
-def test_a_finished_task_counts_as_started_though_it_stored_no_started_state(backend, waiter):
-    task_id = str(uuid.uuid4())
-    backend.store_result(task_id, "done", states.SUCCESS)
-    assert waiter.wait_started(waiter.expect(task_id), timeout=5)
-
-
-@pytest.mark.integration
-def test_a_task_that_never_starts_is_reported_after_the_time_given(waiter):
-    ticket = waiter.expect(str(uuid.uuid4()))
-    began = time.monotonic()
-    assert not waiter.wait_started(ticket, timeout=0.4)
-    assert time.monotonic() - began >= 0.4
-    waiter.release(ticket)
-
-
 # --- LocalLLMClient against a real reasoning worker with one slot ---
 
 # A generation under a grammar with no end runs until max_tokens: it holds the
@@ -108,27 +38,23 @@ BLOCKER = ReasonRequest(prompt="Say one word, again and again.", max_tokens=500,
 
 
 @pytest.fixture(scope="module")
-def reasoning(provisioned, tmp_path_factory):
-    """Redis, the reasoning llama-server and one reasoning worker (one slot), on free ports."""
-    stack = Stack(tmp_path_factory.mktemp("generation-timeouts"), local_stack_env(LLAMACPP_N_THREADS="1", ATHENA_REASONING_SLOTS="1"))
-    try:
-        stack.redis(redis_port(stack.env))
-        stack.llama("reasoning", stack.env["LLAMACPP_REASONING_URL"])
-        stack.worker("reasoning", "timeouts")
-        client = AthenaClient(stack.env["ATHENA_BROKER_URL"], stack.env["ATHENA_RESULT_BACKEND"])
-        wait_for(lambda: any("reasoning@timeouts" in reply for reply in client.app.control.ping(timeout=1.0) or []), "reasoning worker", 60)
-        yield stack, client
-        client.close()
-    finally:
-        stack.stop_all()
+def reasoning(stack):
+    """One reasoning worker of its own (one slot, as the session's reasoning server has), on Redis databases of its own."""
+    env = stack.isolated_env(ATHENA_REASONING_SLOTS="1")
+    worker = stack.worker("reasoning", "timeouts", env)
+    client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
+    stack.wait_for_workers(client, {"reasoning@timeouts"})
+    yield env, client
+    client.close()
+    worker.stop()
 
 
 @pytest.fixture
 def athena(reasoning, monkeypatch):
-    """This process configured as Athena is, against the test stack: LocalLLMClient(**options)."""
-    stack, _ = reasoning
-    monkeypatch.setenv("ATHENA_BROKER_URL", stack.env["ATHENA_BROKER_URL"])
-    monkeypatch.setenv("ATHENA_RESULT_BACKEND", stack.env["ATHENA_RESULT_BACKEND"])
+    """This process configured as Athena is, against the worker above: LocalLLMClient(**options)."""
+    env, _ = reasoning
+    monkeypatch.setenv("ATHENA_BROKER_URL", env["ATHENA_BROKER_URL"])
+    monkeypatch.setenv("ATHENA_RESULT_BACKEND", env["ATHENA_RESULT_BACKEND"])
     monkeypatch.setattr(connection, "_clients", {})
     yield LocalLLMClient
     for client in connection._clients.values():

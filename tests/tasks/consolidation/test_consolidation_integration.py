@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent
+from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult
 from athena_client.errors import InvalidInput
 from athena_client.routes import TaskName
+from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS as EVENTS
 
-EVENTS = [
-    EpisodicEvent(id="e1", timestamp="2026-11-02T09:14:00Z", event_type="incident", content="The nightly reconciliation job failed silently for three days after the bank rotated its SFTP host key.", tags=["payments", "batch"]),
-    EpisodicEvent(id="e2", timestamp="2026-11-02T11:40:00Z", event_type="decision", content="Team decided that every batch job must exit non-zero on any exception and page the on-call engineer.", tags=["batch", "alerting"]),
-    EpisodicEvent(id="e3", timestamp="2026-11-03T10:05:00Z", event_type="decision", content="Host keys are now pinned in configuration; key rotations are announced a week ahead.", tags=["security"]),
-    EpisodicEvent(id="e4", timestamp="2026-11-04T15:30:00Z", event_type="task", content="Dev wrote a backfill script that replayed three missing days in order and found 214 mismatches.", tags=["payments"]),
-    EpisodicEvent(id="e5", timestamp="2026-11-05T09:00:00Z", event_type="review", content="Retrospective: silent failure was the real defect, not the key rotation.", tags=["retro"]),
-    EpisodicEvent(id="e6", timestamp="2026-11-05T09:45:00Z", event_type="decision", content="Every batch job reports its processed row count to the metrics store so a drop to zero shows on the dashboard.", tags=["batch", "metrics"]),
-    EpisodicEvent(id="e7", timestamp="2026-11-06T14:10:00Z", event_type="task", content="The invoice exporter and currency-rate importer were changed to stop swallowing exceptions.", tags=["batch"]),
-    EpisodicEvent(id="e8", timestamp="2026-11-07T16:00:00Z", event_type="workflow", content="On-call checks the batch dashboard every morning before standup and files issues for jobs with zero rows.", tags=["on-call", "batch"]),
-]
 IDS = {e.id for e in EVENTS}
 
 

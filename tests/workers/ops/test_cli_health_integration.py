@@ -31,8 +31,7 @@ def test_json_report_for_one_queue(sender, stack):
 
 
 def test_a_queue_with_no_worker_is_unhealthy(stack):
-    redis_url = stack.env["ATHENA_BROKER_URL"].rsplit("/", 1)[0]
-    env = dict(stack.env, ATHENA_BROKER_URL=f"{redis_url}/12", ATHENA_RESULT_BACKEND=f"{redis_url}/13")
+    env = dict(stack.env, **stack.isolated_env())
     done = health(env, "--queue", "reasoning", "--timeout", "2")
     assert done.returncode == 1
     assert "NO WORKERS" in done.stdout and "UNHEALTHY" in done.stdout

@@ -83,7 +83,8 @@ class Hub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll, so `close` (which waits for the loop's next look) is quick.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def publish(self, repo: str, revision: str, folder: Path) -> None:
         self.repos[(repo, revision)] = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

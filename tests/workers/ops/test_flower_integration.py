@@ -18,7 +18,6 @@ from typing import Optional
 
 import httpx
 import pytest
-import redis
 
 from athena_client.payloads import EmbedRequest, ReasonRequest
 from athena_client.routes import Queue, TaskName
@@ -248,13 +247,10 @@ def test_the_broker_pages_first_view_lists_every_queue_with_its_depth(stack, sen
 @pytest.fixture
 def lonely_broker(stack):
     """Broker and result databases of their own, where only the jobs worker runs."""
-    base = stack.env["ATHENA_BROKER_URL"].rsplit("/", 1)[0]
-    env = {"ATHENA_BROKER_URL": f"{base}/5", "ATHENA_RESULT_BACKEND": f"{base}/6", "ATHENA_METRICS_URL": f"{base}/6"}
+    env = stack.isolated_env()
     worker = stack.worker("jobs", "lonely", env)
     yield env
     worker.stop()
-    for db in (5, 6):
-        redis.Redis.from_url(f"{base}/{db}").flushdb()
 
 
 def test_the_broker_page_lists_queues_no_worker_serves_with_the_messages_waiting_there(stack, browser, lonely_broker):

@@ -3,6 +3,7 @@ drops connections midway, the way a flaky link to the hub does."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import huggingface_hub.constants
 import pytest
+from huggingface_hub import file_download
 
 from athena_inference.workers.ops.model_download import DownloadError, Downloader, ModelFile, ModelSpec, download_models
 
@@ -84,7 +86,8 @@ class Hub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll, so `close` (which waits for the loop's next look) is quick.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -154,7 +157,9 @@ def test_a_missing_file_names_what_to_check(hub, tmp_path):
         download_models(downloader(hub, tmp_path), [missing])
 
 
-def test_an_unreachable_hub_is_a_clear_error(tmp_path):
+def test_an_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
+    # huggingface_hub tries a refused connection again by itself, for 1 + 2 + 4 + 8 + 8 s; ours is attempts=1.
+    monkeypatch.setattr(file_download, "http_backoff", functools.partial(file_download.http_backoff, max_retries=0))
     gone = Downloader("http://127.0.0.1:9", tmp_path, attempts=1)
     with pytest.raises(DownloadError, match="cannot reach http://127.0.0.1:9/org/model"):
         download_models(gone, [SPEC])

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from athena_client.payloads import EmbedBatchRequest
 from athena_client.routes import TaskName
-from tests.harness import free_port, wait_for
+from tests.harness import free_port
 
 
 def test_a_second_pair_takes_its_share_of_the_embeddings_queue(sender, stack):
     url = f"http://127.0.0.1:{free_port()}"
     second = {"LLAMACPP_EMBEDDINGS_URL": url}
-    stack.llama("embeddings", url, second)
+    server = stack.llama("embeddings", url, second)
     worker = stack.worker("embeddings", "pair2", second)
-    wait_for(lambda: any("embeddings@pair2" in r for r in sender.app.control.ping(timeout=1.0)), "second pair", 60, worker)
+    stack.wait_for_workers(sender, {"embeddings@pair2"})
 
     before = served(sender)
     texts = [f"memory {i} about the garden and the weekly report" for i in range(64)]
@@ -23,6 +23,7 @@ def test_a_second_pair_takes_its_share_of_the_embeddings_queue(sender, stack):
     assert after["embeddings@main"] > before.get("embeddings@main", 0)
     assert after["embeddings@pair2"] > before.get("embeddings@pair2", 0)
     worker.stop()
+    server.stop()
 
 
 def served(sender) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""`athena-inference up --check`: the README's first command, on free ports."""
+"""`athena-inference up`, on free ports: `up --check` as the README gives it, and SIGTERM to `up`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,15 +16,66 @@ from athena_inference.workers.ops.processes import redis_data_dir, redis_passwor
 from tests.harness import CLI, all_gone, bulk_copies_env, descendants, local_stack_env, redis_port
 
 
-def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned):
+def start_up(env: dict[str, str], *options: str) -> subprocess.Popen:
+    # A session of its own, like a shell's foreground job.
+    return subprocess.Popen([*CLI, "up", *options], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def read_until(up: subprocess.Popen, text: str) -> list[str]:
+    """What `up` printed, up to the line holding `text`."""
+    lines = []
+    for line in up.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"up exited with {up.wait()} before printing {text!r}:\n{''.join(lines[-40:])}")
+
+
+def forget_redis_data(env: dict[str, str]) -> None:
+    # Each test's Redis keeps its append-only file under the cache, in a folder named by its (free) port.
+    shutil.rmtree(redis_data_dir(load_settings(result_backend=env["ATHENA_RESULT_BACKEND"])), ignore_errors=True)
+
+
+def llama_servers(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if "llama-server" in Path(f"/proc/{pid}/cmdline").read_text()}
+
+
+@dataclass
+class CheckedUp:
+    """What one `up --check` printed, what ran while its demo did, and what was left once it exited."""
+
+    env: dict[str, str]
+    printed: str
+    started: set[int]
+    servers: set[int]
+    listing: str
+    exit_code: int
+    left: list[int]
+
+
+@pytest.fixture(scope="module")
+def checked_up(provisioned) -> CheckedUp:
     # Two bulk copies, as the default gives a 2-CPU machine: the demo's re-embedding runs through both.
     env = local_stack_env(**bulk_copies_env(2))
+    up = start_up(env, "--check")
     try:
-        done = subprocess.run([*CLI, "up", "--check"], env=env, capture_output=True, text=True, timeout=600)
+        # The stack is up once the demo's first job is done; the rest of the demo takes seconds more.
+        printed = read_until(up, "athena.embed on 'embeddings'")
+        started = descendants(up.pid)
+        servers = llama_servers(started)
+        listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+        printed += up.stdout.readlines()
+        exit_code = up.wait(timeout=600)
+        return CheckedUp(env, "".join(printed), started, servers, listing, exit_code, all_gone(started, 30))
     finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
         forget_redis_data(env)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    out = done.stdout
+
+
+def test_up_check_brings_the_stack_up_shows_a_job_through_every_queue_and_exits_zero(checked_up):
+    out = checked_up.printed
+    assert checked_up.exit_code == 0, out[-4000:]
     assert "starting: redis, embeddings-server, reasoning-server, embeddings-bulk-server" in out
     assert "embeddings-bulk-server.1" in out and "embeddings-bulk-server.2" in out
     for queue in ("embeddings", "reasoning", "compression", "consolidation"):
@@ -38,47 +89,36 @@ def test_up_brings_the_stack_up_and_shows_a_job_through_every_queue(provisioned)
     assert "stack is up" in out
 
 
-def start_up(env: dict[str, str]) -> subprocess.Popen:
-    # Its own process group, like a shell's foreground job, so SIGINT reaches the group as Ctrl-C does.
-    return subprocess.Popen([*CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def test_up_check_stops_every_process_it_started_once_the_demo_is_done(checked_up):
+    assert len(checked_up.started) >= 9  # honcho, redis, the servers, six workers, flower, the exporter
+    assert len(checked_up.servers) == 2 + 2  # embeddings, reasoning and each bulk copy
+    assert checked_up.left == []
 
 
-def read_until_up(up: subprocess.Popen) -> list[str]:
-    """What `up` printed, up to the line that ends its report."""
-    lines = []
-    for line in up.stdout:
-        lines.append(line)
-        if "health: athena-inference health" in line:
-            return lines
-    raise AssertionError(f"up exited with {up.wait()} before the stack was up:\n{''.join(lines[-40:])}")
+def test_the_embedded_redis_password_is_on_no_command_line(checked_up):
+    password = redis_password(load_settings())
+    assert f":{redis_port(checked_up.env)}" in checked_up.listing  # the stack's Redis is among them
+    assert password not in checked_up.listing
 
 
-def forget_redis_data(env: dict[str, str]) -> None:
-    # Each test's Redis keeps its append-only file under the cache, in a folder named by its (free) port.
-    shutil.rmtree(redis_data_dir(load_settings(result_backend=env["ATHENA_RESULT_BACKEND"])), ignore_errors=True)
+def test_up_says_how_a_client_connects_without_printing_the_password(checked_up):
+    password = redis_password(load_settings())
+    assert f"ATHENA_BROKER_URL=redis://:***@127.0.0.1:{redis_port(checked_up.env)}/0" in checked_up.printed
+    assert f"its password is in {redis_password_file(load_settings())}" in checked_up.printed
+    assert password not in checked_up.printed
 
 
-def send_ctrl_c(up: subprocess.Popen) -> None:
-    # To the whole foreground group, as a terminal's Ctrl-C does.
-    os.killpg(up.pid, signal.SIGINT)
-
-
-def send_sigterm(up: subprocess.Popen) -> None:
-    # To `up` alone, as systemd or a container runtime sends it to the process it started.
-    up.send_signal(signal.SIGTERM)
-
-
-@pytest.mark.parametrize(("stop", "bulk_copies"), [(send_ctrl_c, 1), (send_sigterm, 2)], ids=["ctrl-c", "sigterm"])
-def test_a_stop_signal_to_up_stops_every_process_it_started(provisioned, stop, bulk_copies):
-    env = local_stack_env(**bulk_copies_env(bulk_copies))
+def test_sigterm_to_up_stops_every_process_it_started(provisioned):
+    # To `up` alone, as systemd or a container runtime sends it to the process it started. SIGINT (a
+    # terminal's Ctrl-C) is the same stop to `up` (tests/workers/ops/test_stack.py); this is the one real run.
+    env = local_stack_env(**bulk_copies_env(2))
     up = start_up(env)
     try:
-        read_until_up(up)
+        read_until(up, "health: athena-inference health")
         started = descendants(up.pid)
         assert len(started) >= 9  # honcho, redis, the servers, six workers, flower, the exporter
-        servers = {pid for pid in started if "llama-server" in Path(f"/proc/{pid}/cmdline").read_text()}
-        assert len(servers) == 2 + bulk_copies  # embeddings, reasoning and each bulk copy
-        stop(up)
+        assert len(llama_servers(started)) == 2 + 2  # embeddings, reasoning and each bulk copy
+        up.send_signal(signal.SIGTERM)
         up.stdout.read()
         assert up.wait(timeout=60) == 0
         assert all_gone(started, 30) == []
@@ -86,38 +126,3 @@ def test_a_stop_signal_to_up_stops_every_process_it_started(provisioned, stop, b
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
         forget_redis_data(env)
-
-
-@pytest.fixture(scope="module")
-def running_up(provisioned):
-    """One `up` for the tests that only look at it; its output keeps being read so it never blocks."""
-    env = local_stack_env()
-    up = start_up(env)
-    try:
-        printed = read_until_up(up)
-        drain = threading.Thread(target=lambda: [printed.append(line) for line in up.stdout], daemon=True)
-        drain.start()
-        yield up, "".join(printed), env
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-        forget_redis_data(env)
-
-
-def test_the_embedded_redis_password_is_on_no_command_line(running_up):
-    password = redis_password(load_settings())
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert f":{redis_port(running_up[2])}" in listing  # the stack's Redis is among them
-    assert password not in listing
-
-
-def test_up_says_how_a_client_connects_without_printing_the_password(running_up):
-    _, printed, env = running_up
-    password = redis_password(load_settings())
-    assert f"ATHENA_BROKER_URL=redis://:***@127.0.0.1:{redis_port(env)}/0" in printed
-    assert f"its password is in {redis_password_file(load_settings())}" in printed
-    assert password not in printed

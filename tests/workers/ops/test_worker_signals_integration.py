@@ -1,4 +1,7 @@
-"""`athena-inference worker` stops on SIGTERM without losing the task it is running."""
+"""`athena-inference worker` stops on SIGTERM without losing the task it is running.
+
+Each test starts reasoning workers of its own, on Redis databases of their own, in
+front of the session's reasoning server."""
 
 from __future__ import annotations
 
@@ -10,29 +13,27 @@ import pytest
 from athena_client import AthenaClient
 from athena_client.payloads import ReasonRequest
 from athena_client.routes import TaskName
-from tests.harness import Proc, Stack, local_stack_env, redis_port, wait_for
+from tests.harness import Proc, Stack, wait_for
 
 # About 150 generated tokens: a few seconds on the small reasoning model, long enough to be caught running.
 LONG_ANSWER = ReasonRequest(prompt="Count from 1 to 300, separated by commas.", max_tokens=150, temperature=0.0)
 
 
 @pytest.fixture
-def reasoning(provisioned, tmp_path):
-    env = local_stack_env(LLAMACPP_N_THREADS="1")
-    stack = Stack(tmp_path, env)
+def reasoning(stack, tmp_path):
+    """Where the test's workers run: the session's Redis and reasoning server, databases of the test's own."""
+    lane = Stack(tmp_path, dict(stack.env, **stack.isolated_env()))
+    client = AthenaClient(lane.env["ATHENA_BROKER_URL"], lane.env["ATHENA_RESULT_BACKEND"], timeout=120)
     try:
-        stack.redis(redis_port(env))
-        stack.llama("reasoning", env["LLAMACPP_REASONING_URL"])
-        client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=120)
-        yield stack, client
-        client.close()
+        yield lane, client
     finally:
-        stack.stop_all()
+        client.close()
+        lane.stop_all()
 
 
 def started_worker(stack: Stack, client: AthenaClient, node: str) -> Proc:
     worker = stack.worker("reasoning", node)
-    wait_for(lambda: any(f"reasoning@{node}" in reply for reply in client.app.control.ping(timeout=1.0)), f"worker {node}", 90, worker)
+    stack.wait_for_workers(client, {f"reasoning@{node}"}, timeout=90)
     return worker
 
 

@@ -14,9 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from athena_client.client import AthenaClient
 from athena_inference.config.servers import copy_url
-from tests.harness import CLI, Stack, bulk_copies_env, local_stack_env, redis_port, wait_for
+from tests.harness import CLI
 from tests.workers.reembedding.test_reembed_integration import memories
 
 pytestmark = pytest.mark.integration
@@ -25,21 +24,11 @@ COPIES = 2
 
 
 @pytest.fixture(scope="module")
-def copies_lane(provisioned, tmp_path_factory):
-    env = local_stack_env(LLAMACPP_N_THREADS="1", **bulk_copies_env(COPIES))
-    stack = Stack(tmp_path_factory.mktemp("bulk-copies-logs"), env)
-    try:
-        stack.redis(redis_port(env))
-        stack.bulk_servers()
-        stack.worker("embeddings_bulk", "w1")
-        client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-        wait_for(lambda: any("embeddings_bulk@w1" in r for r in client.app.control.ping(timeout=1.0)), "bulk worker", 60)
-        stack.client = client
-        stack.urls = [copy_url(env["ATHENA_EMBEDDINGS_BULK_URL"], i) for i in range(COPIES)]
-        yield stack
-        client.close()
-    finally:
-        stack.stop_all()
+def copies_lane(lane):
+    """The package's bulk lane, which runs two copies; the last test here kills one, and starts it again."""
+    assert int(lane.env["ATHENA_EMBEDDINGS_BULK_SERVERS"]) == COPIES
+    lane.urls = [copy_url(lane.env["ATHENA_EMBEDDINGS_BULK_URL"], i) for i in range(COPIES)]
+    return lane
 
 
 def prompt_tokens(url: str) -> float:
@@ -67,7 +56,7 @@ def test_a_job_spreads_its_batches_over_every_copy_and_gets_the_servers_vectors(
 
 
 def test_every_copy_runs_at_nice_19_under_the_idle_policy(copies_lane):
-    copies = [proc for proc in copies_lane.procs if proc.name.startswith("embeddings-bulk-server")]
+    copies = [proc for proc in copies_lane.procs if proc.name.startswith("embeddings-bulk-server") and proc.popen.poll() is None]
     assert len(copies) == COPIES
     for proc in copies:
         # `serve` execs the server, so the process started is the llama-server itself; its threads inherit the policy.
@@ -83,9 +72,16 @@ def test_the_bulk_health_task_looks_at_every_copy(copies_lane):
 
 
 def test_a_job_finishes_on_the_other_copy_when_one_is_killed(copies_lane, tmp_path):
-    # Last in this module: it leaves the lane one copy short.
-    [_, second] = [proc for proc in copies_lane.procs if proc.name.startswith("embeddings-bulk-server")]
+    [_, second] = [proc for proc in copies_lane.procs if proc.name.startswith("embeddings-bulk-server") and proc.popen.poll() is None]
     second.stop(signal.SIGKILL)
+    try:
+        finishes_on_the_first_copy(copies_lane, tmp_path)
+    finally:
+        # The lane is the package's: its second copy back for the tests after this one.
+        copies_lane.llama("embeddings-bulk", copies_lane.urls[1], copy=2)
+
+
+def finishes_on_the_first_copy(copies_lane, tmp_path) -> None:
     texts = memories(120, prefix="failover")
     source = tmp_path / "memories.jsonl"
     source.write_text("".join(json.dumps({"id": i, "content": text}) + "\n" for i, text in enumerate(texts)))

@@ -107,8 +107,12 @@ def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
     source = tmp_path / "memories.jsonl"
     source.write_text("".join(json.dumps({"id": f"m{i}", "content": t}) + "\n" for i, t in enumerate(texts)))
     spec = JsonlSource(path=str(source), output=str(tmp_path / "vectors.npy"))
-    job_id = lane.client.reembed(spec, batch_texts=16, window=2)
-    wait_until_done(lane, job_id, 100)
+    job = lane.jobs.create(ReembedRequest(source=spec, batch_texts=16, window=2))
+    # A runner of its own, whose batches (16 short texts each) are sent again after 10 s rather than the
+    # lane's 30 s (which a 130-window memory needs): the batches the killed worker held come back sooner.
+    runner = lane.start("bulk-kill-runner", [*CLI, "reembed", "resume", job.job_id], {"ATHENA_JOB_BATCH_TIMEOUT_S": "10"})
+    job_id = job.job_id
+    wait_until_done(lane, job_id, 100, runner=runner)
     [worker] = [p for p in lane.procs if p.name == "embeddings_bulk-worker-w1" and p.popen.poll() is None]
     worker.stop(signal.SIGKILL)
     lane.worker("embeddings_bulk", "w1")
@@ -116,6 +120,9 @@ def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
     state = wait_terminal(lane, job_id)
     assert state.status is JobStatus.COMPLETED, state.error
     assert state.counts.completed == 1500
+    assert runner.popen.wait(timeout=60) == 0
+    # The kill did take batches with it: the runner sent them again.
+    assert "sending it again" in runner.log_path.read_text(errors="replace")
     matrix = np.load(tmp_path / "vectors.npy")
     ids = [json.loads(line)["id"] for line in (tmp_path / "vectors.ids.jsonl").read_text().splitlines()]
     assert ids == [f"m{i}" for i in range(1500)]

@@ -1,11 +1,16 @@
-"""Malformed payloads for every task: what a buggy or hostile caller might send by task name.
+"""Payloads the test suite and the benches send: one incident, as a memory and as
+episodic events, and malformed payloads for every task.
 
-Each starts from a valid payload of its task and breaks it one way: positional
-junk, an unknown key, a missing or mistyped field, blank, NUL-only or huge
-text, a lone UTF-16 surrogate, NaN, an empty or oversized list, mixed time
-zones. Every one must be answered with InvalidInput (or InputTooLong), never a
-raw Python exception. Used by the unit tests and by bench/faults.py over the
-broker.
+The incident is the text the compression and consolidation figures in
+docs/performance.md were measured on; keep it as it is, or measure again.
+
+Each malformed payload starts from a valid payload of its task and breaks it one
+way: positional junk, an unknown key, a missing or mistyped field, blank,
+NUL-only or huge text, a lone UTF-16 surrogate, NaN, an empty or oversized list,
+mixed time zones. Every one must be answered with InvalidInput (or
+InputTooLong), never a raw Python exception: the unit tests try them all on
+every task, tests/tasks/test_malformed_payloads.py sends a sample through real
+workers, and bench/faults.py sends more.
 """
 
 from __future__ import annotations
@@ -14,8 +19,39 @@ import random
 import time
 from typing import Any, Iterator
 
+from athena_client.consolidation import EpisodicEvent
 from athena_client.routes import TaskName
 
+# About 360 cl100k tokens of an incident, as a memory to compress.
+INCIDENT_MEMORY = """On Monday the payments team noticed that the nightly reconciliation job had been failing silently for three days.
+The job reads settlement files from the bank's SFTP server, matches each line against the ledger in PostgreSQL, and
+writes mismatches to a review queue. Since the bank rotated its host key on Friday, the SFTP client refused to connect,
+and because the job caught every exception and logged it at debug level, nobody saw an error. Maria traced the problem
+by comparing the job's run times, which had dropped from twelve minutes to four seconds, a sign that it did no work.
+The team agreed on three changes. First, the job now fails loudly: any exception ends the run with a non-zero exit code,
+and the scheduler pages the on-call engineer. Second, host keys are pinned in configuration and a rotation is announced
+in the team channel a week ahead. Third, a freshness check alerts when no settlement file has been processed for
+twenty-six hours. Dev wrote a backfill script that replayed the three missing days in order; it found 214 mismatches,
+all of them refunds issued on Saturday that the bank settled on Monday. Finance reviewed them on Tuesday and closed
+the incident. In the retrospective the team noted that silent failure was the real defect, not the key rotation, and
+decided that every batch job must report its processed row count to the metrics store, so that a drop to zero is visible
+on the dashboard. The same review found two other jobs that swallowed exceptions: the invoice exporter and the
+currency-rate importer. Both now follow the new rule. Maria will present the incident at the Thursday engineering
+meeting, and Dev will add a section on batch job hygiene to the onboarding guide before the end of the month."""
+
+# The same incident as eight episodic events, a cluster to consolidate.
+INCIDENT_EVENTS = [
+    EpisodicEvent(id="e1", timestamp="2026-11-02T09:14:00Z", event_type="incident", content="The nightly reconciliation job failed silently for three days after the bank rotated its SFTP host key.", tags=["payments", "batch"]),
+    EpisodicEvent(id="e2", timestamp="2026-11-02T11:40:00Z", event_type="decision", content="Team decided that every batch job must exit non-zero on any exception and page the on-call engineer.", tags=["batch", "alerting"]),
+    EpisodicEvent(id="e3", timestamp="2026-11-03T10:05:00Z", event_type="decision", content="Host keys are now pinned in configuration; key rotations are announced a week ahead.", tags=["security"]),
+    EpisodicEvent(id="e4", timestamp="2026-11-04T15:30:00Z", event_type="task", content="Dev wrote a backfill script that replayed three missing days in order and found 214 mismatches.", tags=["payments"]),
+    EpisodicEvent(id="e5", timestamp="2026-11-05T09:00:00Z", event_type="review", content="Retrospective: silent failure was the real defect, not the key rotation.", tags=["retro"]),
+    EpisodicEvent(id="e6", timestamp="2026-11-05T09:45:00Z", event_type="decision", content="Every batch job reports its processed row count to the metrics store so a drop to zero shows on the dashboard.", tags=["batch", "metrics"]),
+    EpisodicEvent(id="e7", timestamp="2026-11-06T14:10:00Z", event_type="task", content="The invoice exporter and currency-rate importer were changed to stop swallowing exceptions.", tags=["batch"]),
+    EpisodicEvent(id="e8", timestamp="2026-11-07T16:00:00Z", event_type="workflow", content="On-call checks the batch dashboard every morning before standup and files issues for jobs with zero rows.", tags=["on-call", "batch"]),
+]
+
+# Malformed payloads, each from one of these valid ones.
 EVENT = {"id": "e1", "timestamp": "2026-11-02T09:14:00Z", "event_type": "decision", "content": "Batch jobs fail loudly.", "tags": ["batch"]}
 STATE = {
     "options": {"compress": False, "max_patterns": 2, "temperature": 0.2, "embed_patterns": False},
@@ -80,10 +116,10 @@ def _mutations(task: TaskName, payload: dict[str, Any], rng: random.Random) -> I
 
 def request_models() -> dict[TaskName, type]:
     """Each task's payload model, as the worker validates it."""
-    from athena_inference.config.celery import TASK_MODULES, app
+    from athena_inference.config.celery import app
 
-    for module in TASK_MODULES:
-        __import__(module)
+    # The app's task modules, loaded the way a worker loads them (operator code imports no task itself).
+    app.loader.import_default_modules()
     return {name: app.tasks[name.value].request_model for name in TaskName}
 
 
