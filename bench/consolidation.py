@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from athena_client import AthenaClient
-from athena_client.consolidation import EpisodicEvent
+from athena_client.contract.consolidation import EpisodicEvent
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.local_stack import ALL_QUEUES, Stack, local_stack_env
 from athena_inference.workers.ops.provision import provision

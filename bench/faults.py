@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from athena_client.client import AthenaClient
-from athena_client.errors import AthenaError, ServerTimeout
-from athena_client.payloads import EmbedRequest, ReasonRequest
-from athena_client.routes import TaskName, queue_for
+from athena_client.contract.errors import AthenaError, ServerTimeout
+from athena_client.contract.payloads import EmbedRequest, ReasonRequest
+from athena_client.contract.routes import TaskName, queue_for
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.local_stack import (
     ALL_QUEUES, Proc, RestartableRedis, Stack, UpStack, alive, answering, children, descendants, endless_generation,

@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from athena_client.payloads import EmbedRequest, ReasonRequest
-from athena_client.routes import ENQUEUED_AT_HEADER, Queue, TaskName
+from athena_client.contract.payloads import EmbedRequest, ReasonRequest
+from athena_client.contract.routes import ENQUEUED_AT_HEADER, Queue, TaskName
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.metrics import latency_stats

@@ -44,8 +44,8 @@ from pathlib import Path
 import httpx
 
 from athena_client.client import AthenaClient
-from athena_client.payloads import EmbeddingResult, EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import EmbeddingResult, EmbedRequest
+from athena_client.contract.routes import TaskName
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.local_stack import Stack, UpStack, local_stack_env, redis_port, wait_for
 from athena_inference.workers.ops.provision import provision

@@ -19,8 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from athena_client.payloads import EmbedBatchRequest
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import EmbedBatchRequest
+from athena_client.contract.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.local_stack import Stack, free_port, local_stack_env, redis_port

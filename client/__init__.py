@@ -1,10 +1,22 @@
-"""The contract between Athena and the inference workers, and the client over it.
+"""Athena's client of the inference workers, and the contract it shares with them.
 
-The contract modules (payloads, consolidation, jobs, health, routes, errors,
-validation) need pydantic only; workers and callers both import them, and they
-import nothing from the workers. `AthenaClient` and `AsyncAthenaClient` also
-need celery and redis, so they are imported on first use: importing
-`athena_client.payloads` does not pull in Celery.
+Three rooms:
+
+- `contract/`: what a message and a result are (payloads, consolidation,
+  jobs, health, routes, errors, validation, limits, grammar). Pydantic and the
+  standard library only; the workers and the client both import it.
+- `shared_redis/`: the Redis both sides share: clients that wait out a
+  restart, kombu's Redis transport fixed, the Celery options both apps set, and
+  the records both keep there (metrics, job records).
+- the client itself (`client.py`, `async_client.py`, `transport.py`,
+  `result_waiter.py`, `compat/`): sends tasks by name and reads typed
+  results. Nothing on the workers' side imports it but the callers there (the
+  operator commands, the job runner sending batches to the bulk lane).
+
+`athena_client.errors`, `.payloads`, `.consolidation` and `.jobs`, Athena's
+documented import paths, give the contract's own names. `AthenaClient` and
+`AsyncAthenaClient` need celery and redis, so they are imported on first use:
+importing the contract does not pull in Celery.
 """
 
 from __future__ import annotations
@@ -15,13 +27,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from athena_client.async_client import AsyncAthenaClient
     from athena_client.client import AthenaClient
-    from athena_client.health import HealthReport
+    from athena_client.contract.health import HealthReport
 
 # name -> the module that defines it (PEP 562: resolved on first access).
 _LAZY = {
     "AthenaClient": "athena_client.client",
     "AsyncAthenaClient": "athena_client.async_client",
-    "HealthReport": "athena_client.health",
+    "HealthReport": "athena_client.contract.health",
 }
 
 __all__ = ["AthenaClient", "AsyncAthenaClient", "HealthReport"]

@@ -19,12 +19,12 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 from pydantic import BaseModel
 
 from athena_client.client import DEFAULT_TASK_DESCRIPTION, DEFAULT_TIMEOUT_S, AthenaClient
-from athena_client.consolidation import ConsolidationResult, EpisodicEvent, Pattern
-from athena_client.health import HealthReport
-from athena_client.job_store import JobStore
-from athena_client.jobs import ItemError, JobState, JsonlSource, PostgresSource
-from athena_client.payloads import CompressionResult, EmbeddingResult, EmbedPurpose, LongTextPolicy, ReasoningResult
-from athena_client.routes import TaskName
+from athena_client.contract.consolidation import ConsolidationResult, EpisodicEvent, Pattern
+from athena_client.contract.health import HealthReport
+from athena_client.shared_redis.job_store import JobStore
+from athena_client.contract.jobs import ItemError, JobState, JsonlSource, PostgresSource
+from athena_client.contract.payloads import CompressionResult, EmbeddingResult, EmbedPurpose, LongTextPolicy, ReasoningResult
+from athena_client.contract.routes import TaskName
 
 
 T = TypeVar("T")

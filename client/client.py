@@ -8,7 +8,7 @@
 It sends tasks by name and imports no worker code, so Athena needs only this
 package's light dependencies (celery, redis, pydantic). Every call can also be
 fired and forgotten (`submit`) and fetched later (`result`). A failed task
-raises its `athena_client.errors` class.
+raises its `athena_client.contract.errors` class.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel
 
-from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent, Pattern
-from athena_client.errors import ServerTimeout
-from athena_client.health import HealthReport, QueueHealth, ServerHealth
-from athena_client.job_store import JobStore, job_ttl_from_env
-from athena_client.jobs import ItemError, JobState, JsonlSource, PostgresSource, ReembedJobRef, ReembedRequest
-from athena_client.payloads import (
+from athena_client.contract.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent, Pattern
+from athena_client.contract.errors import ServerTimeout
+from athena_client.contract.health import HealthReport, QueueHealth, ServerHealth
+from athena_client.shared_redis.job_store import JobStore, job_ttl_from_env
+from athena_client.contract.jobs import ItemError, JobState, JsonlSource, PostgresSource, ReembedJobRef, ReembedRequest
+from athena_client.contract.payloads import (
     CompressionResult,
     CompressorStatus,
     CompressRequest,
@@ -37,9 +37,9 @@ from athena_client.payloads import (
     ReasonRequest,
     VectorOrigin,
 )
-from athena_client.routes import SERVER_HEALTH, Queue, TaskName
+from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
 from athena_client.transport import TaskTransport
-from athena_client.validation import parse
+from athena_client.contract.validation import parse
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6380/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6380/1"

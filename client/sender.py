@@ -8,7 +8,7 @@ from celery.result import AsyncResult
 from pydantic import BaseModel
 
 from athena_client.client import AthenaClient
-from athena_client.routes import TaskName
+from athena_client.contract.routes import TaskName
 
 
 class TaskSender(AthenaClient):

@@ -17,39 +17,22 @@ from celery import Celery, states
 from celery.result import assert_will_not_block
 from pydantic import BaseModel
 
-from athena_client.consolidation import ConsolidationResult
-from athena_client.errors import AthenaError, ServerTimeout
-from athena_client.health import ServerHealth
-from athena_client.jobs import EmbedBulkResult, JobState
-from athena_client.payloads import (
+from athena_client.contract.consolidation import ConsolidationResult
+from athena_client.contract.errors import AthenaError, ServerTimeout
+from athena_client.contract.health import ServerHealth
+from athena_client.contract.jobs import EmbedBulkResult, JobState
+from athena_client.contract.payloads import (
     CompressionResult,
     CompressorStatus,
     EmbeddingBatchResult,
     EmbeddingResult,
     ReasoningResult,
 )
-from athena_client.redis_transport import REDIS_TRANSPORT
+from athena_client.shared_redis.celery_options import JSON_ONLY, PUBLISH_RETRY_POLICY, RESULT_RETRIES
+from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
 from athena_client.result_forgetter import ResultForgetter
 from athena_client.result_waiter import ResultWaiter, Ticket, WaitTimedOut
-from athena_client.routes import ENQUEUED_AT_HEADER, TaskName, queue_for
-
-# Celery's defaults, minus pickle: a caller never accepts anything but JSON.
-JSON_ONLY = dict(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-)
-
-# A Redis restart takes its broker away for a second or two, longer while it
-# reloads a large append-only file. Celery's default publish retries last
-# 0.6 s, and a send 8 s into an outage failed (tests/config/
-# test_redis_restart_integration.py); these wait about 35 s before the send
-# fails, so a restart holds a caller up instead of failing it.
-PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
-# Reading or deleting a result retries through a Redis restart the same way
-# (Celery retries these only when told to), with backoff up to 10 s.
-RESULT_RETRIES = dict(result_backend_always_retry=True, result_backend_max_retries=20)
+from athena_client.contract.routes import ENQUEUED_AT_HEADER, TaskName, queue_for
 
 # What each task a caller may wait on returns. (Consolidation's inner stages
 # hand their state on to the next stage; only the last one's answer, a
@@ -86,7 +69,7 @@ class TaskTransport:
             JSON_ONLY, **RESULT_RETRIES, broker_connection_retry_on_startup=True, task_publish_retry_policy=PUBLISH_RETRY_POLICY
         )
         if urlsplit(broker_url).scheme == "redis":
-            # The workers' transport (client/redis_transport.py): a Redis restart handled, less per message.
+            # The workers' transport (client/shared_redis/redis_transport.py): a Redis restart handled, less per message.
             app.conf.broker_transport = REDIS_TRANSPORT
         return cls(app, timeout=timeout)
 

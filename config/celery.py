@@ -13,9 +13,9 @@ from celery.signals import before_task_publish
 from kombu import Queue as KombuQueue
 from kombu.transport import TRANSPORT_ALIASES
 
-from athena_client.redis_transport import REDIS_TRANSPORT
-from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, Queue, TaskName
-from athena_client.transport import PUBLISH_RETRY_POLICY, RESULT_RETRIES
+from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
+from athena_client.contract.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, Queue, TaskName
+from athena_client.shared_redis.celery_options import PUBLISH_RETRY_POLICY, RESULT_RETRIES
 from athena_inference.config.registry import LANES, task_modules
 from athena_inference.config.settings import Settings, get_settings
 
@@ -87,7 +87,7 @@ def redis_restart_settings() -> dict:
 
 def use_fixed_redis_transport() -> None:
     """redis:// and rediss:// get kombu's Redis transport with the fix in
-    client/redis_transport.py, so a Redis restart with a task in flight does not
+    client/shared_redis/redis_transport.py, so a Redis restart with a task in flight does not
     kill the worker. Under the schemes' own names, so URLs, logs and Flower's
     broker page still say redis://; set before any connection is made."""
     for scheme in ("redis", "rediss"):

@@ -4,10 +4,10 @@ One row per queue. Celery's queues, routes and time limits, the health task of
 each server, every task's retry budget, each process's name and command line,
 the Procfile, the exporter's queue labels and Flower's queue list are all read
 from here; compose's service commands are checked against it in a test. Adding
-a kind of call is a row here, its task names in `client/routes.py` (what the
+a kind of call is a row here, its task names in `client/contract/routes.py` (what the
 client sends), and its task module.
 
-The task-to-queue mapping itself stays in the contract (`client/routes.py`),
+The task-to-queue mapping itself stays in the contract (`client/contract/routes.py`),
 which the client imports without any worker dependency; a row's tasks are read
 from it.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from athena_client.routes import TASK_QUEUES, Queue, TaskName
+from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName
 
 if TYPE_CHECKING:
     # The settings make a field of each server's settings from this table, so this module cannot import them.
@@ -36,7 +36,7 @@ class Lane(BaseModel):
     # The module whose tasks run on it (imported by every worker).
     module: str
     # The llama-server its worker fronts (`athena-inference serve <server>`), or
-    # None. Its health task is `athena.health.<queue>` (client/routes.py).
+    # None. Its health task is `athena.health.<queue>` (client/contract/routes.py).
     server: Optional[str] = None
     # That server's defaults for the settings every server has (config/server_settings.py).
     server_defaults: dict[str, Any] = Field(default_factory=dict)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict
 
-from athena_client.routes import Queue
+from athena_client.contract.routes import Queue
 from athena_inference.config.embedding_profiles import EmbeddingProfile
 from athena_inference.config.registry import lane, server_lanes
 from athena_inference.config.settings import Settings

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from athena_client.errors import ConfigurationError
-from athena_client.metrics import SIDE_DATABASE, with_database
-from athena_client.limits import PayloadLimits
-from athena_client.validation import describe
+from athena_client.contract.errors import ConfigurationError
+from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
+from athena_client.contract.limits import PayloadLimits
+from athena_client.contract.validation import describe
 from athena_inference.config.embedding_profiles import (
     DEFAULT_PROFILE,
     EmbeddingProfile,
@@ -227,7 +227,7 @@ class _Settings(BaseSettings):
     worker_max_memory_per_child_mb: int = Field(2048, ge=64)
     worker_max_tasks_per_child: int = Field(10000, ge=1)
 
-    # --- payload caps: ATHENA_MAX_<CAP> for each field of client/limits.py's
+    # --- payload caps: ATHENA_MAX_<CAP> for each field of client/contract/limits.py's
     # PayloadLimits (added below); a request over one is refused with InvalidInput ---
 
     # --- per-kind hard time limits (a soft limit fires 10% earlier) ---

@@ -76,10 +76,10 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
 from pydantic import BaseModel, ValidationError
 
-from athena_client.errors import AthenaError, InternalError, InvalidInput, PoisonMessage, ServerTimeout, ServerUnavailable
-from athena_client.payloads import ServerTiming, TaskTiming
-from athena_client.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
-from athena_client.validation import parse
+from athena_client.contract.errors import AthenaError, InternalError, InvalidInput, PoisonMessage, ServerTimeout, ServerUnavailable
+from athena_client.contract.payloads import ServerTiming, TaskTiming
+from athena_client.contract.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
+from athena_client.contract.validation import parse
 from athena_inference.config.registry import Lane, lane_of
 from athena_inference.config.settings import env_name, get_settings
 from athena_inference.tasks import seams

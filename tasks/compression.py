@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from athena_client.payloads import CompressionResult, CompressorStatus, CompressRequest, NoArguments
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import CompressionResult, CompressorStatus, CompressRequest, NoArguments
+from athena_client.contract.routes import TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
 from athena_inference.tasks import seams

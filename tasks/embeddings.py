@@ -7,9 +7,9 @@ module only shapes the results."""
 
 from __future__ import annotations
 
-from athena_client.jobs import EmbedBulkRequest, EmbedBulkResult
-from athena_client.payloads import EmbedBatchRequest, EmbeddingBatchResult, EmbeddingResult, EmbedRequest
-from athena_client.routes import Queue, TaskName
+from athena_client.contract.jobs import EmbedBulkRequest, EmbedBulkResult
+from athena_client.contract.payloads import EmbedBatchRequest, EmbeddingBatchResult, EmbeddingResult, EmbedRequest
+from athena_client.contract.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, task_timing

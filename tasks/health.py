@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from athena_client.health import ServerHealth
-from athena_client.payloads import NoArguments
-from athena_client.routes import Queue, TaskName
+from athena_client.contract.health import ServerHealth
+from athena_client.contract.payloads import NoArguments
+from athena_client.contract.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask

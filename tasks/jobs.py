@@ -6,8 +6,8 @@ queue, so that wait can never hold up the tasks it waits for.
 
 from __future__ import annotations
 
-from athena_client.jobs import JobState, ReembedJobRef
-from athena_client.routes import TaskName
+from athena_client.contract.jobs import JobState, ReembedJobRef
+from athena_client.contract.routes import TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
 from athena_inference.tasks.base import AthenaTask

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from athena_client.payloads import ReasoningResult, ReasonRequest
-from athena_client.routes import Queue, TaskName
+from athena_client.contract.payloads import ReasoningResult, ReasonRequest
+from athena_client.contract.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, task_timing

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import redis
 
-from athena_client.errors import ServerUnavailable
+from athena_client.contract.errors import ServerUnavailable
 
 PREFIX = "athena:breaker:"
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import redis
 
-from athena_client.payloads import CompressRequest
+from athena_client.contract.payloads import CompressRequest
 from athena_inference.workers.compressor import Compression
 
 PREFIX = "athena:compress"

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, 
 
 from pydantic import BaseModel
 
-from athena_client.errors import CompressionUnavailable, ConfigurationError
-from athena_client.payloads import CompressorStatus
+from athena_client.contract.errors import CompressionUnavailable, ConfigurationError
+from athena_client.contract.payloads import CompressorStatus
 from athena_inference.config.settings import Settings
 
 if TYPE_CHECKING:

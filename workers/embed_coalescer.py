@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from athena_client.errors import InvalidInput
+from athena_client.contract.errors import InvalidInput
 from athena_inference.workers.llama_server import Embeddings
 
 

@@ -21,10 +21,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from athena_client.errors import AthenaError, DimensionMismatch, InputTooLong, InvalidInput
-from athena_client.health import ServerHealth
-from athena_client.jobs import ItemError
-from athena_client.payloads import (
+from athena_client.contract.errors import AthenaError, DimensionMismatch, InputTooLong, InvalidInput
+from athena_client.contract.health import ServerHealth
+from athena_client.contract.jobs import ItemError
+from athena_client.contract.payloads import (
     EmbedPurpose,
     LongTextPolicy,
     ServerTiming,

@@ -15,10 +15,10 @@ from typing import Any, Callable, Optional
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from athena_client.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
-from athena_client.health import ServerHealth
-from athena_client.payloads import ServerTiming
-from athena_client.validation import describe
+from athena_client.contract.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
+from athena_client.contract.health import ServerHealth
+from athena_client.contract.payloads import ServerTiming
+from athena_client.contract.validation import describe
 from athena_inference.config.retry import RetryPolicy
 from athena_inference.workers.circuit_breaker import CircuitBreaker
 

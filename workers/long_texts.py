@@ -28,8 +28,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from athena_client.errors import InputTooLong
-from athena_client.payloads import LongTextPolicy, ServerTiming, VectorNote, text_problem
+from athena_client.contract.errors import InputTooLong
+from athena_client.contract.payloads import LongTextPolicy, ServerTiming, VectorNote, text_problem
 from athena_inference.workers.llama_server import Embeddings, LlamaServer
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 in Redis, the one the workers use. A result adds figures of its own kind by
 offering `metric_totals()` (`AddsTotals`) or `metric_samples()` (`AddsSamples`).
 
-The layout, and reading it, live in `athena_client.metrics`, so that the
+The layout, and reading it, live in `athena_client.shared_redis.metrics`, so that the
 client (Athena's performance monitor) reads the same figures the workers write.
 """
 
@@ -14,7 +14,7 @@ import math
 import time
 from typing import Optional, Protocol, runtime_checkable
 
-from athena_client.metrics import LATENCY_BUCKETS_MS, KindStats, LatencyHistogram, LatencyStats, MetricsReader, latency_stats, percentile
+from athena_client.shared_redis.metrics import LATENCY_BUCKETS_MS, KindStats, LatencyHistogram, LatencyStats, MetricsReader, latency_stats, percentile
 
 __all__ = [
     "AddsSamples",

@@ -12,8 +12,8 @@ import contextlib
 import threading
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from athena_client.errors import ServerUnavailable
-from athena_client.health import ServerHealth
+from athena_client.contract.errors import ServerUnavailable
+from athena_client.contract.health import ServerHealth
 from athena_inference.workers.llama_server import LlamaServer
 
 T = TypeVar("T")

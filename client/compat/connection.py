@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from athena_client.client import DEFAULT_RESULT_BACKEND, AthenaClient
-from athena_client.metrics import SIDE_DATABASE, with_database
+from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
 
 _lock = threading.Lock()
 _clients: dict[float, AthenaClient] = {}

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Optional
 
 from athena_client.compat.connection import shared_client
-from athena_client.payloads import EmbedPurpose
+from athena_client.contract.payloads import EmbedPurpose
 
 # Athena's embed waited 30 s for its server.
 EMBED_TIMEOUT_S = 30.0

@@ -3,7 +3,7 @@
 The names, signatures, defaults and result dataclasses are Athena's. What a
 call does is the queue's: the embedding and reasoning servers are chosen by
 the workers (their LLAMACPP_*_URL settings), so the URLs given here are kept
-as attributes and otherwise unused. Failures raise `athena_client.errors`
+as attributes and otherwise unused. Failures raise `athena_client.contract.errors`
 classes, which are `RuntimeError`s, as Athena's client raised.
 
 Timeouts. `timeout_seconds` is how long an embedding or compression call waits
@@ -27,15 +27,15 @@ from typing import Annotated, Any, Dict, List, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
-from athena_client import payloads
+from athena_client.contract import payloads
 from athena_client.async_client import in_client_thread
 from athena_client.compat.connection import shared_client
-from athena_client.consolidation import UNIT_SCORE_SCHEMA, merge_near_duplicates
-from athena_client.errors import InvalidInput, ModelOutputInvalid, ServerTimeout
-from athena_client.grammar import compact_json_grammar
-from athena_client.payloads import EmbedPurpose, ReasonRequest
-from athena_client.routes import TaskName
-from athena_client.validation import describe, parse
+from athena_client.contract.consolidation import UNIT_SCORE_SCHEMA, merge_near_duplicates
+from athena_client.contract.errors import InvalidInput, ModelOutputInvalid, ServerTimeout
+from athena_client.contract.grammar import compact_json_grammar
+from athena_client.contract.payloads import EmbedPurpose, ReasonRequest
+from athena_client.contract.routes import TaskName
+from athena_client.contract.validation import describe, parse
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ ANSWER_SCHEMA: dict = {
 }
 # Compact JSON, ASCII strings, every length bounded: the longest answer this
 # grammar allows is shorter than Athena's 2,048 tokens, so it is never cut off
-# (athena_client.grammar says why a token can never be shorter than a character).
+# (athena_client.contract.grammar says why a token can never be shorter than a character).
 ANSWER_GRAMMAR = compact_json_grammar(ANSWER_SCHEMA)
 
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Dict, List, Optional
 
 from athena_client.compat.connection import metrics_url
-from athena_client.metrics import KindStats, LatencyStats, MetricsReader
+from athena_client.shared_redis.metrics import KindStats, LatencyStats, MetricsReader
 
 logger = logging.getLogger(__name__)
 

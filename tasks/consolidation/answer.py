@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from athena_client.consolidation import ConsolidateOptions, Pattern, merge_near_duplicates
-from athena_client.errors import ModelOutputInvalid
+from athena_client.contract.consolidation import ConsolidateOptions, Pattern, merge_near_duplicates
+from athena_client.contract.errors import ModelOutputInvalid
 from athena_inference.tasks.consolidation import prompt
 from athena_inference.tasks.consolidation.schema import parse_patterns, response_format
 from athena_inference.workers.llama_server import LlamaServer

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from athena_client.consolidation import EpisodicEvent
+from athena_client.contract.consolidation import EpisodicEvent
 
 SYSTEM = (
     "You consolidate an AI agent's episodic memory into semantic memory. From the events given, "

@@ -8,8 +8,8 @@ import json
 
 from pydantic import BaseModel, ValidationError
 
-from athena_client.consolidation import UNIT_SCORE_SCHEMA, Pattern
-from athena_client.validation import describe
+from athena_client.contract.consolidation import UNIT_SCORE_SCHEMA, Pattern
+from athena_client.contract.validation import describe
 
 MAX_SOURCES = 8
 

@@ -15,11 +15,11 @@ from typing import Annotated, Literal, Optional
 from celery import Task
 from pydantic import BaseModel, ConfigDict, Field
 
-from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, Pattern, StageTiming
-from athena_client.errors import InvalidInput
-from athena_client.limits import capped
-from athena_client.payloads import NonBlankText, ShortText, VectorOrigin
-from athena_client.routes import TASK_QUEUES, Queue, TaskName
+from athena_client.contract.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, Pattern, StageTiming
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.limits import capped
+from athena_client.contract.payloads import NonBlankText, ShortText, VectorOrigin
+from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
 from athena_inference.tasks import seams

@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from athena_client import AthenaClient
-from athena_client.errors import InvalidInput
-from athena_client.payloads import EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
 from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ATHENA_PROGRAM = r"""
 import asyncio, json, sys
 from athena_client import AsyncAthenaClient, AthenaClient
-from athena_client.routes import TaskName
-from athena_client.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
+from athena_client.contract.payloads import EmbedRequest
 
 broker, backend = sys.argv[1], sys.argv[2]
 out = {}

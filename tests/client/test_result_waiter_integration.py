@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import Celery, states
 
-from athena_client.errors import InvalidInput
+from athena_client.contract.errors import InvalidInput
 from athena_client import result_waiter
 from athena_client.result_waiter import ResultWaiter, WaitTimedOut
 from athena_inference.workers.ops.provision import redis_server_binary

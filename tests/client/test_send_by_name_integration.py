@@ -8,8 +8,8 @@ import sys
 
 CLIENT = r"""
 import json, sys
-from athena_client.payloads import EmbedRequest, ReasonRequest
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import EmbedRequest, ReasonRequest
+from athena_client.contract.routes import TaskName
 from athena_client.sender import TaskSender
 
 sender = TaskSender(sys.argv[1], sys.argv[2])

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from athena_client.metrics import SIDE_DATABASE
+from athena_client.shared_redis.metrics import SIDE_DATABASE
 from athena_inference.workers.reembedding.stores.postgres import CONNECTION_ENV
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from athena_client.routes import Queue
+from athena_client.contract.routes import Queue
 from athena_inference.config.registry import LANES, lane, server_lanes
 from athena_inference.config.settings import Settings, env_name, load_settings
 from athena_inference.workers.ops.model_download import PRODUCTION_MODELS

@@ -6,8 +6,8 @@ import pickle
 import pytest
 from kombu import Connection
 
-from athena_client.payloads import EmbedRequest
-from athena_client.routes import TASK_QUEUES, Queue, TaskName, queue_for
+from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName, queue_for
 from athena_inference.config.celery import celery_config, make_celery, time_limits
 from athena_inference.config.settings import load_settings
 
@@ -141,7 +141,7 @@ def test_module_app_is_configured_with_celery_config():
     assert app.conf.worker_prefetch_multiplier == 1
 
 
-# --- athena_client.routes ---
+# --- athena_client.contract.routes ---
 
 
 def test_every_task_name_has_a_queue():
@@ -186,7 +186,7 @@ def test_sending_a_task_waits_out_a_restart_of_several_seconds(config):
 
 
 def test_redis_urls_get_the_fixed_transport_under_their_own_scheme():
-    from athena_client.redis_transport import Transport
+    from athena_client.shared_redis.redis_transport import Transport
 
     with make_celery(load_settings(broker_url="redis://127.0.0.1:6390/0")).connection_for_write() as connection:
         assert isinstance(connection.transport, Transport)

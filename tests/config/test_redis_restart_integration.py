@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from athena_client import AthenaClient
-from athena_client.errors import AthenaError, ServerTimeout
-from athena_client.payloads import EmbedBatchRequest, EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import AthenaError, ServerTimeout
+from athena_client.contract.payloads import EmbedBatchRequest, EmbedRequest
+from athena_client.contract.routes import TaskName
 from athena_inference.workers.ops.stack import with_password
 from tests.harness import RestartableRedis, Stack, local_stack_env, redis_port, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from athena_client.routes import SERVER_HEALTH, TASK_QUEUES, Queue, TaskName
+from athena_client.contract.routes import SERVER_HEALTH, TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import app, celery_config, time_limits
 from athena_inference.config.registry import LANES, lane, lane_of, served, servers, task_modules
 from athena_inference.config.servers import EMBEDDING_QUEUES, SERVER_QUEUES

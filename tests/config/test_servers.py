@@ -2,8 +2,8 @@
 
 import pytest
 
-from athena_client.errors import ConfigurationError
-from athena_client.routes import Queue
+from athena_client.contract.errors import ConfigurationError
+from athena_client.contract.routes import Queue
 from athena_inference.config.servers import MODEL_ALIASES, copy_url, server_config
 from athena_inference.config.settings import MAX_AUTO_BULK_SERVERS, load_settings
 

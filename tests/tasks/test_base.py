@@ -9,12 +9,12 @@ import httpx
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from athena_client.errors import InternalError, InvalidInput, ServerTimeout, ServerUnavailable
-from athena_client.payloads import ServerTiming
-from athena_client.routes import TASK_QUEUES, Queue, TaskName
+from athena_client.contract.errors import InternalError, InvalidInput, ServerTimeout, ServerUnavailable
+from athena_client.contract.payloads import ServerTiming
+from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import TASK_MODULES, app
 from athena_inference.tasks import seams
-from athena_client.routes import ENQUEUED_AT_HEADER
+from athena_client.contract.routes import ENQUEUED_AT_HEADER
 from athena_inference.tasks.base import AthenaTask, Outcome, TaskClock, running_clock, task_timing
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.metrics import MetricsSink, MetricsStore

@@ -7,9 +7,9 @@ from typing import Iterator
 
 import pytest
 
-from athena_client.errors import InvalidInput
-from athena_client.payloads import CompressionResult, CompressorStatus, CompressRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.payloads import CompressionResult, CompressorStatus, CompressRequest
+from athena_client.contract.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.workers.metrics import MetricsStore
 from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS, INCIDENT_MEMORY as MEMORY

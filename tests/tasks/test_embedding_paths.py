@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from athena_client.consolidation import Pattern
-from athena_client.errors import DimensionMismatch
-from athena_client.routes import Queue, TaskName
+from athena_client.contract.consolidation import Pattern
+from athena_client.contract.errors import DimensionMismatch
+from athena_client.contract.routes import Queue, TaskName
 from athena_inference.tasks import seams
 from athena_inference.tasks.consolidation.stages import ConsolidationState, embed_stage
 from athena_inference.tasks.embeddings import embed, embed_batch, embed_bulk

@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
-from athena_client.errors import DimensionMismatch, InputTooLong, InvalidInput
-from athena_client.routes import Queue
+from athena_client.contract.errors import DimensionMismatch, InputTooLong, InvalidInput
+from athena_client.contract.routes import Queue
 from athena_inference.tasks import seams
 from athena_inference.workers import long_texts
 from athena_inference.tasks.embeddings import embed, embed_batch, embed_bulk

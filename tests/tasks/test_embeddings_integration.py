@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import redis
 
-from athena_client.errors import InvalidInput
-from athena_client.payloads import EmbedBatchRequest, EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.payloads import EmbedBatchRequest, EmbedRequest
+from athena_client.contract.routes import TaskName
 
 SENTENCES = [
     "The deploy to production failed at 3am because the migration locked the users table.",

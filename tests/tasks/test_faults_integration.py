@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from athena_client.client import AthenaClient
-from athena_client.consolidation import ConsolidateRequest
-from athena_client.errors import PoisonMessage, ServerUnavailable
-from athena_client.payloads import EmbedRequest, ReasonRequest
-from athena_client.routes import TaskName
+from athena_client.contract.consolidation import ConsolidateRequest
+from athena_client.contract.errors import PoisonMessage, ServerUnavailable
+from athena_client.contract.payloads import EmbedRequest, ReasonRequest
+from athena_client.contract.routes import TaskName
 from athena_inference.workers.circuit_breaker import CircuitBreaker
 from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS
 from tests.harness import Proc, endless_generation, free_port, wait_for

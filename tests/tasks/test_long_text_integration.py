@@ -11,10 +11,10 @@ import inspect
 import numpy as np
 import pytest
 
-from athena_client.errors import InputTooLong
-from athena_client.jobs import EmbedBulkRequest
-from athena_client.payloads import EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import InputTooLong
+from athena_client.contract.jobs import EmbedBulkRequest
+from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
 
 LONG_CHARS = 66_000
 # Thirty-odd windows on one thread take seconds; leave room for a slow machine.

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from athena_client.errors import InputTooLong, InvalidInput
-from athena_client.routes import queue_for
+from athena_client.contract.errors import InputTooLong, InvalidInput
+from athena_client.contract.routes import queue_for
 from athena_inference.config.celery import app
 from athena_inference.workers.ops.sample_payloads import malformed_payloads
 from tests.harness import ALL_QUEUES, alive, answering

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from athena_client.errors import InvalidInput
-from athena_client.payloads import ReasonRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.payloads import ReasonRequest
+from athena_client.contract.routes import TaskName
 
 
 def test_reason_returns_text_with_token_counts_and_timings(sender):

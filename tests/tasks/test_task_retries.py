@@ -12,9 +12,9 @@ import httpx
 import pytest
 from celery.exceptions import Reject, Retry
 
-from athena_client.errors import InvalidInput, ServerUnavailable
-from athena_client.payloads import CompressorStatus
-from athena_client.routes import Queue, TaskName
+from athena_client.contract.errors import InvalidInput, ServerUnavailable
+from athena_client.contract.payloads import CompressorStatus
+from athena_client.contract.routes import Queue, TaskName
 from athena_inference.config.celery import TASK_MODULES, app
 from athena_inference.config.registry import lane_of
 from athena_inference.config.retry import RetryPolicy

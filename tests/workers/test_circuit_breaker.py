@@ -3,7 +3,7 @@
 import fakeredis
 import pytest
 
-from athena_client.errors import ServerUnavailable
+from athena_client.contract.errors import ServerUnavailable
 from athena_inference.workers.circuit_breaker import CircuitBreaker
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fakeredis
 
-from athena_client.payloads import CompressRequest
+from athena_client.contract.payloads import CompressRequest
 from athena_inference.workers.compression_cache import CompressionCache
 from athena_inference.workers.compressor import Compression
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from athena_client.errors import CompressionUnavailable, ConfigurationError
+from athena_client.contract.errors import CompressionUnavailable, ConfigurationError
 from athena_inference.config.settings import load_settings
 from athena_inference.workers import compressor as compressor_module
 from athena_inference.workers.compressor import (

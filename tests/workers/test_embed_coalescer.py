@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from athena_client.errors import InputTooLong, ServerUnavailable
-from athena_client.payloads import ServerTiming
+from athena_client.contract.errors import InputTooLong, ServerUnavailable
+from athena_client.contract.payloads import ServerTiming
 from athena_inference.workers.embed_coalescer import EmbedCoalescer, _token_shares
 from athena_inference.workers.llama_server import Embeddings
 

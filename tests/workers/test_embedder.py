@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 
-from athena_client.errors import DimensionMismatch, InputTooLong, InvalidInput
+from athena_client.contract.errors import DimensionMismatch, InputTooLong, InvalidInput
 from athena_inference.config.embedding_profiles import KNOWN_PROFILES, EmbeddingProfile
 from athena_inference.workers.embedder import Embedder, matryoshka
 from athena_inference.workers.llama_server import LlamaServer

@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
-from athena_client.consolidation import Pattern
-from athena_client.errors import DimensionMismatch, InvalidInput
-from athena_client.payloads import EmbedBatchRequest, EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.consolidation import Pattern
+from athena_client.contract.errors import DimensionMismatch, InvalidInput
+from athena_client.contract.payloads import EmbedBatchRequest, EmbedRequest
+from athena_client.contract.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.tasks.consolidation.stages import ConsolidationState
 from athena_inference.workers.llama_server import LlamaServer

@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from athena_client.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
+from athena_client.contract.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
 from athena_inference.config.retry import RetryPolicy
 from athena_inference.workers.llama_server import LlamaServer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from athena_client.payloads import EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
 from athena_inference.workers.metrics import MetricsStore
 from tests.harness import CLI, side_url
 

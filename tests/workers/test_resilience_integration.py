@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from athena_client.errors import ServerUnavailable
-from athena_client.payloads import EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import ServerUnavailable
+from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
 from athena_client.sender import TaskSender
 from tests.harness import free_port
 

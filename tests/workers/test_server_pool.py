@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from athena_client.errors import InvalidInput, ServerUnavailable
+from athena_client.contract.errors import InvalidInput, ServerUnavailable
 from athena_inference.config.retry import RetryPolicy
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.server_pool import ServerPool

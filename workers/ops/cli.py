@@ -9,8 +9,8 @@ from typing import Optional
 
 import click
 
-from athena_client.errors import AthenaError, ConfigurationError
-from athena_client.routes import Queue
+from athena_client.contract.errors import AthenaError, ConfigurationError
+from athena_client.contract.routes import Queue
 from athena_inference.config.settings import get_settings
 from athena_inference.workers.ops import launch
 from athena_inference.workers.ops.reembed_cli import reembed

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from athena_client.errors import ConfigurationError
+from athena_client.contract.errors import ConfigurationError
 from athena_inference.config.settings import Settings
 from athena_inference.workers.compressor import llmlingua2_family
 

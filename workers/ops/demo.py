@@ -6,10 +6,10 @@ import json
 import time
 from pathlib import Path
 
-from athena_client.errors import ConfigurationError
-from athena_client.jobs import JobStatus, JsonlSource
-from athena_client.payloads import CompressRequest, EmbedBatchRequest, EmbedRequest, ReasonRequest, TaskTiming
-from athena_client.routes import TaskName
+from athena_client.contract.errors import ConfigurationError
+from athena_client.contract.jobs import JobStatus, JsonlSource
+from athena_client.contract.payloads import CompressRequest, EmbedBatchRequest, EmbedRequest, ReasonRequest, TaskTiming
+from athena_client.contract.routes import TaskName
 from athena_client.sender import TaskSender
 from athena_inference.workers.reembedding.runner import iter_progress
 

@@ -12,7 +12,7 @@ import sys
 
 
 def main() -> int:
-    from athena_client.errors import ConfigurationError
+    from athena_client.contract.errors import ConfigurationError
 
     try:
         from athena_inference.workers.ops.cli import main as run

@@ -12,8 +12,8 @@ from typing import Optional
 
 import httpx
 
-from athena_client.errors import ConfigurationError
-from athena_client.routes import Queue
+from athena_client.contract.errors import ConfigurationError
+from athena_client.contract.routes import Queue
 from athena_inference.config.celery import WORKER_QUEUE_ENV
 from athena_inference.config.registry import served, servers
 from athena_inference.config.servers import SERVER_QUEUES, server_config

@@ -23,9 +23,9 @@ from typing import Callable, Optional
 import httpx
 import redis
 
-from athena_client.metrics import SIDE_DATABASE, with_database
-from athena_client.payloads import ReasonRequest
-from athena_client.routes import Queue
+from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
+from athena_client.contract.payloads import ReasonRequest
+from athena_client.contract.routes import Queue
 from athena_inference.config.servers import copy_url
 from athena_inference.workers.ops.provision import redis_server_binary
 

@@ -30,7 +30,7 @@ from huggingface_hub.file_download import repo_folder_name
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from athena_client.errors import ConfigurationError
+from athena_client.contract.errors import ConfigurationError
 from athena_inference.config.retry import RetryPolicy
 
 CHUNK = 1 << 20

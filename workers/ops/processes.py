@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from athena_client.routes import Queue
+from athena_client.contract.routes import Queue
 from athena_inference.config.registry import LANES, lane, server_lanes
 from athena_inference.config.servers import SERVER_QUEUES, server_config
 from athena_inference.config.settings import Settings

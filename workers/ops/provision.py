@@ -23,7 +23,7 @@ from typing import Callable, Optional
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from athena_client.errors import ConfigurationError
+from athena_client.contract.errors import ConfigurationError
 from athena_inference.config.settings import Settings
 from athena_inference.workers.compressor import tiktoken_cache
 from athena_inference.workers.ops import compressor_models

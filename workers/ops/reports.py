@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from athena_client.health import HealthReport
-from athena_client.routes import Queue
+from athena_client.contract.health import HealthReport
+from athena_client.contract.routes import Queue
 from athena_inference.workers.metrics import KindStats
 
 

@@ -19,8 +19,8 @@ import random
 import time
 from typing import Any, Iterator
 
-from athena_client.consolidation import EpisodicEvent
-from athena_client.routes import TaskName
+from athena_client.contract.consolidation import EpisodicEvent
+from athena_client.contract.routes import TaskName
 
 # About 360 cl100k tokens of an incident, as a memory to compress.
 INCIDENT_MEMORY = """On Monday the payments team noticed that the nightly reconciliation job had been failing silently for three days.

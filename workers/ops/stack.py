@@ -22,8 +22,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 import redis
 
-from athena_client.errors import AthenaError, ConfigurationError
-from athena_client.routes import Queue
+from athena_client.contract.errors import AthenaError, ConfigurationError
+from athena_client.contract.routes import Queue
 from athena_client.sender import TaskSender
 from athena_inference.config.registry import LANES, lane, server_lanes
 from athena_inference.config.servers import server_config

@@ -1,6 +1,6 @@
 """Vectors already made, by (vector space, text hash), so a duplicate text is embedded once.
 
-The key is the space (`athena_client.payloads.vector_space`: model, profile,
+The key is the space (`athena_client.contract.payloads.vector_space`: model, profile,
 size), not the bare model name: the same model under another profile (another
 prefix) or cut to another Matryoshka size makes other vectors, which must
 never be served from the cache in their place.

@@ -7,10 +7,10 @@ from typing import Optional, Protocol, Sequence
 
 from kombu import Connection
 
-from athena_client.errors import InvalidInput, JobError
-from athena_client.jobs import EmbedBulkRequest, EmbedBulkResult
-from athena_client.payloads import LongTextPolicy, VectorOrigin
-from athena_client.routes import Queue, TaskName
+from athena_client.contract.errors import InvalidInput, JobError
+from athena_client.contract.jobs import EmbedBulkRequest, EmbedBulkResult
+from athena_client.contract.payloads import LongTextPolicy, VectorOrigin
+from athena_client.contract.routes import Queue, TaskName
 from athena_client.transport import TaskTransport
 from athena_inference.workers.broker import queue_depth
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import redis
 
-from athena_client.job_store import lease_key
+from athena_client.shared_redis.job_store import lease_key
 
 
 class JobLeases:

@@ -24,11 +24,11 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
-from athena_client.errors import AthenaError, JobError, ServerTimeout
-from athena_client.job_store import JobStore
-from athena_client.jobs import ItemError, JobState, JobStatus
-from athena_client.payloads import VectorOrigin
-from athena_client.redis_connect import redis_client
+from athena_client.contract.errors import AthenaError, JobError, ServerTimeout
+from athena_client.shared_redis.job_store import JobStore
+from athena_client.contract.jobs import ItemError, JobState, JobStatus
+from athena_client.contract.payloads import VectorOrigin
+from athena_client.shared_redis.redis_connect import redis_client
 from athena_client.transport import TaskTransport
 from athena_inference.config.settings import Settings
 from athena_inference.workers.reembedding.embedding_cache import EmbeddingCache

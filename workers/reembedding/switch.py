@@ -29,8 +29,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from athena_client.errors import JobError
-from athena_client.jobs import JobState, JobStatus, PostgresSource
+from athena_client.contract.errors import JobError
+from athena_client.contract.jobs import JobState, JobStatus, PostgresSource
 from athena_inference.workers.reembedding.stores.postgres import named_connection, side_table_name
 
 SWITCHES = "athena_reembed_switches"

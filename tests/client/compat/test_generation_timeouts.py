@@ -15,9 +15,9 @@ import pytest
 from athena_client.client import AthenaClient
 from athena_client.compat import connection
 from athena_client.compat.llm_client import LocalLLMClient
-from athena_client.errors import AthenaError, ServerTimeout
-from athena_client.payloads import ReasonRequest
-from athena_client.routes import TaskName
+from athena_client.contract.errors import AthenaError, ServerTimeout
+from athena_client.contract.payloads import ReasonRequest
+from athena_client.contract.routes import TaskName
 
 
 def test_only_the_reasoning_task_stores_a_started_state():

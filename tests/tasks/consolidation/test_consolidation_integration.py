@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from athena_client.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult
-from athena_client.errors import InvalidInput
-from athena_client.routes import TaskName
+from athena_client.contract.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.routes import TaskName
 from athena_inference.workers.ops.sample_payloads import INCIDENT_EVENTS as EVENTS
 
 IDS = {e.id for e in EVENTS}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from athena_client.consolidation import EpisodicEvent
+from athena_client.contract.consolidation import EpisodicEvent
 from athena_inference.tasks.consolidation.prompt import fit_events, render_event
 from athena_inference.tasks.consolidation.schema import parse_patterns, patterns_schema
 

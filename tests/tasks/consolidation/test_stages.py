@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
-from athena_client.consolidation import ConsolidationResult
-from athena_client.errors import ModelOutputInvalid
-from athena_client.routes import Queue
+from athena_client.contract.consolidation import ConsolidationResult
+from athena_client.contract.errors import ModelOutputInvalid
+from athena_client.contract.routes import Queue
 from athena_inference.tasks import seams
 from athena_inference.tasks.consolidation.stages import ConsolidationState, reason_stage
 from athena_inference.workers.llama_server import LlamaServer

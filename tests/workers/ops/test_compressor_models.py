@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from athena_client.errors import ConfigurationError
+from athena_client.contract.errors import ConfigurationError
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.ops import compressor_models

@@ -19,8 +19,8 @@ from typing import Optional
 import httpx
 import pytest
 
-from athena_client.payloads import EmbedRequest, ReasonRequest
-from athena_client.routes import Queue, TaskName
+from athena_client.contract.payloads import EmbedRequest, ReasonRequest
+from athena_client.contract.routes import Queue, TaskName
 from athena_client.sender import TaskSender
 from tests.harness import ALL_QUEUES, CLI, Proc, Stack, free_port, wait_for
 

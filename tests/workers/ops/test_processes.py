@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from athena_client.routes import Queue
+from athena_client.contract.routes import Queue
 from athena_inference.config.settings import load_settings
 from athena_inference.config.servers import MODEL_ALIASES
 from athena_inference.workers.ops.processes import (

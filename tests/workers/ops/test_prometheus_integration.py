@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from athena_client.payloads import EmbedRequest
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
 from tests.harness import CLI, wait_for
 
 

@@ -1,7 +1,7 @@
 """The health report as terminal text."""
 
-from athena_client.health import HealthReport, QueueHealth, ServerHealth
-from athena_client.payloads import CompressorStatus
+from athena_client.contract.health import HealthReport, QueueHealth, ServerHealth
+from athena_client.contract.payloads import CompressorStatus
 from athena_inference.workers.ops.reports import health_lines
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from athena_client.payloads import EmbedBatchRequest
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import EmbedBatchRequest
+from athena_client.contract.routes import TaskName
 from tests.harness import free_port
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from athena_client.errors import ConfigurationError
+from athena_client.contract.errors import ConfigurationError
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.launch import HONCHO_NAME_ENV, copy_number, serve_llama
 from athena_inference.workers.ops.stack import (

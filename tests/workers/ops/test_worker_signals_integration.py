@@ -11,8 +11,8 @@ import signal
 import pytest
 
 from athena_client import AthenaClient
-from athena_client.payloads import ReasonRequest
-from athena_client.routes import TaskName
+from athena_client.contract.payloads import ReasonRequest
+from athena_client.contract.routes import TaskName
 from tests.harness import Proc, Stack, wait_for
 
 # About 150 generated tokens: a few seconds on the small reasoning model, long enough to be caught running.

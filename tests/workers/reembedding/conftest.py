@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from athena_client.client import AthenaClient
-from athena_client.job_store import JobStore
+from athena_client.shared_redis.job_store import JobStore
 from tests.harness import Stack, bulk_copies_env, local_stack_env, redis_port
 
 # Never a real secret: the machine's PostgreSQL trusts local connections and ignores it.

@@ -11,9 +11,9 @@ import fakeredis
 import numpy as np
 import pytest
 
-from athena_client.errors import JobError
-from athena_client.jobs import JobStatus, JsonlSource
-from athena_client.payloads import VectorOrigin, vector_space
+from athena_client.contract.errors import JobError
+from athena_client.contract.jobs import JobStatus, JsonlSource
+from athena_client.contract.payloads import VectorOrigin, vector_space
 from athena_inference.workers.reembedding.stores import JsonlStore, content_sha256
 from athena_inference.workers.reembedding.stores import jsonl as jsonl_module
 from athena_inference.workers.reembedding.stores.jsonl import MAX_ID_CHARS, MAX_LINE_BYTES, ids_path, manifest_path, read_npy_output

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 import redis
 
-from athena_client.jobs import JobStatus
-from athena_client.payloads import vector_space
+from athena_client.contract.jobs import JobStatus
+from athena_client.contract.payloads import vector_space
 from athena_inference.workers.reembedding.stores.postgres import side_table_name
 from tests.workers.reembedding.conftest import SECRET
 from tests.workers.reembedding.test_postgres_store import table_fingerprint

@@ -9,9 +9,9 @@ import uuid
 import psycopg
 import pytest
 
-from athena_client.errors import JobError
-from athena_client.jobs import PostgresSource
-from athena_client.payloads import VectorOrigin, vector_space
+from athena_client.contract.errors import JobError
+from athena_client.contract.jobs import PostgresSource
+from athena_client.contract.payloads import VectorOrigin, vector_space
 from athena_inference.workers.reembedding.stores import PostgresStore, content_sha256
 from athena_inference.workers.reembedding.stores.postgres import side_table_name
 
@@ -420,7 +420,7 @@ def test_a_job_that_asks_for_a_matryoshka_size_gets_a_default_side_table_of_its_
 def test_switch_refuses_a_side_table_holding_more_than_the_jobs_space(postgres_dsn, store_factory):
     from datetime import datetime, timezone
 
-    from athena_client.jobs import JobState, JobStatus, ReembedRequest
+    from athena_client.contract.jobs import JobState, JobStatus, ReembedRequest
     from athena_inference.workers.reembedding.switch import Switch
 
     table = make_table(postgres_dsn, ["alpha", "beta"])

@@ -15,8 +15,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from athena_client.jobs import JobState, JobStatus, JsonlSource, PostgresSource, ReembedRequest
-from athena_client.payloads import vector_space
+from athena_client.contract.jobs import JobState, JobStatus, JsonlSource, PostgresSource, ReembedRequest
+from athena_client.contract.payloads import vector_space
 from athena_inference.workers.reembedding.stores import content_sha256
 from athena_inference.workers.reembedding.stores.postgres import side_table_name
 from tests.harness import CLI, Stack, wait_for

@@ -17,8 +17,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from athena_client.jobs import JobStatus
-from athena_client.payloads import vector_space
+from athena_client.contract.jobs import JobStatus
+from athena_client.contract.payloads import vector_space
 from athena_inference.workers.embedder import matryoshka
 from athena_inference.workers.reembedding.stores.jsonl import ids_path, manifest_path, read_npy_output
 from athena_inference.workers.reembedding.stores.postgres import side_table_name

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from athena_client.jobs import JsonlSource, PostgresSource
+from athena_client.contract.jobs import JsonlSource, PostgresSource
 from athena_inference.workers.reembedding.stores.jsonl import JsonlStore
 from athena_inference.workers.reembedding.stores.postgres import PostgresStore
 from athena_inference.workers.reembedding.stores.rows import MemoryStore, StoreRow, content_sha256

@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Sequence, Union
 
-from athena_client.errors import JobError
-from athena_client.jobs import JsonlSource
-from athena_client.payloads import VectorOrigin
+from athena_client.contract.errors import JobError
+from athena_client.contract.jobs import JsonlSource
+from athena_client.contract.payloads import VectorOrigin
 from athena_inference.workers.reembedding.stores.rows import PAGE, StoreRow, another_space, content_sha256
 
 CHUNK_BYTES = 1 << 20

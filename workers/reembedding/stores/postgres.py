@@ -35,9 +35,9 @@ import os
 import re
 from typing import Any, Iterator, Optional, Sequence
 
-from athena_client.errors import JobError
-from athena_client.jobs import PostgresSource
-from athena_client.payloads import VectorOrigin
+from athena_client.contract.errors import JobError
+from athena_client.contract.jobs import PostgresSource
+from athena_client.contract.payloads import VectorOrigin
 from athena_inference.workers.reembedding.stores.rows import PAGE, StoreRow, another_space, content_sha256
 
 CONNECTION_ENV = "ATHENA_POSTGRES_{}"

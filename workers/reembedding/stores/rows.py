@@ -1,7 +1,7 @@
 """What every memory store speaks: its rows, and the protocol the runner drives it through.
 
 Every vector a store writes is tagged with its space
-(`athena_client.payloads.vector_space`: model, profile, size), in the column
+(`athena_client.contract.payloads.vector_space`: model, profile, size), in the column
 or field that held the bare model name before: vectors compare only within
 one space, and a place that holds one space's vectors never takes another's.
 """
@@ -13,8 +13,8 @@ from typing import Iterator, Optional, Protocol, Sequence, Union
 
 from pydantic import BaseModel
 
-from athena_client.errors import JobError
-from athena_client.payloads import VectorOrigin
+from athena_client.contract.errors import JobError
+from athena_client.contract.payloads import VectorOrigin
 
 # Rows are read a page at a time, so memory does not grow with the store.
 PAGE = 1000

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from athena_client.health import HealthReport, QueueHealth
-from athena_client.payloads import CompressorStatus
+from athena_client.contract.health import HealthReport, QueueHealth
+from athena_client.contract.payloads import CompressorStatus
 
 
 def report(**queues: QueueHealth) -> HealthReport:

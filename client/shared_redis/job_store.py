@@ -20,9 +20,9 @@ from typing import Optional, Sequence
 
 import redis
 
-from athena_client.errors import ConfigurationError, JobError, JobNotFound
-from athena_client.jobs import ItemError, JobCounts, JobState, JobStatus, ReembedRequest
-from athena_client.redis_connect import redis_client
+from athena_client.contract.errors import ConfigurationError, JobError, JobNotFound
+from athena_client.contract.jobs import ItemError, JobCounts, JobState, JobStatus, ReembedRequest
+from athena_client.shared_redis.redis_connect import redis_client
 
 PREFIX = "athena:job:"
 INDEX = "athena:jobs"

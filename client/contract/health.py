@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 from pydantic import BaseModel
 
-from athena_client.payloads import CompressorStatus
-from athena_client.routes import Queue
+from athena_client.contract.payloads import CompressorStatus
+from athena_client.contract.routes import Queue
 
 
 class ServerHealth(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from athena_client.redis_connect import RESTART_RETRIES, redis_client
+from athena_client.shared_redis.redis_connect import RESTART_RETRIES, redis_client
 
 
 def connection_retry(client: redis.Redis):

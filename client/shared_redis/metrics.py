@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from pydantic import BaseModel
 
-from athena_client.redis_connect import redis_client
+from athena_client.shared_redis.redis_connect import redis_client
 
 PREFIX = "athena:metrics"
 # The result backend's database the metrics and caches live in, apart from the

@@ -7,9 +7,9 @@ import json
 import fakeredis
 import pytest
 
-from athena_client.errors import ConfigurationError, JobError, JobNotFound
-from athena_client.job_store import DEFAULT_JOB_TTL_S, JobStore, job_ttl_from_env, lease_key, state_json
-from athena_client.jobs import ItemError, JobStatus, PostgresSource, ReembedRequest
+from athena_client.contract.errors import ConfigurationError, JobError, JobNotFound
+from athena_client.shared_redis.job_store import DEFAULT_JOB_TTL_S, JobStore, job_ttl_from_env, lease_key, state_json
+from athena_client.contract.jobs import ItemError, JobStatus, PostgresSource, ReembedRequest
 
 
 TTL = 3600

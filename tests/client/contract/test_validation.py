@@ -2,9 +2,9 @@
 
 import pytest
 
-from athena_client.errors import InvalidInput
-from athena_client.payloads import EmbedBatchRequest, EmbedRequest, ReasonRequest
-from athena_client.validation import parse as validate
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.payloads import EmbedBatchRequest, EmbedRequest, ReasonRequest
+from athena_client.contract.validation import parse as validate
 
 
 def test_validate_returns_the_parsed_request():

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from athena_client.payloads import MAX_BATCH_TEXTS, EmbedBatchRequest, EmbedRequest, ReasonRequest
+from athena_client.contract.payloads import MAX_BATCH_TEXTS, EmbedBatchRequest, EmbedRequest, ReasonRequest
 
 # --- EmbedRequest ---
 

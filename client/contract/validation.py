@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from athena_client.errors import InvalidInput
-from athena_client.limits import PayloadLimits
+from athena_client.contract.errors import InvalidInput
+from athena_client.contract.limits import PayloadLimits
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -14,7 +14,7 @@ import pytest
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
-from athena_client.redis_transport import Transport
+from athena_client.shared_redis.redis_transport import Transport
 from tests.harness import Stack, free_port
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def test_a_detached_channel_reaches_redis_through_the_address_it_had(redis_url):
 
 
 def test_kombus_own_channel_cannot_once_detached(redis_url):
-    # The failure the fix is for; if kombu fixes it, client/redis_transport.py can go.
+    # The failure the fix is for; if kombu fixes it, client/shared_redis/redis_transport.py can go.
     with Connection(redis_url, transport=kombu_redis.Transport) as connection:
         channel = detached_channel(connection)
         with pytest.raises(AttributeError, match="hostname"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from athena_client.payloads import CompressRequest
+from athena_client.contract.payloads import CompressRequest
 
 
 def test_neither_rate_nor_target_keeps_half():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from athena_client.consolidation import MAX_EVENTS, ConsolidateRequest, Pattern, merge_near_duplicates
+from athena_client.contract.consolidation import MAX_EVENTS, ConsolidateRequest, Pattern, merge_near_duplicates
 
 EVENT = {"id": 1, "timestamp": "2026-11-01T10:00:00Z", "event_type": "note", "content": "text", "tags": ["a"]}
 

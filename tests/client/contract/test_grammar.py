@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from athena_client.grammar import UnsupportedSchema, compact_json_grammar, longest_output
+from athena_client.contract.grammar import UnsupportedSchema, compact_json_grammar, longest_output
 
 SCHEMA = {
     "type": "object",
