@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.faults --short     # the short form, about 3 minutes
 
 One stack of its own: its embedded Redis (`serve redis`: append-only file, a
-password), the three llama-servers, a worker per queue, started with the same
+password), every lane's llama-server, a worker per queue, started with the same
 `athena-inference` commands as the Procfile. Then, one after the other:
 
 1. pool processes killed with SIGKILL, each while it runs a task, under a steady

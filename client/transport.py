@@ -17,39 +17,12 @@ from celery import Celery, states
 from celery.result import assert_will_not_block
 from pydantic import BaseModel
 
-from athena_client.contract.consolidation import ConsolidationResult
 from athena_client.contract.errors import AthenaError, ServerTimeout
-from athena_client.contract.health import ServerHealth
-from athena_client.contract.jobs import EmbedBulkResult, JobState
-from athena_client.contract.payloads import (
-    CompressionResult,
-    CompressorStatus,
-    EmbeddingBatchResult,
-    EmbeddingResult,
-    ReasoningResult,
-)
 from athena_client.shared_redis.celery_options import JSON_ONLY, PUBLISH_RETRY_POLICY, RESULT_RETRIES
 from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
 from athena_client.result_forgetter import ResultForgetter
 from athena_client.result_waiter import ResultWaiter, Ticket, WaitTimedOut
-from athena_client.contract.routes import ENQUEUED_AT_HEADER, TaskName, queue_for
-
-# What each task a caller may wait on returns. (Consolidation's inner stages
-# hand their state on to the next stage; only the last one's answer, a
-# ConsolidationResult, reaches the caller, under athena.consolidate's id.)
-RESULT_TYPES: dict[TaskName, type[BaseModel]] = {
-    TaskName.EMBED: EmbeddingResult,
-    TaskName.EMBED_BATCH: EmbeddingBatchResult,
-    TaskName.REASON: ReasoningResult,
-    TaskName.COMPRESS_PROMPT: CompressionResult,
-    TaskName.COMPRESSOR_STATUS: CompressorStatus,
-    TaskName.CONSOLIDATE: ConsolidationResult,
-    TaskName.EMBED_BULK: EmbedBulkResult,
-    TaskName.REEMBED: JobState,
-    TaskName.EMBEDDINGS_HEALTH: ServerHealth,
-    TaskName.REASONING_HEALTH: ServerHealth,
-    TaskName.EMBEDDINGS_BULK_HEALTH: ServerHealth,
-}
+from athena_client.contract.routes import ENQUEUED_AT_HEADER, RESULT_TYPES, TaskName, queue_for
 
 
 class TaskTransport:

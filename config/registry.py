@@ -71,6 +71,13 @@ class Lane(BaseModel):
         return self.server.replace("-", "_") if self.server else None
 
     @property
+    def url_variable(self) -> Optional[str]:
+        """The environment variable of its server's URL: Athena's own name, else ATHENA_<KEY>_URL."""
+        if not self.server:
+            return None
+        return self.url_env or f"ATHENA_{str(self.settings_key).upper()}_URL"
+
+    @property
     def worker_process(self) -> str:
         return f"{self.slug}-worker"
 

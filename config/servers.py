@@ -73,8 +73,8 @@ def server_config(queue: Queue, settings: Settings) -> ServerConfig:
     s = settings
     own = s.server(str(lane(queue).settings_key))
     bulk = queue is Queue.EMBEDDINGS_BULK
-    # The bulk lane serves the interactive lane's model unless given one of its own.
-    custom_model = own.model_path or (s.embeddings_model_path if bulk else None)
+    # Every embedding lane serves the interactive lane's model unless given one of its own.
+    custom_model = own.model_path or (s.embeddings_model_path if queue in EMBEDDING_QUEUES else None)
     profile = s.embedding_profile_for(bulk) if queue in EMBEDDING_QUEUES else None
     return ServerConfig(
         queue=queue,

@@ -357,7 +357,7 @@ class _Settings(BaseSettings):
         last = first + self.embeddings_bulk_copies - 1
         if last > 65535:
             raise ValueError(f"the {self.embeddings_bulk_copies} bulk servers would need ports {first}-{last}, past 65535")
-        for name in ("embeddings_url", "reasoning_url"):
+        for name in (f"{row.settings_key}_url" for row in server_lanes() if row.settings_key != "embeddings_bulk"):
             other = urlsplit(getattr(self, name))
             if other.hostname == bulk.hostname and first < (other.port or 80) <= last:
                 raise ValueError(

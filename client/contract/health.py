@@ -12,7 +12,10 @@ from typing import Optional, Sequence
 from pydantic import BaseModel
 
 from athena_client.contract.payloads import CompressorStatus
-from athena_client.contract.routes import Queue
+
+
+# The queue whose health is its compressor's (routes.py imports this module, so the name is spelled here).
+COMPRESSION_QUEUE = "compression"
 
 
 class ServerHealth(BaseModel):
@@ -53,7 +56,7 @@ class HealthReport(BaseModel):
         """The broker answers, and each queue asked about (default: all) has workers and a ready server."""
         wanted = list(queues) or list(self.queues)
         ok = self.broker_ok and all(self.queues[q].healthy for q in wanted)
-        if Queue.COMPRESSION.value in wanted:
+        if COMPRESSION_QUEUE in wanted:
             ok = ok and self.compression.ready
         return ok
 

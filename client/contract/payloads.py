@@ -71,6 +71,8 @@ class _Request(BaseModel):
 class NoArguments(_Request):
     """The payload of a task that takes none (health, status): anything sent is refused."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{}]})
+
 
 # What to do with a text longer than the embedding server takes in one input:
 # refuse it (InputTooLong), embed its first window only, or embed every window

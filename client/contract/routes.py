@@ -1,10 +1,25 @@
-"""Task names and the queue each one runs on.
+"""Task names, the queue each one runs on, and what it returns.
 
 Callers send tasks by these names and never import worker code; the Celery
-configuration builds its routing table from the same mapping.
+configuration builds its routing table from the same table, and the client
+validates each result with its type.
 """
 
 from enum import Enum
+from typing import NamedTuple, Optional
+
+from pydantic import BaseModel
+
+from athena_client.contract.consolidation import ConsolidationResult
+from athena_client.contract.health import ServerHealth
+from athena_client.contract.jobs import EmbedBulkResult, JobState
+from athena_client.contract.payloads import (
+    CompressionResult,
+    CompressorStatus,
+    EmbeddingBatchResult,
+    EmbeddingResult,
+    ReasoningResult,
+)
 
 
 class Queue(str, Enum):
@@ -38,22 +53,33 @@ class TaskName(str, Enum):
     EMBEDDINGS_BULK_HEALTH = "athena.health.embeddings_bulk"
 
 
-TASK_QUEUES: dict[TaskName, Queue] = {
-    TaskName.EMBED: Queue.EMBEDDINGS,
-    TaskName.EMBED_BATCH: Queue.EMBEDDINGS,
-    TaskName.EMBED_BULK: Queue.EMBEDDINGS_BULK,
-    TaskName.REEMBED: Queue.JOBS,
-    TaskName.REASON: Queue.REASONING,
-    TaskName.COMPRESS_PROMPT: Queue.COMPRESSION,
-    TaskName.COMPRESSOR_STATUS: Queue.COMPRESSION,
-    TaskName.CONSOLIDATE: Queue.CONSOLIDATION,
-    TaskName.CONSOLIDATE_COMPRESS: Queue.COMPRESSION,
-    TaskName.CONSOLIDATE_REASON: Queue.REASONING,
-    TaskName.CONSOLIDATE_EMBED: Queue.EMBEDDINGS,
-    TaskName.EMBEDDINGS_HEALTH: Queue.EMBEDDINGS,
-    TaskName.REASONING_HEALTH: Queue.REASONING,
-    TaskName.EMBEDDINGS_BULK_HEALTH: Queue.EMBEDDINGS_BULK,
+class Route(NamedTuple):
+    queue: Queue
+    # What a caller waiting on the task gets back; None for a task whose result
+    # no caller reads (consolidation's stages hand their state to the next one).
+    result: Optional[type[BaseModel]]
+
+
+# Every task: the queue it runs on and what it returns.
+ROUTES: dict[TaskName, Route] = {
+    TaskName.EMBED: Route(Queue.EMBEDDINGS, EmbeddingResult),
+    TaskName.EMBED_BATCH: Route(Queue.EMBEDDINGS, EmbeddingBatchResult),
+    TaskName.EMBED_BULK: Route(Queue.EMBEDDINGS_BULK, EmbedBulkResult),
+    TaskName.REEMBED: Route(Queue.JOBS, JobState),
+    TaskName.REASON: Route(Queue.REASONING, ReasoningResult),
+    TaskName.COMPRESS_PROMPT: Route(Queue.COMPRESSION, CompressionResult),
+    TaskName.COMPRESSOR_STATUS: Route(Queue.COMPRESSION, CompressorStatus),
+    # The last stage's answer reaches the caller under athena.consolidate's id.
+    TaskName.CONSOLIDATE: Route(Queue.CONSOLIDATION, ConsolidationResult),
+    TaskName.CONSOLIDATE_COMPRESS: Route(Queue.COMPRESSION, None),
+    TaskName.CONSOLIDATE_REASON: Route(Queue.REASONING, None),
+    TaskName.CONSOLIDATE_EMBED: Route(Queue.EMBEDDINGS, None),
+    TaskName.EMBEDDINGS_HEALTH: Route(Queue.EMBEDDINGS, ServerHealth),
+    TaskName.REASONING_HEALTH: Route(Queue.REASONING, ServerHealth),
+    TaskName.EMBEDDINGS_BULK_HEALTH: Route(Queue.EMBEDDINGS_BULK, ServerHealth),
 }
+TASK_QUEUES: dict[TaskName, Queue] = {task: route.queue for task, route in ROUTES.items()}
+RESULT_TYPES: dict[TaskName, type[BaseModel]] = {task: route.result for task, route in ROUTES.items() if route.result}
 # The queues whose worker fronts a server, each with the task that looks at it:
 # `athena.health.<queue>`, answered on that queue.
 HEALTH_TASK_PREFIX = "athena.health."

@@ -22,10 +22,11 @@ from athena_inference.config.servers import MODEL_ALIASES, server_config
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 SERVER_OF = {row.queue: row.server_process for row in server_lanes()}
-URL_SETTING = {Queue.EMBEDDINGS: "LLAMACPP_EMBEDDINGS_URL", Queue.REASONING: "LLAMACPP_REASONING_URL", Queue.EMBEDDINGS_BULK: "ATHENA_EMBEDDINGS_BULK_URL"}
-SLOTS_SETTING = {Queue.EMBEDDINGS: "ATHENA_EMBEDDINGS_SLOTS", Queue.REASONING: "ATHENA_REASONING_SLOTS", Queue.EMBEDDINGS_BULK: "ATHENA_EMBEDDINGS_BULK_SLOTS"}
+URL_SETTING = {row.queue: row.url_variable for row in server_lanes()}
+SLOTS_SETTING = {row.queue: f"ATHENA_{str(row.settings_key).upper()}_SLOTS" for row in server_lanes()}
 # The workers that embed, or hand texts to a lane that does: each must add nomic's prefixes.
-EMBEDDING_WORKERS = ("embeddings-worker", "embeddings-bulk-worker", "consolidation-worker", "jobs-worker")
+EMBEDDING_WORKERS = (*(row.worker_process for row in server_lanes() if row.embeds), "consolidation-worker", "jobs-worker")
+EMBEDDING_SERVERS = [row.server_process for row in server_lanes() if row.embeds]
 NOMIC = "nomic-embed-text-v1.5"
 # The context nomic's GGUF is served with when llama.cpp is given no RoPE scaling
 # flags (its model card: 2048 by default, 8192 with YaRN scaling).
@@ -101,12 +102,12 @@ def test_servers_use_the_official_llama_cpp_image_and_the_production_models(comp
 
 def test_embedding_servers_take_inputs_as_long_as_the_workers_allow(compose):
     env = compose["services"]["embeddings-worker"]["environment"]
-    for name in ("embeddings-server", "embeddings-bulk-server"):
+    for name in EMBEDDING_SERVERS:
         command = compose["services"][name]["command"]
         assert flag(command, "-b") == flag(command, "-ub") == env["ATHENA_EMBEDDING_MAX_TOKENS"]
         assert "--embedding" in command
     assert env["LLAMACPP_EMBEDDING_DIM"] == "768"
-    same_model = {flag(compose["services"][n]["command"], "--alias") for n in ("embeddings-server", "embeddings-bulk-server")}
+    same_model = {flag(compose["services"][n]["command"], "--alias") for n in EMBEDDING_SERVERS}
     assert len(same_model) == 1
 
 
@@ -243,7 +244,7 @@ def test_each_server_runs_the_command_the_stacks_launcher_builds_from_its_worker
     assert ("--embedding" in command) == ("--embedding" in expected)
 
 
-@pytest.mark.parametrize("name", ["embeddings-server", "embeddings-bulk-server"])
+@pytest.mark.parametrize("name", EMBEDDING_SERVERS)
 def test_an_embedding_server_serves_the_profiles_model_and_every_slot_holds_the_longest_input(compose, name, clean_settings_env):
     command = compose["services"][name]["command"]
     settings = worker_settings(compose["services"]["embeddings-worker"])

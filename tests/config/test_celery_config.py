@@ -8,7 +8,7 @@ from kombu import Connection
 
 from athena_client.contract.payloads import EmbedRequest
 from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName, queue_for
-from athena_inference.config.celery import celery_config, make_celery, time_limits
+from athena_inference.config.celery import celery_config, make_celery
 from athena_inference.config.settings import load_settings
 
 
@@ -55,13 +55,6 @@ def test_result_expiry_comes_from_settings(config, settings):
     assert config["result_expires"] == settings.result_expires_s
 
 
-def test_one_queue_per_kind_plus_the_bulk_lane_and_jobs(config):
-    names = [q.name for q in config["task_queues"]]
-    assert sorted(names) == sorted(["embeddings", "reasoning", "compression", "consolidation", "embeddings_bulk", "jobs"])
-    for queue in config["task_queues"]:
-        assert queue.routing_key == queue.name
-
-
 def test_every_task_name_is_routed_to_its_queue(config):
     routes = config["task_routes"]
     assert set(routes) == {name.value for name in TaskName}
@@ -106,16 +99,6 @@ def test_soft_time_limit_stays_below_hard_limit_for_tiny_limits(limit):
     config = celery_config(load_settings(embed_time_limit_s=limit))
     limits = config["task_annotations"][TaskName.EMBED.value]
     assert limits["soft_time_limit"] < limits["time_limit"] == limit
-
-
-def test_time_limits_map_each_queue_to_its_setting(settings):
-    assert time_limits(settings) == {
-        Queue.EMBEDDINGS: 120,
-        Queue.REASONING: 900,
-        Queue.COMPRESSION: 450,
-        Queue.CONSOLIDATION: 3000,
-        Queue.EMBEDDINGS_BULK: 120,
-    }
 
 
 def test_task_events_are_on(config):

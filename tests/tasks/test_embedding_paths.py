@@ -12,11 +12,12 @@ import pytest
 
 from athena_client.contract.consolidation import Pattern
 from athena_client.contract.errors import DimensionMismatch
-from athena_client.contract.routes import Queue, TaskName
+from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
 from athena_inference.tasks import seams
 from athena_inference.tasks.consolidation.stages import ConsolidationState, embed_stage
 from athena_inference.tasks.embeddings import embed, embed_batch, embed_bulk
-from athena_inference.tasks.health import embeddings_bulk_health, embeddings_health
+from athena_inference.config.servers import EMBEDDING_QUEUES
+from athena_inference.tasks.health import HEALTH_TASKS
 from athena_inference.workers import embedder as embedder_module
 from athena_inference.workers.llama_server import LlamaServer
 from tests.embedding_fakes import WordServer
@@ -31,10 +32,10 @@ EMBEDDING_TASKS = {
     TaskName.EMBED_BATCH,
     TaskName.EMBED_BULK,
     TaskName.CONSOLIDATE_EMBED,
-    # A health check embeds a probe, to see that the server makes the profile's size.
-    TaskName.EMBEDDINGS_HEALTH,
-    TaskName.EMBEDDINGS_BULK_HEALTH,
 }
+# A health check embeds a probe, to see that the server makes the profile's size
+# (tasks/health.py makes one for every embedding lane of the registry).
+HEALTH = {SERVER_HEALTH[queue] for queue in EMBEDDING_QUEUES}
 
 
 def sources() -> dict[str, ast.Module]:
@@ -68,6 +69,13 @@ def test_the_tasks_that_embed_are_the_ones_this_test_runs():
                 if any(_is_embedder_call(node) for node in ast.walk(function)):
                     found.add(TaskName(name))
     assert found == EMBEDDING_TASKS
+
+
+def test_every_embedding_lanes_health_check_embeds_through_its_seam():
+    source = ast.parse((ROOT / "tasks" / "health.py").read_text())
+    health_body = next(node for node in ast.walk(source) if isinstance(node, ast.FunctionDef) and node.name == "health")
+    assert any(_is_embedder_call(node) for node in ast.walk(health_body))
+    assert {SERVER_HEALTH[queue] for queue in HEALTH_TASKS} >= HEALTH
 
 
 def test_nothing_outside_the_seam_touches_a_servers_embed():
@@ -115,14 +123,12 @@ RUNS = {
     TaskName.EMBED_BATCH: (Queue.EMBEDDINGS, lambda: embed_batch(texts=["alpha", "beta"])),
     TaskName.EMBED_BULK: (Queue.EMBEDDINGS_BULK, lambda: embed_bulk(texts=["alpha", "beta"])),
     TaskName.CONSOLIDATE_EMBED: (Queue.EMBEDDINGS, lambda: embed_stage(**consolidation_state())),
-    TaskName.EMBEDDINGS_HEALTH: (Queue.EMBEDDINGS, embeddings_health),
-    TaskName.EMBEDDINGS_BULK_HEALTH: (Queue.EMBEDDINGS_BULK, embeddings_bulk_health),
+    **{SERVER_HEALTH[queue]: (queue, HEALTH_TASKS[queue]) for queue in EMBEDDING_QUEUES},
 }
-HEALTH = {TaskName.EMBEDDINGS_HEALTH, TaskName.EMBEDDINGS_BULK_HEALTH}
 
 
 def test_every_task_that_embeds_is_run_here():
-    assert set(RUNS) == EMBEDDING_TASKS
+    assert set(RUNS) == EMBEDDING_TASKS | HEALTH
 
 
 @pytest.mark.parametrize("task", sorted(RUNS, key=lambda t: t.value))

@@ -9,8 +9,9 @@ from pathlib import Path
 from athena_client.contract.errors import ConfigurationError
 from athena_client.contract.jobs import JobStatus, JsonlSource
 from athena_client.contract.payloads import CompressRequest, EmbedBatchRequest, EmbedRequest, ReasonRequest, TaskTiming
-from athena_client.contract.routes import TaskName
+from athena_client.contract.routes import ROUTES, SERVER_HEALTH, Queue, TaskName
 from athena_client.sender import TaskSender
+from athena_inference.workers.ops.sample_payloads import request_models, valid_payloads
 from athena_inference.workers.reembedding.runner import iter_progress
 
 
@@ -75,12 +76,27 @@ def demo(sender: TaskSender, timeout: float = 300) -> None:
         else:
             summary = f"not compressed: {out.reason}"
         print(f"\n{task.value} on '{out.timing.queue}': {summary}\n    {describe(out.timing)}", flush=True)
+    demo_other_lanes(sender, timeout)
     consolidated = sender.consolidation(DEMO_EVENTS, max_patterns=2)
     stages = ", ".join(f"{s.stage} on {s.queue} {s.run_ms:.0f} ms" for s in consolidated.stages)
     print(f"\n{TaskName.CONSOLIDATE.value}: {len(DEMO_EVENTS)} events -> {len(consolidated.patterns)} patterns", flush=True)
     for pattern in consolidated.patterns:
         print(f"    {pattern.type} ({pattern.confidence:.2f}, from {', '.join(pattern.source_events)}): {pattern.description[:100]}")
     print(f"    {stages}; end to end {consolidated.total_ms:.0f} ms", flush=True)
+
+
+# The queues the demo sends its own jobs to (the bulk lane through the re-embedding job).
+DEMOED = {Queue.EMBEDDINGS, Queue.REASONING, Queue.COMPRESSION, Queue.CONSOLIDATION, Queue.EMBEDDINGS_BULK, Queue.JOBS}
+
+
+def demo_other_lanes(sender: TaskSender, timeout: float) -> None:
+    """Every other lane's tasks, each with its request model's example payload, printed as they come back."""
+    samples, models = valid_payloads(), request_models()
+    for task, route in ROUTES.items():
+        if route.queue in DEMOED or route.result is None or task in SERVER_HEALTH.values():
+            continue
+        out = sender.wait(task, sender.send(task, models[task].model_validate(samples[task])), timeout)
+        print(f"\n{task.value} on '{route.queue.value}': {out.model_dump_json(exclude={'timing'})[:200]}\n    {describe(out.timing)}", flush=True)
 
 
 def demo_reembed(sender: TaskSender, workdir: Path, timeout: float = 120) -> None:

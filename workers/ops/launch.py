@@ -59,7 +59,7 @@ def serve_llama(what: str, settings: Settings, copy: int = 0) -> None:
             f"(ATHENA_EMBEDDINGS_BULK_SERVERS for the bulk lane)"
         )
     if server.embeds:
-        model = provision.embedding_model(settings, bulk=queue is Queue.EMBEDDINGS_BULK)
+        model = provision.embedding_model(settings, str(served(what).settings_key))
     else:
         model = provision.reasoning_model(settings)
     os.nice(server.nice)

@@ -26,6 +26,7 @@ import redis
 from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
 from athena_client.contract.payloads import ReasonRequest
 from athena_client.contract.routes import Queue
+from athena_inference.config.registry import server_lanes
 from athena_inference.config.servers import copy_url
 from athena_inference.workers.ops.provision import redis_server_binary
 
@@ -169,9 +170,7 @@ def local_stack_env(**extra: str) -> dict[str, str]:
         os.environ,
         ATHENA_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         ATHENA_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/1",
-        LLAMACPP_EMBEDDINGS_URL=f"http://127.0.0.1:{port()}",
-        LLAMACPP_REASONING_URL=f"http://127.0.0.1:{port()}",
-        ATHENA_EMBEDDINGS_BULK_URL=f"http://127.0.0.1:{port()}",
+        **{str(row.url_variable): f"http://127.0.0.1:{port()}" for row in server_lanes()},
         # One bulk server: the port after a free port may be taken (`bulk_copies_env` makes room for more).
         ATHENA_EMBEDDINGS_BULK_SERVERS="1",
         ATHENA_FLOWER_PORT=str(port()),
@@ -269,9 +268,10 @@ class Stack:
         }
 
     def servers(self) -> None:
-        """Redis and the three llama-servers, at the addresses the settings name, all loading at once."""
+        """Redis and every lane's llama-server, at the addresses the settings name, all loading at once."""
         self.redis(redis_port(self.env))
-        urls = {"embeddings": self.env["LLAMACPP_EMBEDDINGS_URL"], "reasoning": self.env["LLAMACPP_REASONING_URL"]}
+        single = [row for row in server_lanes() if row.queue is not Queue.EMBEDDINGS_BULK]
+        urls = {str(row.server): self.env[str(row.url_variable)] for row in single}
         started = [(self._start_llama(kind, url, None, None), url) for kind, url in urls.items()]
         for proc, url in started + self._start_bulk_servers(None):
             self._healthy(proc, url)
@@ -310,7 +310,7 @@ class Stack:
 class UpStack:
     """`athena-inference up`, as a user starts it, on free ports and in a cache
     dir of its own (sharing the machine's built llama-server): its own Redis
-    with a password, the three servers, every worker, Flower and the exporter."""
+    with a password, every lane's server, every worker, Flower and the exporter."""
 
     def __init__(self, workdir: Path, **extra_env: str) -> None:
         from athena_inference.config.settings import load_settings

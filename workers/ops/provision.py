@@ -216,10 +216,12 @@ def embedding_source_model(settings: Settings) -> Path:
     )
 
 
-def embedding_model(settings: Settings, *, bulk: bool = False) -> Path:
-    """The interactive lane's model file, or the bulk lane's (its own during a migration)."""
-    if bulk and settings.embeddings_bulk_model_path is not None:
-        return _existing(settings.embeddings_bulk_model_path, "ATHENA_EMBEDDINGS_BULK_MODEL_PATH")
+def embedding_model(settings: Settings, key: str = "embeddings") -> Path:
+    """The model file of the embedding lane whose server key is `key`: its own
+    (the bulk lane's during a migration), else the interactive lane's."""
+    own = settings.server(key).model_path
+    if own is not None:
+        return _existing(own, f"ATHENA_{key.upper()}_MODEL_PATH")
     if settings.embeddings_model_path is not None:
         return _existing(settings.embeddings_model_path, "ATHENA_EMBEDDINGS_MODEL_PATH")
     return embedding_model_as(settings, "f16")

@@ -70,12 +70,7 @@ VALID: dict[TaskName, dict[str, Any]] = {
     TaskName.CONSOLIDATE_COMPRESS: STATE,
     TaskName.CONSOLIDATE_REASON: STATE,
     TaskName.CONSOLIDATE_EMBED: STATE,
-    TaskName.EMBEDDINGS_HEALTH: {},
-    TaskName.REASONING_HEALTH: {},
-    TaskName.EMBEDDINGS_BULK_HEALTH: {},
 }
-# Fields holding text that must be visible, bounded Unicode.
-TEXT_FIELDS = {"text", "prompt", "context", "event_text"}
 BAD_TEXTS = ["", "   \n\t", "\x00", "\x00\x01\x02", "\ud800", "ok \udfff", "x" * 1_000_001]
 BAD_VALUES = [None, 7, -1, 2.5, float("nan"), float("inf"), True, [], {}, ["nested", ["junk"]], {"a": {"b": 1}}, "text"]
 
@@ -91,7 +86,8 @@ def _mutations(task: TaskName, payload: dict[str, Any], rng: random.Random) -> I
         for bad in BAD_VALUES:
             if type(bad) is not type(value) or (isinstance(bad, float) and bad != bad):
                 yield (), {**payload, field: bad}, f"{field} = {bad!r}"[:80]
-        if field in TEXT_FIELDS:
+        # Text must be visible, bounded Unicode; a mutation a field takes (a short id with a space) is dropped below.
+        if isinstance(value, str):
             for bad in BAD_TEXTS:
                 yield (), {**payload, field: bad}, f"{field} = {bad[:12]!r} ({len(bad)} chars)"
         if isinstance(value, list):
@@ -123,6 +119,17 @@ def request_models() -> dict[TaskName, type]:
     return {name: app.tasks[name.value].request_model for name in TaskName}
 
 
+def valid_payloads() -> dict[TaskName, dict[str, Any]]:
+    """A valid payload for every task: VALID's, else the first example its request model gives in its JSON schema."""
+    found: dict[TaskName, dict[str, Any]] = {}
+    for task, model in request_models().items():
+        examples = model.model_json_schema().get("examples") or []
+        if task not in VALID and not examples:
+            raise LookupError(f"{task.value} has no sample payload: give {model.__name__} an example (json_schema_extra) or add one to VALID")
+        found[task] = VALID.get(task, examples[0] if examples else {})
+    return found
+
+
 def _is_malformed(model: type, args: tuple, kwargs: dict[str, Any]) -> bool:
     from pydantic import ValidationError
 
@@ -144,7 +151,7 @@ def malformed_payloads(seed: int = 0) -> list[tuple[TaskName, tuple, dict[str, A
     models = request_models()
     return [
         (task, args, kwargs, what)
-        for task, payload in VALID.items()
+        for task, payload in valid_payloads().items()
         for args, kwargs, what in _mutations(task, payload, rng)
         if _is_malformed(models[task], args, kwargs)
     ]

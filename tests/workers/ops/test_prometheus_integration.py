@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from athena_client.contract.payloads import EmbedRequest
-from athena_client.contract.routes import TaskName
+from athena_client.contract.routes import Queue, TaskName
 from tests.harness import CLI, wait_for
 
 
@@ -20,7 +20,7 @@ def test_the_exporter_serves_histograms_tokens_and_every_queue_depth(sender, sta
     finally:
         exporter.stop()
     depths = {s.labels["queue"] for s in families["athena_queue_depth"].samples}
-    assert depths == {"embeddings", "reasoning", "compression", "consolidation", "embeddings_bulk", "jobs"}
+    assert depths == {queue.value for queue in Queue}
     counts = {s.labels["kind"]: s.value for s in families["athena_task_latency_seconds"].samples if s.name.endswith("_count")}
     assert counts["athena.embed"] >= 1
     assert any(s.labels["kind"] == "athena.embed" for s in families["athena_task_tokens"].samples)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from athena_client.contract.routes import ROUTES, SERVER_HEALTH
+from athena_inference.config.registry import LANES, server_lanes
+from athena_inference.workers.ops.demo import DEMOED
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.processes import redis_data_dir, redis_password, redis_password_file
 from tests.harness import CLI, all_gone, bulk_copies_env, descendants, local_stack_env, redis_port
@@ -40,6 +43,10 @@ def llama_servers(pids: set[int]) -> set[int]:
     return {pid for pid in pids if "llama-server" in Path(f"/proc/{pid}/cmdline").read_text()}
 
 
+BULK_COPIES = 2
+# Every lane's server once, and the bulk lane's as many times as it has copies.
+LLAMA_SERVERS = len(server_lanes()) - 1 + BULK_COPIES
+
 @dataclass
 class CheckedUp:
     """What one `up --check` printed, what ran while its demo did, and what was left once it exited."""
@@ -56,7 +63,7 @@ class CheckedUp:
 @pytest.fixture(scope="module")
 def checked_up(provisioned) -> CheckedUp:
     # Two bulk copies, as the default gives a 2-CPU machine: the demo's re-embedding runs through both.
-    env = local_stack_env(**bulk_copies_env(2))
+    env = local_stack_env(**bulk_copies_env(BULK_COPIES))
     up = start_up(env, "--check")
     try:
         # The stack is up once the demo's first job is done; the rest of the demo takes seconds more.
@@ -85,13 +92,17 @@ def test_up_check_brings_the_stack_up_shows_a_job_through_every_queue_and_exits_
     assert "athena.reason on 'reasoning':" in out
     assert "athena.compress_prompt on 'compression':" in out and "kept, perplexity" in out
     assert "athena.consolidate: 3 events ->" in out and "reasoning on reasoning" in out
+    # Every other lane's caller-facing tasks, with their request models' examples.
+    for task, route in ROUTES.items():
+        if route.queue not in DEMOED and route.result is not None and task not in SERVER_HEALTH.values():
+            assert f"{task.value} on '{route.queue.value}': " in out, task
     assert "tok/s" in out and "queue wait" in out
     assert "stack is up" in out
 
 
 def test_up_check_stops_every_process_it_started_once_the_demo_is_done(checked_up):
-    assert len(checked_up.started) >= 9  # honcho, redis, the servers, six workers, flower, the exporter
-    assert len(checked_up.servers) == 2 + 2  # embeddings, reasoning and each bulk copy
+    assert len(checked_up.started) >= 3 + len(LANES) + LLAMA_SERVERS  # honcho, redis, the servers, a worker per lane, flower, the exporter
+    assert len(checked_up.servers) == LLAMA_SERVERS
     assert checked_up.left == []
 
 
@@ -111,13 +122,13 @@ def test_up_says_how_a_client_connects_without_printing_the_password(checked_up)
 def test_sigterm_to_up_stops_every_process_it_started(provisioned):
     # To `up` alone, as systemd or a container runtime sends it to the process it started. SIGINT (a
     # terminal's Ctrl-C) is the same stop to `up` (tests/workers/ops/test_stack.py); this is the one real run.
-    env = local_stack_env(**bulk_copies_env(2))
+    env = local_stack_env(**bulk_copies_env(BULK_COPIES))
     up = start_up(env)
     try:
         read_until(up, "health: athena-inference health")
         started = descendants(up.pid)
-        assert len(started) >= 9  # honcho, redis, the servers, six workers, flower, the exporter
-        assert len(llama_servers(started)) == 2 + 2  # embeddings, reasoning and each bulk copy
+        assert len(started) >= 3 + len(LANES) + LLAMA_SERVERS  # honcho, redis, the servers, a worker per lane, flower, the exporter
+        assert len(llama_servers(started)) == LLAMA_SERVERS
         up.send_signal(signal.SIGTERM)
         up.stdout.read()
         assert up.wait(timeout=60) == 0
