@@ -14,10 +14,12 @@ from athena_client.contract.consolidation import Pattern
 from athena_client.contract.errors import DimensionMismatch
 from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
 from athena_inference.tasks import seams
-from athena_inference.tasks.consolidation.stages import ConsolidationState, embed_stage
-from athena_inference.tasks.embeddings import embed, embed_batch, embed_bulk
+from athena_inference.config.celery import app
+from athena_inference.config.registry import lane_of
 from athena_inference.config.servers import EMBEDDING_QUEUES
+from athena_inference.tasks.consolidation.stages import ConsolidationState, embed_stage
 from athena_inference.tasks.health import HEALTH_TASKS
+from athena_inference.workers.ops.sample_payloads import valid_payloads
 from athena_inference.workers import embedder as embedder_module
 from athena_inference.workers.llama_server import LlamaServer
 from tests.embedding_fakes import WordServer
@@ -27,12 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SEAM = {"workers/embedder.py", "workers/long_texts.py", "workers/llama_server.py"}
 # seams.py hands the interactive server's `embed` to the coalescer, which only an Embedder calls (`via`).
 HANDS_ON_TO_THE_SEAM = {"tasks/seams.py"}
-EMBEDDING_TASKS = {
-    TaskName.EMBED,
-    TaskName.EMBED_BATCH,
-    TaskName.EMBED_BULK,
-    TaskName.CONSOLIDATE_EMBED,
-}
 # A health check embeds a probe, to see that the server makes the profile's size
 # (tasks/health.py makes one for every embedding lane of the registry).
 HEALTH = {SERVER_HEALTH[queue] for queue in EMBEDDING_QUEUES}
@@ -61,14 +57,22 @@ def _task_name(function: ast.FunctionDef) -> str | None:
     return None
 
 
-def test_the_tasks_that_embed_are_the_ones_this_test_runs():
+def tasks_that_embed() -> set[TaskName]:
+    """Every task whose body asks for an embedder, found in the code."""
     found = set()
     for tree in sources().values():
         for function in ast.walk(tree):
             if isinstance(function, ast.FunctionDef) and (name := _task_name(function)):
                 if any(_is_embedder_call(node) for node in ast.walk(function)):
                     found.add(TaskName(name))
-    assert found == EMBEDDING_TASKS
+    return found
+
+
+EMBEDDING_TASKS = tasks_that_embed()
+
+
+def test_the_tasks_that_embed_are_found_in_the_code():
+    assert {TaskName.EMBED, TaskName.EMBED_BATCH, TaskName.EMBED_BULK, TaskName.CONSOLIDATE_EMBED} <= EMBEDDING_TASKS
 
 
 def test_every_embedding_lanes_health_check_embeds_through_its_seam():
@@ -118,17 +122,14 @@ def consolidation_state() -> dict:
     ).model_dump(mode="json")
 
 
-RUNS = {
-    TaskName.EMBED: (Queue.EMBEDDINGS, lambda: embed(text="alpha")),
-    TaskName.EMBED_BATCH: (Queue.EMBEDDINGS, lambda: embed_batch(texts=["alpha", "beta"])),
-    TaskName.EMBED_BULK: (Queue.EMBEDDINGS_BULK, lambda: embed_bulk(texts=["alpha", "beta"])),
-    TaskName.CONSOLIDATE_EMBED: (Queue.EMBEDDINGS, lambda: embed_stage(**consolidation_state())),
-    **{SERVER_HEALTH[queue]: (queue, HEALTH_TASKS[queue]) for queue in EMBEDDING_QUEUES},
-}
+def run_with_its_sample(task: TaskName):
+    """The task run in this process with its sample payload (the consolidation stage with a pattern to embed)."""
+    payload = consolidation_state() if task is TaskName.CONSOLIDATE_EMBED else valid_payloads()[task]
+    return lambda: app.tasks[task.value](**payload)
 
 
-def test_every_task_that_embeds_is_run_here():
-    assert set(RUNS) == EMBEDDING_TASKS | HEALTH
+# Each task that embeds, and each embedding lane's health check, with the lane it embeds on.
+RUNS = {task: (lane_of(task).queue, run_with_its_sample(task)) for task in EMBEDDING_TASKS | HEALTH}
 
 
 @pytest.mark.parametrize("task", sorted(RUNS, key=lambda t: t.value))
