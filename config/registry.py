@@ -149,6 +149,21 @@ LANES: tuple[Lane, ...] = (
         retry_budget="embed_retry_budget_s",
         time_limit="embed_time_limit_s",
     ),
+    Lane(
+        queue=Queue.RERANK,
+        module="athena_inference.tasks.rerank",
+        server="rerank",
+        # A server of its own, so a query against a hundred documents never waits
+        # in front of an interactive embed; its port is past those of the most
+        # bulk copies the settings allow (64 from 8003). It serves the interactive
+        # lane's model under its profile unless given its own (ATHENA_RERANK_MODEL_PATH).
+        server_defaults={"url": "http://127.0.0.1:8070", "slots": 1, "nice": 0, "cpus": "none"},
+        model_alias="all-MiniLM-L6-v2",
+        read_timeout="embed_timeout_s",
+        embeds=True,
+        retry_budget="embed_retry_budget_s",
+        time_limit="embed_time_limit_s",
+    ),
     # A store's re-embedding runs for hours: no time limit; its lease, not the
     # visibility timeout, keeps a second runner off it.
     Lane(queue=Queue.JOBS, module="athena_inference.tasks.jobs"),

@@ -106,6 +106,16 @@ class EmbedBatchRequest(_Request):
     dimensions: EmbedDimensions = None
 
 
+class RerankRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"query": "why did the job fail?", "documents": ["the disk was full", "lunch was late"]}]})
+
+    query: EmbedText
+    documents: Annotated[list[EmbedText], Field(min_length=1), capped("batch_texts")]
+    # The best `top_n`, best first; None: every document.
+    top_n: Optional[Annotated[int, Field(ge=1)]] = None
+    long_text: LongTextPolicy = "fail"
+
+
 class ReasonRequest(_Request):
     prompt: Annotated[NonBlankText, capped("prompt_chars")]
     system: Optional[PromptText] = None
@@ -239,6 +249,22 @@ class EmbeddingBatchResult(VectorOrigin, _Timed):
 
     def metric_samples(self) -> dict[str, float]:
         return {"dimension": self.dimension}
+
+
+class RankedDocument(BaseModel):
+    # The document's position in the request.
+    index: int
+    # Its relevance to the query, higher first: -1 to 1 for a bi-encoder (cosine).
+    score: float
+
+
+class RerankResult(_Timed):
+    results: list[RankedDocument]
+    model: str
+    profile: str
+    # How the scores were made: "bi-encoder", the cosine of the query's vector
+    # (embedded as a query) and each document's (as a document).
+    method: Literal["bi-encoder"] = "bi-encoder"
 
 
 class ReasoningResult(_Timed):

@@ -19,6 +19,7 @@ from athena_client.contract.payloads import (
     EmbeddingBatchResult,
     EmbeddingResult,
     ReasoningResult,
+    RerankResult,
 )
 
 
@@ -32,6 +33,8 @@ class Queue(str, Enum):
     EMBEDDINGS_BULK = "embeddings_bulk"
     # Long-running jobs (a whole store's re-embedding) that drive the other queues.
     JOBS = "jobs"
+    # Documents ordered by their relevance to a query, on a server of its own.
+    RERANK = "rerank"
 
 
 class TaskName(str, Enum):
@@ -42,6 +45,7 @@ class TaskName(str, Enum):
     REASON = "athena.reason"
     COMPRESS_PROMPT = "athena.compress_prompt"
     COMPRESSOR_STATUS = "athena.compressor_status"
+    RERANK = "athena.rerank"
     CONSOLIDATE = "athena.consolidate"
     # The stages a consolidation job is replaced by, each on its own queue.
     CONSOLIDATE_COMPRESS = "athena.consolidate.compress"
@@ -51,6 +55,7 @@ class TaskName(str, Enum):
     EMBEDDINGS_HEALTH = "athena.health.embeddings"
     REASONING_HEALTH = "athena.health.reasoning"
     EMBEDDINGS_BULK_HEALTH = "athena.health.embeddings_bulk"
+    RERANK_HEALTH = "athena.health.rerank"
 
 
 class Route(NamedTuple):
@@ -69,6 +74,7 @@ ROUTES: dict[TaskName, Route] = {
     TaskName.REASON: Route(Queue.REASONING, ReasoningResult),
     TaskName.COMPRESS_PROMPT: Route(Queue.COMPRESSION, CompressionResult),
     TaskName.COMPRESSOR_STATUS: Route(Queue.COMPRESSION, CompressorStatus),
+    TaskName.RERANK: Route(Queue.RERANK, RerankResult),
     # The last stage's answer reaches the caller under athena.consolidate's id.
     TaskName.CONSOLIDATE: Route(Queue.CONSOLIDATION, ConsolidationResult),
     TaskName.CONSOLIDATE_COMPRESS: Route(Queue.COMPRESSION, None),
@@ -77,6 +83,7 @@ ROUTES: dict[TaskName, Route] = {
     TaskName.EMBEDDINGS_HEALTH: Route(Queue.EMBEDDINGS, ServerHealth),
     TaskName.REASONING_HEALTH: Route(Queue.REASONING, ServerHealth),
     TaskName.EMBEDDINGS_BULK_HEALTH: Route(Queue.EMBEDDINGS_BULK, ServerHealth),
+    TaskName.RERANK_HEALTH: Route(Queue.RERANK, ServerHealth),
 }
 TASK_QUEUES: dict[TaskName, Queue] = {task: route.queue for task, route in ROUTES.items()}
 RESULT_TYPES: dict[TaskName, type[BaseModel]] = {task: route.result for task, route in ROUTES.items() if route.result}
