@@ -6,13 +6,28 @@ its own process on free ports.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
 import pytest
 
 from athena_client.sender import TaskSender
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.provision import Provisioned, provision
-from tests.harness import ALL_QUEUES, Stack, ensure_postgres, local_stack_env, pgvector_server, scratch_database
+from tests.harness import ALL_QUEUES, TEST_RUN_ENV, Stack, ensure_postgres, local_stack_env, pgvector_server, scratch_database
+
+
+def pytest_configure(config):
+    os.environ.setdefault(TEST_RUN_ENV, uuid.uuid4().hex[:12])
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        # The run's controller (or a run without xdist): its workers are done with what they shared.
+        for shared in Path(tempfile.gettempdir()).glob(f"athena-client-venv-{os.environ[TEST_RUN_ENV]}*"):
+            shutil.rmtree(shared, ignore_errors=True) if shared.is_dir() else shared.unlink(missing_ok=True)
 
 
 @pytest.fixture

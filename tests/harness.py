@@ -38,6 +38,11 @@ from athena_inference.workers.ops.local_stack import (  # noqa: F401 - the names
 POSTGRES_DSN = os.environ.get("ATHENA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+# One id for the whole test run, set before xdist starts its workers, which
+# inherit it: what they share (the client-only environment) is named by it.
+TEST_RUN_ENV = "PYTEST_ATHENA_RUN"
+
+
 def ensure_postgres(dsn: str = POSTGRES_DSN) -> Optional[str]:
     """Connect to the machine's PostgreSQL, starting its clusters if they are down.
 

@@ -12,8 +12,7 @@ import redis
 from athena_client import AthenaClient
 from athena_client.contract.errors import InvalidInput
 from athena_client.contract.payloads import EmbedRequest
-from athena_client.contract.routes import TaskName
-from tests.harness import wait_for
+from athena_client.contract.routes import Queue, TaskName
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,17 +83,11 @@ def test_health_reports_workers_servers_and_compression(sender, stack):
 
 
 def test_health_says_not_ready_when_a_server_is_down(stack):
-    env = stack.isolated_env(LLAMACPP_REASONING_URL="http://127.0.0.1:9")
-    worker = stack.worker("reasoning", "serverless", env)
-    try:
-        with AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"]) as client:
-            wait_for(lambda: client.health().queues["reasoning"].workers, "serverless worker", 60)
-            report = client.health()
-            assert report.queues["reasoning"].server_ready is False
-            assert "unreachable" in report.queues["reasoning"].detail
-            assert client.check_health()["reasoning"] is False
-    finally:
-        worker.stop()
+    with stack.side_lane(Queue.REASONING, "serverless", LLAMACPP_REASONING_URL="http://127.0.0.1:9") as side:
+        report = side.client.health()
+        assert report.queues["reasoning"].workers and report.queues["reasoning"].server_ready is False
+        assert "unreachable" in report.queues["reasoning"].detail
+        assert side.client.check_health()["reasoning"] is False
 
 
 def test_bad_arguments_and_task_failures_raise_the_error_family(sender, stack):

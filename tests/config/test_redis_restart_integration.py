@@ -2,7 +2,7 @@
 
 Its own Redis, through `athena-inference serve redis` (append-only file,
 fsync every second, a password), an embeddings worker on it in front of the
-session's embeddings server, and a client sending `athena.embed` three times
+session's embeddings server, and a client sending `athena.embed` four times
 a second. Redis gets SIGTERM in the middle,
 while a batch of 512 texts is running on the worker, and is started again on
 the same port and folder after a pause, as a supervisor's restart (or a large
@@ -25,9 +25,9 @@ from athena_inference.workers.ops.stack import with_password
 from tests.harness import RestartableRedis, Stack, local_stack_env, redis_port, wait_for
 
 PASSWORD = "restart-Test-5a1e"
-TASKS = 60
-INTERVAL_S = 1 / 3
-RESTART_AFTER = 20  # tasks sent before Redis gets SIGTERM
+TASKS = 30
+INTERVAL_S = 1 / 4
+RESTART_AFTER = 10  # tasks sent before Redis gets SIGTERM
 DOWN_S = 5.0  # between Redis's exit and its start again
 BATCH = [f"memory {i} about the garden, the weekly report and the payments team" for i in range(512)]
 

@@ -13,24 +13,14 @@ import pytest
 
 from athena_client.contract.errors import ServerUnavailable
 from athena_client.contract.payloads import EmbedRequest
-from athena_client.contract.routes import TaskName
-from athena_client.sender import TaskSender
-from tests.harness import free_port
+from athena_client.contract.routes import Queue, TaskName
 
 
 @pytest.fixture(scope="module")
 def outage(stack):
-    url = f"http://127.0.0.1:{free_port()}"
     # About the HTTP call's own retries: no waiting it out at the task level.
-    env = stack.isolated_env(LLAMACPP_EMBEDDINGS_URL=url, ATHENA_EMBED_RETRY_BUDGET_S="0")
-    server = stack.llama("embeddings", url, env)
-    worker = stack.worker("embeddings", "outage", env)
-    sender = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-    stack.wait_for_workers(sender, {"embeddings@outage"})
-    yield sender, server
-    sender.close()
-    worker.stop()
-    server.stop()
+    with stack.side_lane(Queue.EMBEDDINGS, "outage", own_server=True, ATHENA_EMBED_RETRY_BUDGET_S="0") as side:
+        yield side.client, side.server
 
 
 def test_stopped_server_gives_retries_then_a_clear_failure(outage):

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import httpx
 import redis
@@ -26,8 +26,10 @@ import redis
 from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
 from athena_client.contract.payloads import ReasonRequest
 from athena_client.contract.routes import Queue
-from athena_inference.config.registry import server_lanes
+from athena_client.sender import TaskSender
+from athena_inference.config.registry import lane, server_lanes
 from athena_inference.config.servers import copy_url
+from athena_inference.workers.ops.polling import poll_until
 from athena_inference.workers.ops.provision import redis_server_binary
 
 CLI = [sys.executable, "-m", "athena_inference.workers.ops.cli"]
@@ -99,15 +101,8 @@ def all_gone(pids: set[int], within_s: float) -> list[int]:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 120, proc: Optional["Proc"] = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - not up yet is every kind of error
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready after {timeout} s" + (f"\n{proc.log_tail()}" if proc else ""))
+    if not poll_until(check, timeout):
+        raise TimeoutError(f"{what} not ready after {timeout} s" + (f"\n{proc.log_tail()}" if proc else ""))
 
 
 def answering(client, timeout: float = 1.0) -> set[str]:
@@ -203,6 +198,16 @@ def side_url(env: dict[str, str]) -> str:
     return with_database(env["ATHENA_RESULT_BACKEND"], SIDE_DATABASE)
 
 
+@dataclass
+class SideLane:
+    """What `Stack.side_lane` started: its settings, a client on its broker, its worker and its server (or None)."""
+
+    env: dict[str, str]
+    client: TaskSender
+    worker: Proc
+    server: Optional[Proc]
+
+
 class Stack:
     """Settings (as environment variables) plus the processes started with them."""
 
@@ -266,6 +271,28 @@ class Stack:
             "ATHENA_CACHE_URL": with_database(backend, first + 2),
             **extra,
         }
+
+    @contextlib.contextmanager
+    def side_lane(self, queue: Queue, node: str, *, own_server: bool = False, **settings: str) -> Iterator[SideLane]:
+        """A worker of `queue` beside the stack's, on Redis databases no one else uses
+        (`isolated_env(**settings)`), and with `own_server` a llama-server of its own on a
+        free port, whose settings (slots, ...) are the ones given; yields once the worker answers."""
+        env = self.isolated_env(**settings)
+        server = None
+        if own_server:
+            row = lane(queue)
+            env[str(row.url_variable)] = f"http://127.0.0.1:{free_port()}"
+            server = self.llama(str(row.server), env[str(row.url_variable)], env)
+        worker = self.worker(queue.value, node, env)
+        client = TaskSender(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
+        try:
+            self.wait_for_workers(client, {f"{queue.value}@{node}"})
+            yield SideLane(env, client, worker, server)
+        finally:
+            client.close()
+            worker.stop()
+            if server is not None:
+                server.stop()
 
     def servers(self) -> None:
         """Redis and every lane's llama-server, at the addresses the settings name, all loading at once."""

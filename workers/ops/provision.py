@@ -8,6 +8,7 @@ Only pip reaches the network.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -299,8 +300,28 @@ def redis_server_binary() -> Path:
 
 
 def provision(settings: Settings) -> Provisioned:
-    """Everything the embedded stack needs; seconds when already cached."""
+    """Everything the embedded stack needs; seconds when already cached.
+
+    One process at a time per cache: a second `up`, or a second test process,
+    waits for the first to finish the build and the models, then finds them cached."""
     started = time.monotonic()
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.cache_dir / "provision.lock", "w") as lock:
+        if not _try_lock(lock):
+            say(f"another process is provisioning {settings.cache_dir}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _provision(settings, started)
+
+
+def _try_lock(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _provision(settings: Settings, started: float) -> Provisioned:
     provisioned = Provisioned(
         llama_server=llama_server_binary(settings),
         embeddings_model=embedding_model(settings),

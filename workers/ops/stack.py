@@ -29,6 +29,7 @@ from athena_inference.config.registry import LANES, lane, server_lanes
 from athena_inference.config.servers import server_config
 from athena_inference.config.settings import LOOPBACK_HOSTS as LOOPBACK, Settings, env_name
 from athena_inference.workers.ops.demo import demo, demo_reembed
+from athena_inference.workers.ops.polling import GoneWhileWaiting, poll_until
 from athena_inference.workers.ops.processes import REDIS_PORT, host_port, redis_password, redis_password_file
 from athena_inference.workers.ops.provision import provision, say
 from athena_inference.workers.ops.secrets import new_password, stored_secret
@@ -110,17 +111,12 @@ def honcho_argv(settings: Settings, names: list[str]) -> list[str]:
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float, alive: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise ConfigurationError(f"the stack stopped while waiting for {what}; see the output above")
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - not up yet is every kind of error
-            pass
-        time.sleep(0.5)
-    raise ConfigurationError(f"{what} was not ready after {timeout:.0f} s")
+    try:
+        ready = poll_until(check, timeout, interval=0.5, alive=alive)
+    except GoneWhileWaiting:
+        raise ConfigurationError(f"the stack stopped while waiting for {what}; see the output above") from None
+    if not ready:
+        raise ConfigurationError(f"{what} was not ready after {timeout:.0f} s")
 
 
 def wait_ready(settings: Settings, sender: TaskSender, alive: Callable[[], bool], timeout: float = 180) -> None:

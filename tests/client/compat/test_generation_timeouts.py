@@ -12,12 +12,11 @@ import time
 
 import pytest
 
-from athena_client.client import AthenaClient
 from athena_client.compat import connection
 from athena_client.compat.llm_client import LocalLLMClient
 from athena_client.contract.errors import AthenaError, ServerTimeout
 from athena_client.contract.payloads import ReasonRequest
-from athena_client.contract.routes import TaskName
+from athena_client.contract.routes import Queue, TaskName
 
 
 def test_only_the_reasoning_task_stores_a_started_state():
@@ -40,13 +39,8 @@ BLOCKER = ReasonRequest(prompt="Say one word, again and again.", max_tokens=500,
 @pytest.fixture(scope="module")
 def reasoning(stack):
     """One reasoning worker of its own (one slot, as the session's reasoning server has), on Redis databases of its own."""
-    env = stack.isolated_env(ATHENA_REASONING_SLOTS="1")
-    worker = stack.worker("reasoning", "timeouts", env)
-    client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"])
-    stack.wait_for_workers(client, {"reasoning@timeouts"})
-    yield env, client
-    client.close()
-    worker.stop()
+    with stack.side_lane(Queue.REASONING, "timeouts", ATHENA_REASONING_SLOTS="1") as side:
+        yield side.env, side.client
 
 
 @pytest.fixture

@@ -109,3 +109,23 @@ def test_a_custom_reasoning_model_never_becomes_the_compressor_model(conversions
 def test_the_default_reasoning_model_and_the_compressor_share_smollm2s_gguf(conversions, tmp_path):
     provisioned = provision.provision(load_settings(cache_dir=tmp_path / "cache"))
     assert conversions == [provisioned.reasoning_model]
+
+
+def test_a_second_process_provisioning_the_same_cache_waits_for_the_first(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+    import time
+
+    settings = load_settings(cache_dir=tmp_path)
+    ran = []
+    monkeypatch.setattr(provision, "_provision", lambda settings, started: ran.append(time.monotonic()))
+    with open(tmp_path / "provision.lock", "w") as held:
+        # Another process's lock, as flock sees it: a descriptor of its own.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = threading.Thread(target=provision.provision, args=(settings,))
+        second.start()
+        time.sleep(0.3)
+        assert ran == [] and second.is_alive()
+        released = time.monotonic()
+    second.join(5)
+    assert len(ran) == 1 and ran[0] >= released

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -32,6 +33,14 @@ def read_until(up: subprocess.Popen, text: str) -> list[str]:
         if text in line:
             return lines
     raise AssertionError(f"up exited with {up.wait()} before printing {text!r}:\n{''.join(lines[-40:])}")
+
+
+def kill_what_is_left(up: subprocess.Popen) -> None:
+    """After a failed test: `up` and everything below it, honcho's own session included."""
+    for pid in [*descendants(up.pid), up.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    up.wait(timeout=30)
 
 
 def forget_redis_data(env: dict[str, str]) -> None:
@@ -75,8 +84,7 @@ def checked_up(provisioned) -> CheckedUp:
         exit_code = up.wait(timeout=600)
         return CheckedUp(env, "".join(printed), started, servers, listing, exit_code, all_gone(started, 30))
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
+        kill_what_is_left(up)
         forget_redis_data(env)
 
 
@@ -134,6 +142,5 @@ def test_sigterm_to_up_stops_every_process_it_started(provisioned):
         assert up.wait(timeout=60) == 0
         assert all_gone(started, 30) == []
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
+        kill_what_is_left(up)
         forget_redis_data(env)

@@ -86,7 +86,7 @@ def cli(lane: Stack, *args: str, timeout: float = 600) -> subprocess.CompletedPr
 
 
 def test_killed_runner_resumes_and_every_row_gets_the_new_model(lane, postgres_dsn):
-    texts = memories(1200)
+    texts = memories(500)
     table = make_table(postgres_dsn, texts)
     job = lane.jobs.create(ReembedRequest(source=PostgresSource(dsn=postgres_dsn, table=table), batch_texts=16, window=2))
     runner = lane.start("runner", [*CLI, "reembed", "resume", job.job_id])
@@ -98,19 +98,19 @@ def test_killed_runner_resumes_and_every_row_gets_the_new_model(lane, postgres_d
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     state = lane.jobs.get(job.job_id)
     assert state.status is JobStatus.COMPLETED
-    assert state.counts.completed + state.counts.skipped == 1200 and state.counts.failed == 0
+    assert state.counts.completed + state.counts.skipped == 500 and state.counts.failed == 0
     assert_table_matches_direct(lane, postgres_dsn, table, state)
 
 
 def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
-    texts = memories(1500, prefix="jsonl memory")
+    texts = memories(600, prefix="jsonl memory")
     source = tmp_path / "memories.jsonl"
     source.write_text("".join(json.dumps({"id": f"m{i}", "content": t}) + "\n" for i, t in enumerate(texts)))
     spec = JsonlSource(path=str(source), output=str(tmp_path / "vectors.npy"))
     job = lane.jobs.create(ReembedRequest(source=spec, batch_texts=16, window=2))
-    # A runner of its own, whose batches (16 short texts each) are sent again after 10 s rather than the
-    # lane's 30 s (which a 130-window memory needs): the batches the killed worker held come back sooner.
-    runner = lane.start("bulk-kill-runner", [*CLI, "reembed", "resume", job.job_id], {"ATHENA_JOB_BATCH_TIMEOUT_S": "10"})
+    # A runner of its own, whose batches (16 short texts each, a fraction of a second) are sent again
+    # after 5 s rather than the lane's 30 s (which a 130-window memory needs): the killed worker's come back sooner.
+    runner = lane.start("bulk-kill-runner", [*CLI, "reembed", "resume", job.job_id], {"ATHENA_JOB_BATCH_TIMEOUT_S": "5"})
     job_id = job.job_id
     wait_until_done(lane, job_id, 100, runner=runner)
     [worker] = [p for p in lane.procs if p.name == "embeddings_bulk-worker-w1" and p.popen.poll() is None]
@@ -119,13 +119,13 @@ def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
 
     state = wait_terminal(lane, job_id)
     assert state.status is JobStatus.COMPLETED, state.error
-    assert state.counts.completed == 1500
+    assert state.counts.completed == 600
     assert runner.popen.wait(timeout=60) == 0
     # The kill did take batches with it: the runner sent them again.
     assert "sending it again" in runner.log_path.read_text(errors="replace")
     matrix = np.load(tmp_path / "vectors.npy")
     ids = [json.loads(line)["id"] for line in (tmp_path / "vectors.ids.jsonl").read_text().splitlines()]
-    assert ids == [f"m{i}" for i in range(1500)]
+    assert ids == [f"m{i}" for i in range(600)]
     np.testing.assert_allclose(matrix, direct_vectors(lane, texts), atol=2e-4)
 
 
