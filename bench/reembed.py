@@ -35,10 +35,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from athena_client.shared_redis.job_store import JobStore
 from athena_client.contract.payloads import EmbedRequest
 from athena_client.contract.routes import TaskName
 from athena_client.sender import TaskSender
+from athena_client.shared_redis.job_store import JobStore
 from athena_inference.config.servers import copy_url
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.metrics import latency_stats

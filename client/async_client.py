@@ -21,10 +21,10 @@ from pydantic import BaseModel
 from athena_client.client import DEFAULT_TASK_DESCRIPTION, DEFAULT_TIMEOUT_S, AthenaClient
 from athena_client.contract.consolidation import ConsolidationResult, EpisodicEvent, Pattern
 from athena_client.contract.health import HealthReport
-from athena_client.shared_redis.job_store import JobStore
 from athena_client.contract.jobs import ItemError, JobState, JsonlSource, PostgresSource
 from athena_client.contract.payloads import CompressionResult, EmbeddingResult, EmbedPurpose, LongTextPolicy, ReasoningResult
 from athena_client.contract.routes import TaskName
+from athena_client.shared_redis.job_store import JobStore
 
 
 T = TypeVar("T")

@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from athena_client.contract.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent, Pattern
 from athena_client.contract.errors import ServerTimeout
 from athena_client.contract.health import HealthReport, QueueHealth, ServerHealth
-from athena_client.shared_redis.job_store import JobStore, job_ttl_from_env
 from athena_client.contract.jobs import ItemError, JobState, JsonlSource, PostgresSource, ReembedJobRef, ReembedRequest
 from athena_client.contract.payloads import (
     CompressionResult,
@@ -38,8 +37,9 @@ from athena_client.contract.payloads import (
     VectorOrigin,
 )
 from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
-from athena_client.transport import TaskTransport
 from athena_client.contract.validation import parse
+from athena_client.shared_redis.job_store import JobStore, job_ttl_from_env
+from athena_client.transport import TaskTransport
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6380/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6380/1"

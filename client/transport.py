@@ -18,11 +18,11 @@ from celery.result import assert_will_not_block
 from pydantic import BaseModel
 
 from athena_client.contract.errors import AthenaError, ServerTimeout
-from athena_client.shared_redis.celery_options import JSON_ONLY, PUBLISH_RETRY_POLICY, RESULT_RETRIES
-from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
+from athena_client.contract.routes import ENQUEUED_AT_HEADER, RESULT_TYPES, TaskName, queue_for
 from athena_client.result_forgetter import ResultForgetter
 from athena_client.result_waiter import ResultWaiter, Ticket, WaitTimedOut
-from athena_client.contract.routes import ENQUEUED_AT_HEADER, RESULT_TYPES, TaskName, queue_for
+from athena_client.shared_redis.celery_options import JSON_ONLY, PUBLISH_RETRY_POLICY, RESULT_RETRIES
+from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
 
 
 class TaskTransport:

@@ -13,9 +13,9 @@ from celery.signals import before_task_publish
 from kombu import Queue as KombuQueue
 from kombu.transport import TRANSPORT_ALIASES
 
-from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
 from athena_client.contract.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, Queue, TaskName
 from athena_client.shared_redis.celery_options import PUBLISH_RETRY_POLICY, RESULT_RETRIES
+from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
 from athena_inference.config.registry import LANES, task_modules
 from athena_inference.config.settings import Settings, get_settings
 

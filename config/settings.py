@@ -17,9 +17,9 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, create_mod
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from athena_client.contract.errors import ConfigurationError
-from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
 from athena_client.contract.limits import PayloadLimits
 from athena_client.contract.validation import describe
+from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
 from athena_inference.config.embedding_profiles import (
     DEFAULT_PROFILE,
     EmbeddingProfile,

@@ -18,8 +18,8 @@ import redis
 from billiard.process import current_process
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from athena_client.shared_redis.redis_connect import redis_client
 from athena_client.contract.routes import Queue
+from athena_client.shared_redis.redis_connect import redis_client
 from athena_inference.config.celery import WORKER_QUEUE_ENV
 from athena_inference.config.servers import server_config
 from athena_inference.config.settings import get_settings

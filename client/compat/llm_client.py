@@ -27,9 +27,9 @@ from typing import Annotated, Any, Dict, List, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
-from athena_client.contract import payloads
 from athena_client.async_client import in_client_thread
 from athena_client.compat.connection import shared_client
+from athena_client.contract import payloads
 from athena_client.contract.consolidation import UNIT_SCORE_SCHEMA, merge_near_duplicates
 from athena_client.contract.errors import InvalidInput, ModelOutputInvalid, ServerTimeout
 from athena_client.contract.grammar import compact_json_grammar

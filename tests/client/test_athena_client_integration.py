@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ATHENA_PROGRAM = r"""
 import asyncio, json, sys
 from athena_client import AsyncAthenaClient, AthenaClient
-from athena_client.contract.routes import TaskName
 from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
 
 broker, backend = sys.argv[1], sys.argv[2]
 out = {}

@@ -13,8 +13,8 @@ import pytest
 import redis
 from celery import Celery, states
 
-from athena_client.contract.errors import InvalidInput
 from athena_client import result_waiter
+from athena_client.contract.errors import InvalidInput
 from athena_client.result_waiter import ResultWaiter, WaitTimedOut
 from athena_inference.workers.ops.provision import redis_server_binary
 from tests.harness import free_port, wait_for

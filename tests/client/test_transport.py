@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from athena_client.contract.errors import AthenaError, InvalidInput, ServerTimeout
-from athena_client.result_waiter import WaitTimedOut
-from athena_client.contract.routes import TaskName
 from athena_client import transport as transport_module
+from athena_client.contract.errors import AthenaError, InvalidInput, ServerTimeout
+from athena_client.contract.routes import TaskName
+from athena_client.result_waiter import WaitTimedOut
 from athena_client.transport import TaskTransport
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc).isoformat()

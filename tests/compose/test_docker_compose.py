@@ -17,7 +17,7 @@ from athena_inference.config.settings import Settings, env_name, load_settings
 from athena_inference.workers.ops.model_download import PRODUCTION_MODELS
 from athena_inference.workers.ops.processes import llama_server_argv
 from athena_inference.workers.reembedding.stores.postgres import CONNECTION_ENV
-from athena_inference.config.servers import MODEL_ALIASES, server_config
+from athena_inference.config.servers import EMBEDDING_QUEUES, MODEL_ALIASES, server_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -223,13 +223,13 @@ def test_the_production_models_are_pinned_to_a_commit_and_each_file_to_its_hash(
 
 
 @pytest.mark.parametrize("name", EMBEDDING_WORKERS)
-def test_workers_that_embed_run_with_nomics_profile_on_both_lanes(compose, name, clean_settings_env):
+def test_workers_that_embed_run_with_nomics_profile_on_every_embedding_lane(compose, name, clean_settings_env):
     env = compose["services"][name]["environment"]
     assert env["ATHENA_EMBEDDING_PROFILE"] == NOMIC and env["LLAMACPP_EMBEDDING_DIM"] == "768"
     settings = worker_settings(compose["services"][name])
-    for lane in (Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK):
-        server = server_config(lane, settings)
-        assert server.profile.name == NOMIC and server.dimension == 768, lane
+    for queue in EMBEDDING_QUEUES:
+        server = server_config(queue, settings)
+        assert server.profile.name == NOMIC and server.dimension == 768, queue
         assert (server.profile.document_prefix, server.profile.query_prefix) == ("search_document: ", "search_query: ")
 
 

@@ -11,6 +11,7 @@ import redis
 from athena_client.contract.errors import InvalidInput
 from athena_client.contract.payloads import EmbedBatchRequest, EmbedRequest
 from athena_client.contract.routes import TaskName
+from tests import minilm_reference
 
 SENTENCES = [
     "The deploy to production failed at 3am because the migration locked the users table.",
@@ -21,19 +22,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def reference_vectors(provisioned) -> np.ndarray:
-    """The same model computed by transformers (mean pooling, L2-normalised), as sentence-transformers does."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    source = provisioned.embeddings_model.parent / "all-MiniLM-L6-v2"
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source).eval()
-    batch = tokenizer(SENTENCES, padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    pooled = (hidden * mask).sum(1) / mask.sum(1)
-    return torch.nn.functional.normalize(pooled, dim=1).numpy()
+    return minilm_reference.reference_vectors(provisioned, SENTENCES)
 
 
 def cosine(a, b) -> float:

@@ -13,6 +13,7 @@ import pytest
 
 from athena_client.contract.payloads import RerankRequest
 from athena_client.contract.routes import Queue, TaskName
+from tests import minilm_reference
 
 QUERY = "Why did last night's deploy fail?"
 DOCUMENTS = [
@@ -25,18 +26,8 @@ DOCUMENTS = [
 
 @pytest.fixture(scope="module")
 def reference_scores(provisioned) -> np.ndarray:
-    """The query's cosine with each document, from the same model in transformers (mean pooling)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    source = provisioned.embeddings_model.parent / "all-MiniLM-L6-v2"
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source).eval()
-    batch = tokenizer([QUERY, *DOCUMENTS], padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    vectors = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    """The query's cosine with each document, from the same model in transformers."""
+    vectors = minilm_reference.reference_vectors(provisioned, [QUERY, *DOCUMENTS])
     return vectors[1:] @ vectors[0]
 
 

@@ -23,10 +23,10 @@ from typing import Callable, Iterator, Optional
 import httpx
 import redis
 
-from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
 from athena_client.contract.payloads import ReasonRequest
 from athena_client.contract.routes import Queue
 from athena_client.sender import TaskSender
+from athena_client.shared_redis.metrics import SIDE_DATABASE, with_database
 from athena_inference.config.registry import lane, server_lanes
 from athena_inference.config.servers import copy_url
 from athena_inference.workers.ops.polling import poll_until

@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from athena_client.client import AthenaClient
 from athena_client.contract.errors import InvalidInput
-from athena_client.shared_redis.job_store import JobStore, state_json
 from athena_client.contract.jobs import JobState, JobStatus, ReembedRequest
 from athena_client.contract.validation import parse
+from athena_client.shared_redis.job_store import JobStore, state_json
 from athena_inference.config.settings import get_settings
 from athena_inference.workers.reembedding.runner import build_runner, iter_progress
 

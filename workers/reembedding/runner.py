@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
 from athena_client.contract.errors import AthenaError, JobError, ServerTimeout
-from athena_client.shared_redis.job_store import JobStore
 from athena_client.contract.jobs import ItemError, JobState, JobStatus
 from athena_client.contract.payloads import VectorOrigin
+from athena_client.shared_redis.job_store import JobStore
 from athena_client.shared_redis.redis_connect import redis_client
 from athena_client.transport import TaskTransport
 from athena_inference.config.settings import Settings

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from athena_client.contract import payloads
 from athena_client.compat import llm_client
 from athena_client.compat.llm_client import (
     ANSWER_GRAMMAR,
@@ -28,10 +27,11 @@ from athena_client.compat.llm_client import (
     get_llm_client,
     render_for_athena,
 )
+from athena_client.contract import payloads
 from athena_client.contract.errors import AthenaError, InvalidInput, ServerTimeout, ServerUnavailable
 from athena_client.contract.grammar import longest_output
-from athena_client.result_waiter import Ticket
 from athena_client.contract.routes import TaskName
+from athena_client.result_waiter import Ticket
 
 
 def read_like_athena(text: str) -> list[dict]:

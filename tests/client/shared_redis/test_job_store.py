@@ -8,8 +8,8 @@ import fakeredis
 import pytest
 
 from athena_client.contract.errors import ConfigurationError, JobError, JobNotFound
-from athena_client.shared_redis.job_store import DEFAULT_JOB_TTL_S, JobStore, job_ttl_from_env, lease_key, state_json
 from athena_client.contract.jobs import ItemError, JobStatus, PostgresSource, ReembedRequest
+from athena_client.shared_redis.job_store import DEFAULT_JOB_TTL_S, JobStore, job_ttl_from_env, lease_key, state_json
 
 
 TTL = 3600

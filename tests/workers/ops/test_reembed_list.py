@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 from click.testing import CliRunner
 
-from athena_client.shared_redis.job_store import JobStore
 from athena_client.contract.jobs import PostgresSource, ReembedRequest
+from athena_client.shared_redis.job_store import JobStore
 from athena_inference.workers.ops import reembed_cli
 
 

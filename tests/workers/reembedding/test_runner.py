@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from athena_client.contract.errors import InvalidInput, JobError, ServerUnavailable
-from athena_client.shared_redis.job_store import JobStore
 from athena_client.contract.jobs import EmbedBulkResult, ItemError, JobStatus, JsonlSource, ReembedRequest
 from athena_client.contract.payloads import TaskTiming, VectorOrigin, vector_space
+from athena_client.shared_redis.job_store import JobStore
 from athena_inference.workers.reembedding.embedding_cache import EmbeddingCache
 from athena_inference.workers.reembedding.stores import JsonlStore
 from athena_inference.workers.reembedding.lease import JobLeases
