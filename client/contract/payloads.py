@@ -107,7 +107,7 @@ class EmbedBatchRequest(_Request):
 
 
 class RerankRequest(_Request):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"query": "why did the job fail?", "documents": ["the disk was full", "lunch was late"]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"query": "why did the nightly backup fail?", "documents": ["lunch on Thursday is at noon", "the backup failed: the disk was full"]}]})
 
     query: EmbedText
     documents: Annotated[list[EmbedText], Field(min_length=1), capped("batch_texts")]
