@@ -25,6 +25,7 @@ from athena_client.contract.jobs import ItemError, JobState, JsonlSource, Postgr
 from athena_client.contract.payloads import CompressionResult, EmbeddingResult, EmbedPurpose, LongTextPolicy, ReasoningResult
 from athena_client.contract.routes import TaskName
 from athena_client.shared_redis.job_store import JobStore
+from athena_client.transport import KIND_DEFAULT, Deadline
 
 
 T = TypeVar("T")
@@ -67,14 +68,18 @@ class AsyncAthenaClient:
 
     # --- fire and forget, fetch later ---
 
-    async def submit(self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None) -> str:
-        return await self._call(self.sync.submit, task, request, queue=queue)
+    async def submit(
+        self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None, deadline: Deadline = KIND_DEFAULT
+    ) -> str:
+        return await self._call(self.sync.submit, task, request, queue=queue, deadline=deadline)
 
     async def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, keep: bool = False) -> Any:
         return await self._call(self.sync.result, task, task_id, timeout, keep=keep)
 
-    async def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
-        return await self._call(self.sync.call, task, request, timeout)
+    async def call(
+        self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None, *, deadline: Deadline = KIND_DEFAULT
+    ) -> Any:
+        return await self._call(self.sync.call, task, request, timeout, deadline=deadline)
 
     # --- Athena's methods ---
 

@@ -39,7 +39,7 @@ from athena_client.contract.payloads import (
 from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
 from athena_client.contract.validation import parse
 from athena_client.shared_redis.job_store import JobStore, job_ttl_from_env
-from athena_client.transport import TaskTransport
+from athena_client.transport import KIND_DEFAULT, Deadline, TaskTransport
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6380/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6380/1"
@@ -67,9 +67,13 @@ class AthenaClient:
 
     # --- fire and forget, fetch later ---
 
-    def submit(self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None) -> str:
-        """Enqueue and return the task id at once."""
-        return self.transport.submit(task, request, queue=queue)
+    def submit(
+        self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None, deadline: Deadline = KIND_DEFAULT
+    ) -> str:
+        """Enqueue and return the task id at once. Not started after `deadline`
+        (seconds from now, or an aware datetime; None: never too late; by default
+        the kind's own, e.g. 30 s for an embed): it then ends `Expired`, unrun."""
+        return self.transport.submit(task, request, queue=queue, deadline=deadline)
 
     def result(self, task: TaskName, task_id: str, timeout: Optional[float] = None, *, keep: bool = False) -> Any:
         """The typed result of a submitted task; waits up to `timeout` seconds.
@@ -79,8 +83,11 @@ class AthenaClient:
         """
         return self.transport.result(task, task_id, timeout, keep=keep)
 
-    def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
-        return self.transport.call(task, request, timeout)
+    def call(
+        self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None, *, deadline: Deadline = KIND_DEFAULT
+    ) -> Any:
+        """Send and wait up to `timeout`; by default not started after the kind's deadline or the wait, whichever is sooner."""
+        return self.transport.call(task, request, timeout, deadline=deadline)
 
     # --- Athena's methods ---
 

@@ -10,19 +10,50 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 from celery import Celery, states
 from celery.result import assert_will_not_block
 from pydantic import BaseModel
 
-from athena_client.contract.errors import AthenaError, ServerTimeout
-from athena_client.contract.routes import ENQUEUED_AT_HEADER, RESULT_TYPES, TaskName, queue_for
+from athena_client.contract.errors import AthenaError, Expired, InvalidInput, ServerTimeout
+from athena_client.contract.routes import ENQUEUED_AT_HEADER, RESULT_TYPES, ROUTES, TaskName, queue_for
 from athena_client.result_forgetter import ResultForgetter
 from athena_client.result_waiter import ResultWaiter, Ticket, WaitTimedOut
 from athena_client.shared_redis.celery_options import JSON_ONLY, PUBLISH_RETRY_POLICY, RESULT_RETRIES
 from athena_client.shared_redis.redis_transport import REDIS_TRANSPORT
+
+
+class _KindDefault:
+    def __repr__(self) -> str:
+        return "the kind's default"
+
+
+# `deadline` left out: the kind's own (routes.ROUTES).
+KIND_DEFAULT: Any = _KindDefault()
+Deadline = Union[float, datetime, None]
+
+
+def expiry(task: TaskName, deadline: Deadline) -> Optional[datetime]:
+    """When a worker stops starting the task: `deadline` seconds from now, that moment, or the kind's default."""
+    if deadline is KIND_DEFAULT:
+        deadline = ROUTES[task].deadline_s
+    if deadline is None:
+        return None
+    now = datetime.now(timezone.utc)
+    if isinstance(deadline, datetime):
+        if deadline.tzinfo is None:
+            raise InvalidInput(f"the deadline of {task.value} must say its time zone; nothing was sent")
+        at = deadline
+    elif not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or deadline != deadline:
+        raise InvalidInput(f"the deadline of {task.value} is seconds from now or a datetime, not {deadline!r}; nothing was sent")
+    else:
+        at = now + timedelta(seconds=deadline)
+    if at <= now:
+        raise InvalidInput(f"the deadline of {task.value} ({at.isoformat()}) has passed already; nothing was sent")
+    return at
 
 
 class TaskTransport:
@@ -55,15 +86,26 @@ class TaskTransport:
         return self._waiter
 
     def submit(
-        self, task: TaskName, request: Optional[BaseModel] = None, *, queue: Optional[str] = None, task_id: Optional[str] = None
+        self,
+        task: TaskName,
+        request: Optional[BaseModel] = None,
+        *,
+        queue: Optional[str] = None,
+        task_id: Optional[str] = None,
+        deadline: Deadline = KIND_DEFAULT,
     ) -> str:
-        """Enqueue and return the task id at once."""
+        """Enqueue and return the task id at once.
+
+        `deadline`: seconds from now, or an aware datetime, after which no worker
+        starts the task (it ends `Expired`, never reaching a server); None for
+        none; by default the kind's own (`routes.ROUTES`)."""
         sent = self.app.send_task(
             task.value,
             kwargs=request.model_dump(mode="json") if request is not None else {},
             queue=queue or queue_for(task.value).value,
             headers={ENQUEUED_AT_HEADER: time.time()},
             task_id=task_id,
+            expires=expiry(task, deadline),
         )
         return sent.id
 
@@ -83,13 +125,21 @@ class TaskTransport:
             assert_will_not_block()
         return self._read(task, task_id, self.waiter.expect(task_id), timeout, keep)
 
-    def call(self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None) -> Any:
+    def call(
+        self, task: TaskName, request: Optional[BaseModel] = None, timeout: Optional[float] = None, *, deadline: Deadline = KIND_DEFAULT
+    ) -> Any:
+        """Send and wait. By default the task is not started later than the kind's
+        deadline or this wait, whichever is sooner: the caller has given up by then."""
         assert_will_not_block()
+        wait = self.timeout if timeout is None else timeout
+        if deadline is KIND_DEFAULT:
+            kind = ROUTES[task].deadline_s
+            deadline = wait if kind is None else min(kind, wait)
         # Listening starts before the task is sent: its result, however fast, finds a subscriber.
         task_id = str(uuid.uuid4())
         ticket = self.waiter.expect(task_id)
         try:
-            self.submit(task, request, task_id=task_id)
+            self.submit(task, request, task_id=task_id, deadline=deadline)
         except BaseException:
             self.waiter.release(ticket)
             raise
@@ -106,6 +156,9 @@ class TaskTransport:
             if isinstance(outcome, AthenaError):
                 self._done_with(task_id, keep)
                 raise outcome
+            if meta.get("status") == states.REVOKED and "expired" in str(outcome):
+                self._done_with(task_id, keep)
+                raise Expired(f"{task.value} {task_id} was not started before its deadline; no worker ran it")
             kind = outcome.__class__.__name__ if isinstance(outcome, BaseException) else meta.get("status")
             raise AthenaError(f"{task.value} {task_id} failed: {kind}: {outcome}")
         value = RESULT_TYPES[task].model_validate(outcome)

@@ -74,6 +74,7 @@ from typing import Any, Optional
 import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
+from celery.signals import task_revoked
 from pydantic import BaseModel, ValidationError
 
 from athena_client.contract.errors import AthenaError, InternalError, InvalidInput, PoisonMessage, ServerTimeout, ServerUnavailable
@@ -379,3 +380,17 @@ def _is_model(hint: Any) -> bool:
 
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+@task_revoked.connect
+def _count_expired(sender: Any = None, expired: bool = False, **_: Any) -> None:
+    """A task whose deadline (`expires`) passed before a worker started it: Celery
+    drops it unrun and stores it REVOKED "expired" (the client raises `Expired`);
+    here it is counted among its kind's failures, as expired."""
+    if not expired or not isinstance(sender, AthenaTask):
+        return
+    try:
+        sink: MetricsSink = seams.metrics()
+        sink.record(sender.name, ok=False, latency_ms=0.0, expired=True)
+    except Exception:  # noqa: BLE001 - a side channel, as above
+        log.warning("could not record an expired %s", sender.name, exc_info=True)

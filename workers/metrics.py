@@ -31,7 +31,8 @@ __all__ = [
 
 class MetricsSink(Protocol):
     """Where each call of a kind is recorded: its outcome and latency, and on
-    success its tokens, its rate and the kind's own sums and samples."""
+    success its tokens, its rate and the kind's own sums and samples; a failure
+    may be a call whose deadline passed before it started (`expired`)."""
 
     def record(
         self,
@@ -45,6 +46,7 @@ class MetricsSink(Protocol):
         totals: Optional[dict[str, float]] = None,
         samples: Optional[dict[str, float]] = None,
         at: Optional[float] = None,
+        expired: bool = False,
     ) -> None: ...
 
 
@@ -77,6 +79,7 @@ class MetricsStore(MetricsReader):
         totals: Optional[dict[str, float]] = None,
         samples: Optional[dict[str, float]] = None,
         at: Optional[float] = None,
+        expired: bool = False,
     ) -> None:
         at = time.time() if at is None else at
         counters = self._key(kind)
@@ -102,6 +105,8 @@ class MetricsStore(MetricsReader):
                 self._push(pipe, self._key(kind, f"sample:{name}"), value)
         else:
             pipe.hincrby(counters, "failures", 1)
+            if expired:
+                pipe.hincrby(counters, "expired", 1)
         pipe.execute()
 
     def _push(self, pipe, key: str, value: float) -> None:

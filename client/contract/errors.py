@@ -14,6 +14,7 @@
         ├── ConfigurationError      a setting is wrong (named in the message)
         │   └── DimensionMismatch   the embedding server's vectors are not the configured size
         ├── PoisonMessage           its worker died every time it ran the task; it is not run again
+        ├── Expired                 its deadline passed before a worker started it; it never ran
         └── InternalError           a worker failed in a way it has no class for (a bug); names the original
 
 `AthenaError` is a `RuntimeError` because Athena's code already catches
@@ -90,6 +91,10 @@ class DimensionMismatch(ConfigurationError):
 
 class PoisonMessage(AthenaError):
     """The task was delivered ATHENA_MAX_DELIVERIES times and its worker died each time (memory, a crash)."""
+
+
+class Expired(AthenaError):
+    """The task's deadline passed while it waited (in the queue, or for a retry); no worker ran it, no server saw it."""
 
 
 class InternalError(AthenaError):

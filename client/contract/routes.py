@@ -63,27 +63,35 @@ class Route(NamedTuple):
     # What a caller waiting on the task gets back; None for a task whose result
     # no caller reads (consolidation's stages hand their state to the next one).
     result: Optional[type[BaseModel]]
+    # How long after it is sent the task is still worth starting, unless the
+    # caller says otherwise: past it, a worker drops it (Expired) without
+    # running it, so a backlog of calls nobody waits for any more never reaches
+    # a server. None: no deadline (work sent by the workers themselves, jobs).
+    deadline_s: Optional[float] = None
 
 
 # Every task: the queue it runs on and what it returns.
 ROUTES: dict[TaskName, Route] = {
-    TaskName.EMBED: Route(Queue.EMBEDDINGS, EmbeddingResult),
-    TaskName.EMBED_BATCH: Route(Queue.EMBEDDINGS, EmbeddingBatchResult),
+    TaskName.EMBED: Route(Queue.EMBEDDINGS, EmbeddingResult, 30),
+    TaskName.EMBED_BATCH: Route(Queue.EMBEDDINGS, EmbeddingBatchResult, 60),
+    # The job's runner resends a batch that took too long (ATHENA_JOB_BATCH_TIMEOUT_S).
     TaskName.EMBED_BULK: Route(Queue.EMBEDDINGS_BULK, EmbedBulkResult),
+    # A job may wait behind another job for hours; its record in Redis says where it is.
     TaskName.REEMBED: Route(Queue.JOBS, JobState),
-    TaskName.REASON: Route(Queue.REASONING, ReasoningResult),
-    TaskName.COMPRESS_PROMPT: Route(Queue.COMPRESSION, CompressionResult),
-    TaskName.COMPRESSOR_STATUS: Route(Queue.COMPRESSION, CompressorStatus),
-    TaskName.RERANK: Route(Queue.RERANK, RerankResult),
-    # The last stage's answer reaches the caller under athena.consolidate's id.
-    TaskName.CONSOLIDATE: Route(Queue.CONSOLIDATION, ConsolidationResult),
+    TaskName.REASON: Route(Queue.REASONING, ReasoningResult, 900),
+    TaskName.COMPRESS_PROMPT: Route(Queue.COMPRESSION, CompressionResult, 300),
+    TaskName.COMPRESSOR_STATUS: Route(Queue.COMPRESSION, CompressorStatus, 30),
+    TaskName.RERANK: Route(Queue.RERANK, RerankResult, 30),
+    # The last stage's answer reaches the caller under athena.consolidate's id;
+    # the deadline is the job's start, and its stages, once started, run.
+    TaskName.CONSOLIDATE: Route(Queue.CONSOLIDATION, ConsolidationResult, 3600),
     TaskName.CONSOLIDATE_COMPRESS: Route(Queue.COMPRESSION, None),
     TaskName.CONSOLIDATE_REASON: Route(Queue.REASONING, None),
     TaskName.CONSOLIDATE_EMBED: Route(Queue.EMBEDDINGS, None),
-    TaskName.EMBEDDINGS_HEALTH: Route(Queue.EMBEDDINGS, ServerHealth),
-    TaskName.REASONING_HEALTH: Route(Queue.REASONING, ServerHealth),
-    TaskName.EMBEDDINGS_BULK_HEALTH: Route(Queue.EMBEDDINGS_BULK, ServerHealth),
-    TaskName.RERANK_HEALTH: Route(Queue.RERANK, ServerHealth),
+    TaskName.EMBEDDINGS_HEALTH: Route(Queue.EMBEDDINGS, ServerHealth, 30),
+    TaskName.REASONING_HEALTH: Route(Queue.REASONING, ServerHealth, 30),
+    TaskName.EMBEDDINGS_BULK_HEALTH: Route(Queue.EMBEDDINGS_BULK, ServerHealth, 30),
+    TaskName.RERANK_HEALTH: Route(Queue.RERANK, ServerHealth, 30),
 }
 TASK_QUEUES: dict[TaskName, Queue] = {task: route.queue for task, route in ROUTES.items()}
 RESULT_TYPES: dict[TaskName, type[BaseModel]] = {task: route.result for task, route in ROUTES.items() if route.result}

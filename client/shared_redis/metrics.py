@@ -60,6 +60,8 @@ class KindStats(BaseModel):
     count: int
     success: int
     failures: int
+    # Of the failures, the calls whose deadline passed before a worker started them (never run).
+    expired: int = 0
     success_rate: Optional[float]
     # Calls per second between the first and the last recorded call.
     rate_per_s: Optional[float]
@@ -165,6 +167,7 @@ class MetricsReader:
             count=count,
             success=success,
             failures=int(total("failures")),
+            expired=int(total("expired")),
             success_rate=success / count if count else None,
             rate_per_s=(count - 1) / span if count > 1 and span > 0 else None,
             latency_ms=latency_stats([v for raw in raws for v in raw["latency"]]),

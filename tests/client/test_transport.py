@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from athena_client import transport as transport_module
-from athena_client.contract.errors import AthenaError, InvalidInput, ServerTimeout
+from athena_client.contract.errors import AthenaError, Expired, InvalidInput, ServerTimeout
 from athena_client.contract.routes import TaskName
 from athena_client.result_waiter import WaitTimedOut
 from athena_client.transport import TaskTransport
@@ -150,3 +150,75 @@ def test_threads_that_wait_at_once_share_one_result_waiter(monkeypatch):
         list(pool.map(lambda i: transport.result(TaskName.EMBED, f"t{i}"), range(200)))
     transport.close()
     assert made == [1]
+
+
+# --- deadlines: when a worker stops starting a task ---
+
+
+class SendingApp(StubApp):
+    """Records what each send_task was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[dict] = []
+
+    def send_task(self, name, **options):
+        self.sent.append({"name": name, **options})
+        return type("Sent", (), {"id": options.get("task_id") or "t1"})()
+
+
+def sent_expiry(deadline=transport_module.KIND_DEFAULT, task=TaskName.EMBED) -> datetime | None:
+    app = SendingApp()
+    TaskTransport(app, timeout=1.0, waiter=StoredResult(EMBEDDING)).submit(task, None, deadline=deadline)
+    return app.sent[0]["expires"]
+
+
+def seconds_left(at: datetime) -> float:
+    return (at - datetime.now(timezone.utc)).total_seconds()
+
+
+def test_a_task_sent_without_a_deadline_gets_its_kinds_own():
+    assert 29 < seconds_left(sent_expiry()) <= 30
+    assert 899 < seconds_left(sent_expiry(task=TaskName.REASON)) <= 900
+    # A re-embedding job may wait behind another for hours: no deadline.
+    assert sent_expiry(task=TaskName.REEMBED) is None
+
+
+def test_a_deadline_in_seconds_or_as_a_moment_is_what_the_worker_is_given():
+    assert 4 < seconds_left(sent_expiry(5)) <= 5
+    moment = datetime(2099, 1, 1, tzinfo=timezone.utc)
+    assert sent_expiry(moment) == moment
+    assert sent_expiry(None) is None
+
+
+@pytest.mark.parametrize("deadline", [0, -1.5, float("nan"), "soon", True, datetime(2020, 1, 1, tzinfo=timezone.utc), datetime(2099, 1, 1)])
+def test_a_deadline_that_has_passed_or_is_no_deadline_is_refused_and_nothing_is_sent(deadline):
+    app = SendingApp()
+    with pytest.raises(InvalidInput, match="nothing was sent"):
+        TaskTransport(app, timeout=1.0, waiter=StoredResult(EMBEDDING)).submit(TaskName.EMBED, None, deadline=deadline)
+    assert app.sent == []
+
+
+def test_a_call_is_not_started_after_its_wait_or_its_kinds_deadline_whichever_comes_first():
+    app = SendingApp()
+    transport = TaskTransport(app, timeout=1.0, waiter=StoredResult(EMBEDDING))
+    transport.call(TaskName.EMBED, None, timeout=5)
+    transport.call(TaskName.EMBED, None, timeout=600)
+    transport.call(TaskName.EMBED, None, timeout=600, deadline=120)
+    assert [round(seconds_left(sent["expires"])) for sent in app.sent] == [5, 30, 120]
+
+
+class RevokedResult(StoredResult):
+    def wait(self, ticket: str, timeout: float) -> dict:
+        return {"status": "REVOKED", "result": self.outcome}
+
+
+def test_a_task_dropped_at_its_deadline_is_read_as_expired_once():
+    from celery.exceptions import TaskRevokedError
+
+    app = StubApp()
+    transport = TaskTransport(app, timeout=1.0, waiter=RevokedResult(TaskRevokedError("expired")))
+    with pytest.raises(Expired, match="not started before its deadline"):
+        transport.result(TaskName.EMBED, "t1")
+    transport.close()
+    assert app.backend.deleted == ["celery-task-meta-t1"]
