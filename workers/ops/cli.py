@@ -25,11 +25,12 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--check", is_flag=True, help="Stop everything after the demo and exit 0 if it worked.")
-def up(check: bool) -> int:
+@click.option("--no-demo", is_flag=True, help="Skip the demo: the stack is up once every worker and server answers.")
+def up(check: bool, no_demo: bool) -> int:
     """Provision and run the whole stack, then show a job through every queue."""
     from athena_inference.workers.ops.stack import up as run_stack
 
-    return run_stack(get_settings(), check_only=check)
+    return run_stack(get_settings(), check_only=check, show_demo=not no_demo)
 
 
 @cli.command()

@@ -201,7 +201,7 @@ def redis_hint(settings: Settings) -> list[str]:
     return [f"Redis: {listed}; its password is in {where}", f"clients in another shell: export {exports}"]
 
 
-def up(settings: Settings, *, check_only: bool = False) -> int:
+def up(settings: Settings, *, check_only: bool = False, show_demo: bool = True) -> int:
     if not PROCFILE.exists():
         raise ConfigurationError(f"no Procfile at {PROCFILE}; run `up` from a checkout of the project")
     provision(settings)
@@ -224,8 +224,9 @@ def up(settings: Settings, *, check_only: bool = False) -> int:
             stack = subprocess.Popen(honcho, env=env, start_new_session=True)
             sender = TaskSender(settings.broker_url, settings.result_backend)
             wait_ready(settings, sender, alive=lambda: stack.poll() is None)
-            demo(sender)
-            demo_reembed(sender, settings.cache_dir / "demo")
+            if show_demo:
+                demo(sender)
+                demo_reembed(sender, settings.cache_dir / "demo")
             user, _, password = auth.partition(":")
             say(f"stack is up. Flower: http://127.0.0.1:{settings.flower_port} (user {user}, password {password})")
             if "redis" in names:

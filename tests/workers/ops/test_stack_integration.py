@@ -131,9 +131,11 @@ def test_sigterm_to_up_stops_every_process_it_started(provisioned):
     # To `up` alone, as systemd or a container runtime sends it to the process it started. SIGINT (a
     # terminal's Ctrl-C) is the same stop to `up` (tests/workers/ops/test_stack.py); this is the one real run.
     env = local_stack_env(**bulk_copies_env(BULK_COPIES))
-    up = start_up(env)
+    # No demo: what is stopped is the stack, once every worker and server answers (the demo is the test above).
+    up = start_up(env, "--no-demo")
     try:
-        read_until(up, "health: athena-inference health")
+        printed = read_until(up, "health: athena-inference health")
+        assert not any(line.startswith("athena.embed on") for line in printed)
         started = descendants(up.pid)
         assert len(started) >= 3 + len(LANES) + LLAMA_SERVERS  # honcho, redis, the servers, a worker per lane, flower, the exporter
         assert len(llama_servers(started)) == LLAMA_SERVERS
