@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from athena_client.contract.health import ServerHealth
 from athena_client.contract.payloads import NoArguments
-from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
+from athena_client.contract.routes import SERVER_HEALTH, Queue
 from athena_inference.config.celery import app
 from athena_inference.config.registry import Lane, server_lanes
 from athena_inference.tasks import seams
@@ -31,5 +31,3 @@ def _health_task(row: Lane):
 
 
 HEALTH_TASKS: dict[Queue, object] = {row.queue: _health_task(row) for row in server_lanes()}
-# The health task of each lane, by the name the client sends.
-BY_NAME: dict[TaskName, object] = {SERVER_HEALTH[queue]: task for queue, task in HEALTH_TASKS.items()}
