@@ -18,13 +18,16 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from pydantic import BaseModel
 
+from athena_client.cancelling import CancelReport
 from athena_client.client import DEFAULT_TASK_DESCRIPTION, DEFAULT_TIMEOUT_S, AthenaClient
 from athena_client.contract.consolidation import ConsolidationResult, EpisodicEvent, Pattern
 from athena_client.contract.health import HealthReport
 from athena_client.contract.jobs import ItemError, JobState, JsonlSource, PostgresSource
 from athena_client.contract.payloads import CompressionResult, EmbeddingResult, EmbedPurpose, LongTextPolicy, ReasoningResult
 from athena_client.contract.routes import TaskName
+from athena_client.reason_stream import ReasonStream
 from athena_client.shared_redis.job_store import JobStore
+from athena_client.shared_redis.piece_streams import START
 from athena_client.transport import KIND_DEFAULT, Deadline
 
 
@@ -35,13 +38,59 @@ _threads: Optional[ThreadPoolExecutor] = None
 _threads_made = threading.Lock()
 
 
-async def in_client_thread(method: Callable[..., T], *args: Any) -> T:
-    """`method(*args)`, a blocking client call, awaited from a thread of the clients' pool."""
+def _client_threads() -> ThreadPoolExecutor:
     global _threads
     with _threads_made:
         if _threads is None:
             _threads = ThreadPoolExecutor(max_workers=MAX_CALLS_IN_FLIGHT, thread_name_prefix="athena-client")
-    return await asyncio.get_running_loop().run_in_executor(_threads, method, *args)
+        return _threads
+
+
+async def in_client_thread(method: Callable[..., T], *args: Any) -> T:
+    """`method(*args)`, a blocking client call, awaited from a thread of the clients' pool."""
+    return await asyncio.get_running_loop().run_in_executor(_client_threads(), method, *args)
+
+
+def in_client_thread_unawaited(method: Callable[..., Any], *args: Any) -> None:
+    """`method(*args)` in a thread of the clients' pool, with nobody waiting for it (a coroutine being cancelled cannot)."""
+    _client_threads().submit(method, *args)
+
+
+_ENDED = object()
+
+
+class AsyncReasonStream:
+    """`ReasonStream`, iterated with `async for`: each piece is read in a client thread."""
+
+    def __init__(self, sync: ReasonStream) -> None:
+        self.sync = sync
+        self._pieces: Optional[Any] = None
+
+    @property
+    def task_id(self) -> str:
+        return self.sync.task_id
+
+    @property
+    def last_id(self) -> str:
+        return self.sync.last_id
+
+    @property
+    def result(self) -> Optional[ReasoningResult]:
+        return self.sync.result
+
+    def __aiter__(self) -> "AsyncReasonStream":
+        return self
+
+    async def __anext__(self) -> str:
+        if self._pieces is None:
+            self._pieces = iter(self.sync)
+        piece = await in_client_thread(next, self._pieces, _ENDED)
+        if piece is _ENDED:
+            raise StopAsyncIteration
+        return piece
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self])
 
 
 class AsyncAthenaClient:
@@ -81,6 +130,9 @@ class AsyncAthenaClient:
     ) -> Any:
         return await self._call(self.sync.call, task, request, timeout, deadline=deadline)
 
+    async def cancel(self, task_id: str) -> CancelReport:
+        return await self._call(self.sync.cancel, task_id)
+
     # --- Athena's methods ---
 
     async def embed(
@@ -118,6 +170,30 @@ class AsyncAthenaClient:
         grammar: Optional[str] = None,
     ) -> ReasoningResult:
         return await self._call(self.sync.reason, prompt, system, max_tokens, temperature, top_p, stop, json_schema, grammar)
+
+    async def reason_stream(
+        self,
+        prompt: str,
+        system: Optional[str] = None,
+        max_tokens: int = 2048,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        stop: Sequence[str] = (),
+        json_schema: Optional[dict[str, Any]] = None,
+        grammar: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        deadline: Deadline = KIND_DEFAULT,
+    ) -> AsyncReasonStream:
+        """`async for piece in await client.reason_stream(prompt)`; then `.result`."""
+        stream = await self._call(
+            self.sync.reason_stream, prompt, system, max_tokens, temperature, top_p, stop, json_schema, grammar,
+            timeout=timeout, deadline=deadline,
+        )
+        return AsyncReasonStream(stream)
+
+    async def resume_stream(self, task_id: str, after: str = START, *, timeout: Optional[float] = None) -> AsyncReasonStream:
+        return AsyncReasonStream(await self._call(self.sync.resume_stream, task_id, after, timeout=timeout))
 
     async def compress_prompt(
         self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = ""

@@ -14,6 +14,7 @@ raises its `athena_client.contract.errors` class.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel
@@ -36,9 +37,15 @@ from athena_client.contract.payloads import (
     ReasonRequest,
     VectorOrigin,
 )
-from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
+from athena_client.cancelling import Canceller, CancelReport
+from athena_client.contract.errors import UnknownTask
+from athena_client.contract.routes import ROUTES, SERVER_HEALTH, Queue, TaskName
 from athena_client.contract.validation import parse
+from athena_client.reason_stream import ReasonStream
+from athena_client.shared_redis.cancel_requests import CancelRequests
 from athena_client.shared_redis.job_store import JobStore, job_ttl_from_env
+from athena_client.shared_redis.piece_streams import START, PieceStreams
+from athena_client.shared_redis.redis_connect import redis_client
 from athena_client.transport import KIND_DEFAULT, Deadline, TaskTransport
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6380/0"
@@ -60,6 +67,8 @@ class AthenaClient:
         self.transport = TaskTransport.connect(broker, self.result_backend, timeout=timeout)
         self.app = self.transport.app
         self._jobs: Optional[JobStore] = None
+        self._canceller: Optional[Canceller] = None
+        self._streams: Optional[PieceStreams] = None
 
     @property
     def timeout(self) -> float:
@@ -88,6 +97,24 @@ class AthenaClient:
     ) -> Any:
         """Send and wait up to `timeout`; by default not started after the kind's deadline or the wait, whichever is sooner."""
         return self.transport.call(task, request, timeout, deadline=deadline)
+
+    def cancel(self, task_id: str) -> CancelReport:
+        """Stop a task: queued, it never runs; running, its generation stops at the
+        server, freeing the slot. Waiting for it then raises `Cancelled`. A
+        finished task is left as it is (the report says so); an id that no
+        queue, worker or result knows raises `UnknownTask`."""
+        return self.canceller.cancel(task_id)
+
+    @property
+    def canceller(self) -> Canceller:
+        if self._canceller is None:
+            self._canceller = Canceller(self.app, CancelRequests(self._caller_redis()))
+        return self._canceller
+
+    def _caller_redis(self):
+        if self._streams is None:
+            self._streams = PieceStreams(redis_client(self.result_backend, socket_timeout=30, socket_connect_timeout=5))
+        return self._streams.redis
 
     # --- Athena's methods ---
 
@@ -146,6 +173,55 @@ class AthenaClient:
             json_schema=json_schema, grammar=grammar,
         )
         return self.call(TaskName.REASON, parse(ReasonRequest, fields))
+
+    def reason_stream(
+        self,
+        prompt: str,
+        system: Optional[str] = None,
+        max_tokens: int = 2048,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        stop: Sequence[str] = (),
+        json_schema: Optional[dict[str, Any]] = None,
+        grammar: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        deadline: Deadline = KIND_DEFAULT,
+    ) -> ReasonStream:
+        """`reason`, read as it is written: iterate for the text pieces, then
+        `.result` is the `ReasoningResult`. `.task_id` and `.last_id` let a
+        reader that lost its connection go on (`resume_stream`); `cancel(task_id)` stops it."""
+        fields = dict(
+            prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
+            json_schema=json_schema, grammar=grammar, stream=True,
+        )
+        request = parse(ReasonRequest, fields)
+        wait = self.timeout if timeout is None else timeout
+        task_id = str(uuid.uuid4())
+        ticket = self.transport.waiter.expect(task_id)
+        try:
+            if deadline is KIND_DEFAULT:
+                kind = ROUTES[TaskName.REASON].deadline_s
+                deadline = wait if kind is None else min(kind, wait)
+            self.transport.submit(TaskName.REASON, request, task_id=task_id, deadline=deadline)
+        except BaseException:
+            self.transport.waiter.release(ticket)
+            raise
+        return ReasonStream(self.transport, self._piece_streams(), task_id, ticket, timeout=wait)
+
+    def resume_stream(self, task_id: str, after: str = START, *, timeout: Optional[float] = None) -> ReasonStream:
+        """A streamed generation again, from the piece after stream id `after`
+        (a `ReasonStream`'s `last_id`); from its start by default."""
+        streams = self._piece_streams()
+        if not streams.exists(task_id) and self.canceller.where(task_id) is None:
+            raise UnknownTask(f"no streamed generation {task_id} is on record (never sent, or its pieces expired)")
+        ticket = self.transport.waiter.expect(task_id)
+        return ReasonStream(self.transport, streams, task_id, ticket, timeout=self.timeout if timeout is None else timeout, after=after)
+
+    def _piece_streams(self) -> PieceStreams:
+        self._caller_redis()
+        assert self._streams is not None
+        return self._streams
 
     def compress_prompt(
         self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = ""
@@ -239,6 +315,8 @@ class AthenaClient:
     def close(self) -> None:
         if self._jobs is not None:
             self._jobs.redis.close()
+        if self._streams is not None:
+            self._streams.redis.close()
         self.transport.close()
 
     def __enter__(self) -> "AthenaClient":

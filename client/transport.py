@@ -18,7 +18,7 @@ from celery import Celery, states
 from celery.result import assert_will_not_block
 from pydantic import BaseModel
 
-from athena_client.contract.errors import AthenaError, Expired, InvalidInput, ServerTimeout
+from athena_client.contract.errors import AthenaError, Cancelled, Expired, InvalidInput, ServerTimeout
 from athena_client.contract.routes import ENQUEUED_AT_HEADER, RESULT_TYPES, ROUTES, TaskName, queue_for
 from athena_client.result_forgetter import ResultForgetter
 from athena_client.result_waiter import ResultWaiter, Ticket, WaitTimedOut
@@ -156,9 +156,11 @@ class TaskTransport:
             if isinstance(outcome, AthenaError):
                 self._done_with(task_id, keep)
                 raise outcome
-            if meta.get("status") == states.REVOKED and "expired" in str(outcome):
+            if meta.get("status") == states.REVOKED:
                 self._done_with(task_id, keep)
-                raise Expired(f"{task.value} {task_id} was not started before its deadline; no worker ran it")
+                if "expired" in str(outcome):
+                    raise Expired(f"{task.value} {task_id} was not started before its deadline; no worker ran it")
+                raise Cancelled(f"{task.value} {task_id} was cancelled before it started; no worker ran it")
             kind = outcome.__class__.__name__ if isinstance(outcome, BaseException) else meta.get("status")
             raise AthenaError(f"{task.value} {task_id} failed: {kind}: {outcome}")
         value = RESULT_TYPES[task].model_validate(outcome)

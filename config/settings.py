@@ -176,6 +176,9 @@ class _Settings(BaseSettings):
     # A waiting caller reads its result within milliseconds and the client then
     # deletes it; an hour is for fire-and-forget callers that fetch later.
     result_expires_s: int = Field(3600, ge=60)
+    # How long a streamed answer's pieces stay readable after its last one, for
+    # a reader that lost its connection to come back and go on.
+    stream_ttl_s: int = Field(600, ge=10)
     # Caches (embedding vectors, compression answers). Default: the result
     # backend's Redis, database 2. Their keys expire, so under Redis's maxmemory
     # policy they (not the broker's queues, which never expire) give way first.

@@ -77,7 +77,15 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Task
 from celery.signals import task_revoked
 from pydantic import BaseModel, ValidationError
 
-from athena_client.contract.errors import AthenaError, InternalError, InvalidInput, PoisonMessage, ServerTimeout, ServerUnavailable
+from athena_client.contract.errors import (
+    AthenaError,
+    Cancelled,
+    InternalError,
+    InvalidInput,
+    PoisonMessage,
+    ServerTimeout,
+    ServerUnavailable,
+)
 from athena_client.contract.payloads import ServerTiming, TaskTiming
 from athena_client.contract.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
 from athena_client.contract.validation import parse
@@ -109,10 +117,12 @@ class TaskClock:
     enqueued_at: Optional[float]
     started_at: float
     started_perf: float
+    # The call's Celery task id; None when called as a function.
+    task_id: Optional[str] = None
 
     @classmethod
-    def start(cls, task: TaskName, enqueued_at: Optional[float]) -> "TaskClock":
-        return cls(task, enqueued_at, time.time(), time.perf_counter())
+    def start(cls, task: TaskName, enqueued_at: Optional[float], task_id: Optional[str] = None) -> "TaskClock":
+        return cls(task, enqueued_at, time.time(), time.perf_counter(), task_id)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started_perf) * 1000
@@ -186,10 +196,13 @@ class AthenaTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Not Task.__call__: it would push a request without the message's
         # headers. Celery's tracer pushes the real one before calling this.
-        call = _Call(TaskClock.start(TaskName(self.name), self.request.get(ENQUEUED_AT_HEADER)))
+        traced = self._traced()
+        call = _Call(TaskClock.start(TaskName(self.name), self.request.get(ENQUEUED_AT_HEADER), self.request.id if traced else None))
         running = _running.set(call.clock)
         try:
             call.counted = self._count_delivery()
+            if traced:
+                self._refuse_if_cancelled()
             call.request = self._validate(args, kwargs)
             call.result = self.run(call.request)
             call.outcome = Outcome.SUCCESS
@@ -274,6 +287,14 @@ class AthenaTask(Task):
         except (Retry, Reject) as control:
             # Reject: the retry could not be published, and Celery drops the message.
             return control
+
+    # --- cancelled while it waited ---
+
+    def _refuse_if_cancelled(self) -> None:
+        """A task cancelled while it waited, where Celery's revoke did not reach
+        (no worker was up, or this one restarted since): it does not run."""
+        if seams.cancel_requests().requested(self.request.id):
+            raise Cancelled(f"{self.name} {self.request.id} was cancelled before it started; it did not run")
 
     # --- poison messages ---
 
@@ -360,7 +381,7 @@ def _figures(call: _Call) -> dict[str, Any]:
     latency_ms = call.clock.elapsed_ms()
     result = call.result
     if not ok or result is None:
-        return {"ok": ok, "latency_ms": latency_ms}
+        return {"ok": ok, "latency_ms": latency_ms, "cancelled": isinstance(call.raised, Cancelled)}
     timing = getattr(result, "timing", None)
     server = timing.server if isinstance(timing, TaskTiming) else None
     return {
@@ -383,14 +404,15 @@ def _utc(epoch: float) -> datetime:
 
 
 @task_revoked.connect
-def _count_expired(sender: Any = None, expired: bool = False, **_: Any) -> None:
-    """A task whose deadline (`expires`) passed before a worker started it: Celery
-    drops it unrun and stores it REVOKED "expired" (the client raises `Expired`);
-    here it is counted among its kind's failures, as expired."""
-    if not expired or not isinstance(sender, AthenaTask):
+def _count_revoked(sender: Any = None, expired: bool = False, **_: Any) -> None:
+    """A task Celery dropped unrun: its deadline (`expires`) passed before a
+    worker started it (stored REVOKED "expired"; the client raises `Expired`),
+    or a caller cancelled it while it waited (`Cancelled`). Counted among its
+    kind's failures, as expired or cancelled."""
+    if not isinstance(sender, AthenaTask):
         return
     try:
         sink: MetricsSink = seams.metrics()
-        sink.record(sender.name, ok=False, latency_ms=0.0, expired=True)
+        sink.record(sender.name, ok=False, latency_ms=0.0, expired=expired, cancelled=not expired)
     except Exception:  # noqa: BLE001 - a side channel, as above
-        log.warning("could not record an expired %s", sender.name, exc_info=True)
+        log.warning("could not record a revoked %s", sender.name, exc_info=True)

@@ -7,6 +7,7 @@ from athena_client.contract.routes import Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, task_timing
+from athena_inference.tasks.generation import TaskGeneration
 
 
 # track_started: the worker stores a STARTED state before the generation runs,
@@ -15,10 +16,11 @@ from athena_inference.tasks.base import AthenaTask, task_timing
 # of generation; the fast tasks go without (config/celery.py).
 @app.task(name=TaskName.REASON.value, base=AthenaTask, track_started=True)
 def reason(request: ReasonRequest) -> ReasoningResult:
-    """Prompt (and optional system message) to text, through the model's chat template."""
+    """Prompt (and optional system message) to text, through the model's chat
+    template; a caller can cancel it mid-answer, and read it as it comes (`stream`)."""
     messages = [{"role": "system", "content": request.system}] if request.system else []
     messages.append({"role": "user", "content": request.prompt})
-    out = seams.llama(Queue.REASONING).chat(
+    out = TaskGeneration(seams.llama(Queue.REASONING), stream=request.stream).chat(
         messages,
         max_tokens=request.max_tokens,
         temperature=request.temperature,

@@ -19,6 +19,8 @@ from billiard.process import current_process
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from athena_client.contract.routes import Queue
+from athena_client.shared_redis.cancel_requests import CancelRequests
+from athena_client.shared_redis.piece_streams import PieceStreams
 from athena_client.shared_redis.redis_connect import redis_client
 from athena_inference.config.celery import WORKER_QUEUE_ENV
 from athena_inference.config.servers import server_config
@@ -28,6 +30,7 @@ from athena_inference.workers.compression_cache import CompressionCache
 from athena_inference.workers.deliveries import DeliveryCounter
 from athena_inference.workers.embed_coalescer import EmbedCoalescer
 from athena_inference.workers.embedder import Embedder
+from athena_inference.workers.generation_watch import GenerationWatch
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.server_pool import ServerPool
@@ -49,6 +52,10 @@ _compression_cache: Optional[CompressionCache] = None
 _side_redis: Optional[redis.Redis] = None
 _deliveries: Optional[DeliveryCounter] = None
 _coalescer: Optional[EmbedCoalescer] = None
+_caller_redis: Optional[redis.Redis] = None
+_cancel_requests: Optional[CancelRequests] = None
+_piece_streams: Optional[PieceStreams] = None
+_generation_watch: Optional[GenerationWatch] = None
 # A threaded worker's tasks ask for a seam at the same moment: each is made once.
 _making = threading.RLock()
 
@@ -75,6 +82,40 @@ def side_redis() -> redis.Redis:
             # Retrying through a Redis restart: a task's bookkeeping failing would fail the task.
             _side_redis = redis_client(get_settings().cache_redis_url, socket_timeout=5, socket_connect_timeout=5)
         return _side_redis
+
+
+def caller_redis() -> redis.Redis:
+    """The Redis callers read results from (the result backend's): cancel requests and streamed pieces meet there."""
+    global _caller_redis
+    with _making:
+        if _caller_redis is None:
+            _caller_redis = redis_client(get_settings().result_backend, socket_timeout=5, socket_connect_timeout=5)
+        return _caller_redis
+
+
+def cancel_requests() -> CancelRequests:
+    global _cancel_requests
+    with _making:
+        if _cancel_requests is None:
+            _cancel_requests = CancelRequests(caller_redis())
+        return _cancel_requests
+
+
+def piece_streams() -> PieceStreams:
+    global _piece_streams
+    with _making:
+        if _piece_streams is None:
+            _piece_streams = PieceStreams(caller_redis(), ttl_s=get_settings().stream_ttl_s)
+        return _piece_streams
+
+
+def generation_watch() -> GenerationWatch:
+    """This process's watcher of running generations (its thread starts with the first one)."""
+    global _generation_watch
+    with _making:
+        if _generation_watch is None:
+            _generation_watch = GenerationWatch(cancel_requests())
+        return _generation_watch
 
 
 def deliveries() -> DeliveryCounter:
@@ -199,6 +240,7 @@ def use_metrics(store: MetricsStore) -> None:
 def reset() -> None:
     """Close and forget every seam; the next task makes new ones."""
     global _metrics, _compressor, _compression_cache, _compressor_loader, _side_redis, _deliveries, _coalescer
+    global _caller_redis, _cancel_requests, _piece_streams, _generation_watch
     for pool in _pools.values():
         pool.close()
     _pools.clear()
@@ -209,6 +251,7 @@ def reset() -> None:
     _side_redis = None
     _deliveries = None
     _coalescer = None
+    _caller_redis = _cancel_requests = _piece_streams = _generation_watch = None
     _compressor_loaded.clear()
     _compressor_loader = None
 

@@ -9,18 +9,21 @@ and nowhere else.
 from __future__ import annotations
 
 import re
+import socket
 import time
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from athena_client.contract.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
+from athena_client.contract.errors import Cancelled, InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
 from athena_client.contract.health import ServerHealth
 from athena_client.contract.payloads import ServerTiming
 from athena_client.contract.validation import describe
 from athena_inference.config.retry import RetryPolicy
 from athena_inference.workers.circuit_breaker import CircuitBreaker
+from athena_inference.workers.generation_watch import CANCELLED, Generation
 
 _TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large(?:.*current batch size: (\d+))?")
 
@@ -87,6 +90,25 @@ class _ChatCompletion(BaseModel):
     timings: Optional[_Timings] = None
 
 
+class _Delta(BaseModel):
+    content: Optional[str] = None
+
+
+class _StreamChoice(BaseModel):
+    delta: _Delta = _Delta()
+    finish_reason: Optional[str] = None
+
+
+class _ChatChunk(BaseModel):
+    """One server-sent event of a streamed completion; the last ones carry the usage and timings."""
+
+    model: Optional[str] = None
+    choices: list[_StreamChoice] = []
+    usage: Optional[_Usage] = None
+    timings: Optional[_Timings] = None
+    error: Optional[dict[str, Any]] = None
+
+
 class LlamaServer:
     """A llama.cpp server at `base_url`; `transport` lets tests answer in its place."""
 
@@ -111,6 +133,11 @@ class LlamaServer:
             transport=transport,
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
         )
+
+    @property
+    def read_timeout_s(self) -> Optional[float]:
+        """What bounds one request: for a streamed answer, the whole of it."""
+        return self._client.timeout.read
 
     def close(self) -> None:
         self._client.close()
@@ -154,8 +181,10 @@ class LlamaServer:
         stop: list[str],
         response_format: Optional[dict[str, Any]] = None,
         grammar: Optional[str] = None,
+        generation: Optional[Generation] = None,
     ) -> Completion:
-        """One chat completion; the server applies the model's own chat template."""
+        """One chat completion; the server applies the model's own chat template.
+        With a `generation`, it is streamed: a caller can stop it and read it as it comes."""
         payload: dict[str, Any] = {
             "messages": messages,
             "max_tokens": max_tokens,
@@ -169,26 +198,58 @@ class LlamaServer:
         if grammar is not None:
             payload["grammar"] = grammar
         started = time.perf_counter()
-        response = self._post("/v1/chat/completions", payload)
-        request_ms = (time.perf_counter() - started) * 1000
-        body = _parse(_ChatCompletion, response)
+        if generation is not None:
+            return self._streamed_chat(payload, generation, started)
+        body = _parse(_ChatCompletion, self._post("/v1/chat/completions", payload))
         if not body.choices:
             raise ServerError(f"{self.base_url} returned no choices")
-        timings = body.timings or _Timings()
-        return Completion(
-            text=body.choices[0].message.content or "",
-            finish_reason=body.choices[0].finish_reason,
-            model=body.model,
-            timing=ServerTiming(
-                prompt_tokens=body.usage.prompt_tokens if body.usage else timings.prompt_n,
-                generated_tokens=body.usage.completion_tokens if body.usage else timings.predicted_n,
-                prompt_ms=timings.prompt_ms,
-                generated_ms=timings.predicted_ms,
-                request_ms=request_ms,
-                tokens_per_second=timings.predicted_per_second,
-                cached_tokens=timings.cache_n,
-            ),
+        return _completion(
+            body.choices[0].message.content or "", body.choices[0].finish_reason, body.model, body.usage, body.timings, started
         )
+
+    def _streamed_chat(self, payload: dict[str, Any], generation: Generation, started: float) -> Completion:
+        """The completion as the server writes it, token by token, each piece handed
+        to `generation`; stopping it closes the connection, which ends the server's work."""
+        payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        text: list[str] = []
+        finish_reason: Optional[str] = None
+        model = "unknown"
+        usage: Optional[_Usage] = None
+        timings: Optional[_Timings] = None
+        try:
+            with self._stream("/v1/chat/completions", payload) as response:
+                generation.attach(_closer(response))
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = _parse_chunk(self.base_url, data)
+                    model = chunk.model or model
+                    usage = chunk.usage or usage
+                    timings = chunk.timings or timings
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            text.append(choice.delta.content)
+                            generation.piece(choice.delta.content)
+                        finish_reason = choice.finish_reason or finish_reason
+        except httpx.HTTPError as exc:
+            if generation.stopped is None:
+                if isinstance(exc, httpx.TimeoutException):
+                    raise ServerTimeout(f"{self.base_url} stopped writing its answer ({exc.__class__.__name__})") from None
+                broke_off = f"{self.base_url} broke off its answer after {len(text)} pieces ({exc.__class__.__name__}: {exc})"
+                if text and generation.streams:
+                    # Its reader has these pieces already: a retry would write the answer twice.
+                    raise ServerError(broke_off) from None
+                raise ServerUnavailable(broke_off) from None
+        finally:
+            generation.detach()
+        if generation.stopped == CANCELLED:
+            raise Cancelled(f"cancelled after {len(text)} pieces; the server stopped generating")
+        if generation.stopped is not None:
+            raise ServerTimeout(f"{self.base_url} did not finish its answer in time; it was stopped after {len(text)} pieces")
+        return _completion("".join(text), finish_reason, model, usage, timings, started)
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """The model's tokens for `text`; with `add_special`, as an input is counted
@@ -230,13 +291,13 @@ class LlamaServer:
 
     # --- transport, retries and error mapping ---
 
-    def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+    def _post(self, path: str, payload: dict[str, Any], stream: bool = False) -> httpx.Response:
         if self._breaker is None:
-            return self._post_with_retries(path, payload)
+            return self._post_with_retries(path, payload, stream)
         self._breaker.before_call()
         unavailable = False
         try:
-            return self._post_with_retries(path, payload)
+            return self._post_with_retries(path, payload, stream)
         except ServerUnavailable as exc:
             unavailable = True
             exc.retry_after = self._breaker.failure()
@@ -246,11 +307,22 @@ class LlamaServer:
             if not unavailable:
                 self._breaker.success()
 
-    def _post_with_retries(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+    @contextmanager
+    def _stream(self, path: str, payload: dict[str, Any]) -> Iterator[httpx.Response]:
+        response = self._post(path, payload, stream=True)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def _post_with_retries(self, path: str, payload: dict[str, Any], stream: bool = False) -> httpx.Response:
         last_problem = ""
         for attempt in range(1, self._retry.attempts + 1):
             try:
-                response = self._client.post(path, json=payload)
+                response = self._client.send(self._client.build_request("POST", path, json=payload), stream=stream)
+                if stream and not response.is_success:
+                    response.read()
+                    response.close()
             except httpx.TimeoutException as exc:
                 if not isinstance(exc, httpx.ConnectTimeout):
                     # The server got the request and is busy with it: retrying would double its load.
@@ -292,6 +364,47 @@ class LlamaServer:
             f"texts at positions {culprits} have {[lengths[i] for i in culprits]} tokens; split them before embedding",
             positions=tuple(culprits),
         )
+
+
+def _completion(
+    text: str, finish_reason: Optional[str], model: str, usage: Optional[_Usage], timings: Optional[_Timings], started: float
+) -> Completion:
+    timings = timings or _Timings()
+    return Completion(
+        text=text,
+        finish_reason=finish_reason,
+        model=model,
+        timing=ServerTiming(
+            prompt_tokens=usage.prompt_tokens if usage else timings.prompt_n,
+            generated_tokens=usage.completion_tokens if usage else timings.predicted_n,
+            prompt_ms=timings.prompt_ms,
+            generated_ms=timings.predicted_ms,
+            request_ms=(time.perf_counter() - started) * 1000,
+            tokens_per_second=timings.predicted_per_second,
+            cached_tokens=timings.cache_n,
+        ),
+    )
+
+
+def _parse_chunk(base_url: str, data: str) -> _ChatChunk:
+    try:
+        chunk = _ChatChunk.model_validate_json(data)
+    except ValidationError as exc:
+        raise ServerError(f"unreadable event in {base_url}'s streamed answer: {describe(exc)}") from None
+    if chunk.error:
+        raise ServerError(f"{base_url} failed while answering: {chunk.error.get('message') or chunk.error}")
+    return chunk
+
+
+def _closer(response: httpx.Response) -> Callable[[], None]:
+    """What ends `response` from another thread at once: shutting its socket down
+    wakes the read blocked on it (closing would not) and tells the server the
+    caller is gone. A transport without a socket (a test's) is closed instead."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        return lambda: sock.shutdown(socket.SHUT_RDWR)
+    return response.close
 
 
 def _status_error(base_url: str, path: str, response: httpx.Response) -> Exception:

@@ -32,7 +32,8 @@ __all__ = [
 class MetricsSink(Protocol):
     """Where each call of a kind is recorded: its outcome and latency, and on
     success its tokens, its rate and the kind's own sums and samples; a failure
-    may be a call whose deadline passed before it started (`expired`)."""
+    may be a call whose deadline passed before it started (`expired`) or one a
+    caller cancelled (`cancelled`)."""
 
     def record(
         self,
@@ -47,6 +48,7 @@ class MetricsSink(Protocol):
         samples: Optional[dict[str, float]] = None,
         at: Optional[float] = None,
         expired: bool = False,
+        cancelled: bool = False,
     ) -> None: ...
 
 
@@ -80,6 +82,7 @@ class MetricsStore(MetricsReader):
         samples: Optional[dict[str, float]] = None,
         at: Optional[float] = None,
         expired: bool = False,
+        cancelled: bool = False,
     ) -> None:
         at = time.time() if at is None else at
         counters = self._key(kind)
@@ -107,6 +110,8 @@ class MetricsStore(MetricsReader):
             pipe.hincrby(counters, "failures", 1)
             if expired:
                 pipe.hincrby(counters, "expired", 1)
+            if cancelled:
+                pipe.hincrby(counters, "cancelled", 1)
         pipe.execute()
 
     def _push(self, pipe, key: str, value: float) -> None:

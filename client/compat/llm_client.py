@@ -12,22 +12,25 @@ in two parts, so that a long answer behind a backlog is not cut off by time it
 spent in the queue: it may wait `queue_timeout_seconds` for a reasoning worker
 to take it, and then run for `generation_timeout(max_tokens)`, the longer of
 `timeout_seconds` and `max_tokens` at `min_tokens_per_second`. A generation no
-worker takes in time is revoked, and the call raises `ServerTimeout` saying so.
+worker takes in time is cancelled, and the call raises `ServerTimeout` saying so.
+An awaitable Athena cancels cancels its generation too (`_generation`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Dict, List, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
-from athena_client.async_client import in_client_thread
+from athena_client.async_client import in_client_thread, in_client_thread_unawaited
 from athena_client.compat.connection import shared_client
 from athena_client.contract import payloads
 from athena_client.contract.consolidation import UNIT_SCORE_SCHEMA, merge_near_duplicates
@@ -260,7 +263,7 @@ class LocalLLMClient:
     ) -> ReasoningResult:
         started = time.perf_counter()
         fields = dict(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
-        out = await in_client_thread(self._generate, parse(ReasonRequest, fields))
+        out = await self._generation(parse(ReasonRequest, fields))
         return ReasoningResult(out.text, out.tokens, (time.perf_counter() - started) * 1000)
 
     async def compress_prompt(self, context: str, instruction: str, compression_ratio: float = 0.5) -> CompressionResult:
@@ -293,7 +296,7 @@ class LocalLLMClient:
             top_p=0.9,
             grammar=ANSWER_GRAMMAR,
         )
-        out = await in_client_thread(self._generate, parse(ReasonRequest, fields))
+        out = await self._generation(parse(ReasonRequest, fields))
         try:
             answer = AthenaAnswer.model_validate_json(out.text)
         except ValidationError as exc:
@@ -308,17 +311,38 @@ class LocalLLMClient:
         """Seconds a generation of up to `max_tokens` may run once a worker has taken it."""
         return max(self.timeout_seconds, max_tokens / self.min_tokens_per_second)
 
-    def _generate(self, request: ReasonRequest) -> payloads.ReasoningResult:
-        """`request` on the reasoning queue: up to `queue_timeout_seconds` for a worker
-        to take it (the task stores a STARTED state then), then up to
+    async def _generation(self, request: ReasonRequest) -> payloads.ReasoningResult:
+        """`_generate` awaited. An awaitable Athena cancels (`asyncio.Task.cancel`,
+        `wait_for` timing out) cancels its task too: queued, it never runs;
+        running, its generation stops at the server, and the slot goes to the next."""
+        task_id = str(uuid.uuid4())
+        try:
+            return await in_client_thread(self._generate, request, task_id)
+        except asyncio.CancelledError:
+            in_client_thread_unawaited(self._cancel_quietly, task_id)
+            raise
+
+    def _cancel_quietly(self, task_id: str) -> None:
+        try:
+            self._client.canceller.cancel_sent(task_id)
+        except Exception as exc:  # noqa: BLE001 - Athena's own cancellation goes on regardless
+            logger.warning("could not cancel %s %s: %s: %s", TaskName.REASON.value, task_id, exc.__class__.__name__, exc)
+
+    def _generate(self, request: ReasonRequest, task_id: str) -> payloads.ReasoningResult:
+        """`request` on the reasoning queue under `task_id`: up to `queue_timeout_seconds`
+        for a worker to take it (the task stores a STARTED state then), then up to
         `generation_timeout` for its answer. Blocking; runs in a client thread."""
         client = self._client
         waiter = client.transport.waiter
-        task_id = client.submit(TaskName.REASON, request)
         ticket = waiter.expect(task_id)
         try:
+            client.transport.submit(TaskName.REASON, request, task_id=task_id)
+        except BaseException:
+            waiter.release(ticket)
+            raise
+        try:
             if not waiter.wait_started(ticket, self.queue_timeout_seconds):
-                self._revoke(task_id)
+                self._cancel_quietly(task_id)
                 raise ServerTimeout(
                     f"{TaskName.REASON.value} {task_id} waited {self.queue_timeout_seconds:g} s in the reasoning queue "
                     "and no worker took it, so it was revoked: the reasoning workers are all busy or none is running "
@@ -337,13 +361,6 @@ class LocalLLMClient:
                 ) from None
         finally:
             waiter.release(ticket)
-
-    def _revoke(self, task_id: str) -> None:
-        """Tell the workers to drop a generation nobody waits for any more, should one take it later."""
-        try:
-            self._client.app.control.revoke(task_id)
-        except Exception as exc:  # noqa: BLE001 - the caller's error is the timeout, not this
-            logger.warning("could not revoke %s %s: %s: %s", TaskName.REASON.value, task_id, exc.__class__.__name__, exc)
 
 
 def get_llm_client(

@@ -3,7 +3,8 @@
     RuntimeError
     └── AthenaError
         ├── InvalidInput            the request itself is wrong; retrying cannot help
-        │   └── InputTooLong        a text exceeds what the server accepts in one batch
+        │   ├── InputTooLong        a text exceeds what the server accepts in one batch
+        │   └── UnknownTask         no queue, worker or stored result knows that task id
         ├── ServerUnavailable       connection refused or 503 while loading, after retries
         ├── ServerTimeout           the server took longer than the configured timeout
         ├── ServerError             the server answered with an error or a malformed reply
@@ -15,6 +16,7 @@
         │   └── DimensionMismatch   the embedding server's vectors are not the configured size
         ├── PoisonMessage           its worker died every time it ran the task; it is not run again
         ├── Expired                 its deadline passed before a worker started it; it never ran
+        ├── Cancelled               a caller cancelled it (`client.cancel`); a generation stopped at the server
         └── InternalError           a worker failed in a way it has no class for (a bug); names the original
 
 `AthenaError` is a `RuntimeError` because Athena's code already catches
@@ -46,6 +48,10 @@ class InputTooLong(InvalidInput):
         super().__init__(message)
         self.positions = tuple(positions)
         self.limit = limit
+
+
+class UnknownTask(InvalidInput):
+    """No queue, worker or stored result knows the task id (never sent, or its result already read or expired)."""
 
 
 class ServerUnavailable(AthenaError):
@@ -95,6 +101,10 @@ class PoisonMessage(AthenaError):
 
 class Expired(AthenaError):
     """The task's deadline passed while it waited (in the queue, or for a retry); no worker ran it, no server saw it."""
+
+
+class Cancelled(AthenaError):
+    """A caller cancelled the task: queued, it never ran; running, its generation was stopped at the server."""
 
 
 class InternalError(AthenaError):

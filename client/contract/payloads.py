@@ -127,6 +127,9 @@ class ReasonRequest(_Request):
     # or to this GBNF grammar (athena_client.contract.grammar makes compact JSON ones).
     json_schema: Optional[dict[str, Any]] = None
     grammar: Optional[Annotated[UnicodeText, Field(min_length=1), capped("schema_chars")]] = None
+    # Write each piece of the answer to the task's Redis stream as the server
+    # writes it (`AthenaClient.reason_stream` reads it); off, nothing is written there.
+    stream: bool = False
 
     @model_validator(mode="after")
     def _one_constraint(self) -> "ReasonRequest":

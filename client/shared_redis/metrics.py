@@ -62,6 +62,8 @@ class KindStats(BaseModel):
     failures: int
     # Of the failures, the calls whose deadline passed before a worker started them (never run).
     expired: int = 0
+    # Of the failures, the calls a caller cancelled (queued: never run; running: stopped).
+    cancelled: int = 0
     success_rate: Optional[float]
     # Calls per second between the first and the last recorded call.
     rate_per_s: Optional[float]
@@ -168,6 +170,7 @@ class MetricsReader:
             success=success,
             failures=int(total("failures")),
             expired=int(total("expired")),
+            cancelled=int(total("cancelled")),
             success_rate=success / count if count else None,
             rate_per_s=(count - 1) / span if count > 1 and span > 0 else None,
             latency_ms=latency_stats([v for raw in raws for v in raw["latency"]]),

@@ -10,13 +10,21 @@ merged into one.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from pydantic import BaseModel
 
 from athena_client.contract.consolidation import ConsolidateOptions, Pattern, merge_near_duplicates
 from athena_client.contract.errors import ModelOutputInvalid
 from athena_inference.tasks.consolidation import prompt
 from athena_inference.tasks.consolidation.schema import parse_patterns, response_format
-from athena_inference.workers.llama_server import LlamaServer
+from athena_inference.workers.llama_server import Completion
+
+
+class Chats(Protocol):
+    """A reasoning server, or the running task's watched generation on it (tasks/generation.py)."""
+
+    def chat(self, messages: list[dict[str, str]], **options: Any) -> Completion: ...
 
 
 class Extraction(BaseModel):
@@ -25,7 +33,7 @@ class Extraction(BaseModel):
     repaired: bool
 
 
-def extract_patterns(server: LlamaServer, event_text: str, event_ids: list[str], options: ConsolidateOptions) -> Extraction:
+def extract_patterns(server: Chats, event_text: str, event_ids: list[str], options: ConsolidateOptions) -> Extraction:
     ask = dict(
         max_tokens=prompt.max_output_tokens(options.max_patterns),
         temperature=options.temperature,

@@ -26,6 +26,7 @@ from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, running_clock
 from athena_inference.tasks.consolidation import prompt
 from athena_inference.tasks.consolidation.answer import extract_patterns
+from athena_inference.tasks.generation import TaskGeneration
 
 COMPRESSION_RATE = 0.5
 Stage = Literal["prepare", "compression", "reasoning", "embedding"]
@@ -115,7 +116,7 @@ def compress_stage(self: Task, state: ConsolidationState) -> ConsolidationResult
 @app.task(name=TaskName.CONSOLIDATE_REASON.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
 def reason_stage(self: Task, state: ConsolidationState) -> ConsolidationResult:
     """Patterns from the reasoning model, schema-constrained and validated (one repair at most)."""
-    found = extract_patterns(seams.llama(Queue.REASONING), state.event_text, state.event_ids, state.options)
+    found = extract_patterns(TaskGeneration(seams.llama(Queue.REASONING)), state.event_text, state.event_ids, state.options)
     state = state.model_copy(update={"patterns": found.patterns, "model": found.model, "repaired": found.repaired})
     return hand_on(self, state, "reasoning")
 

@@ -5,8 +5,9 @@ import json
 import httpx
 import pytest
 
-from athena_client.contract.errors import InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
+from athena_client.contract.errors import Cancelled, InputTooLong, InvalidInput, ServerError, ServerTimeout, ServerUnavailable
 from athena_inference.config.retry import RetryPolicy
+from athena_inference.workers.generation_watch import CANCELLED, TIMED_OUT, Generation
 from athena_inference.workers.llama_server import LlamaServer
 
 BASE_URL = "http://llama.test:8001"
@@ -487,3 +488,80 @@ def test_health_other_status_is_not_ready_with_status_in_detail():
     health = server.health()
     assert health.ready is False
     assert "500" in health.detail
+
+
+# --- streamed completions (a generation a caller can stop and read as it comes) ---
+
+
+def sse(*events, done=True):
+    lines = [f"data: {json.dumps(event)}\n\n" for event in events]
+    if done:
+        lines.append("data: [DONE]\n\n")
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content="".join(lines).encode())
+
+
+def delta(text=None, finish_reason=None, **extra):
+    return {"model": "SmolLM2", "choices": [{"delta": {"content": text} if text is not None else {}, "finish_reason": finish_reason}], **extra}
+
+
+TIMINGS = {"prompt_n": 7, "prompt_ms": 20.0, "predicted_n": 3, "predicted_ms": 30.0, "predicted_per_second": 100.0}
+
+
+def test_a_watched_chat_is_streamed_and_hands_each_piece_on_as_it_comes():
+    server, recorder, _ = make_server(
+        lambda r: sse(
+            delta("Hel"), delta("lo"), delta(" there", finish_reason="stop"),
+            {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}, "timings": TIMINGS},
+        )
+    )
+    pieces: list[str] = []
+    out = server.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, top_p=1, stop=[],
+                      generation=Generation("t1", deadline=None, on_piece=pieces.append))
+    assert pieces == ["Hel", "lo", " there"] and out.text == "Hello there" and out.finish_reason == "stop"
+    assert (out.model, out.timing.prompt_tokens, out.timing.generated_tokens, out.timing.prompt_ms) == ("SmolLM2", 7, 3, 20.0)
+    [body] = recorder.bodies("/v1/chat/completions")
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_a_chat_without_a_generation_is_not_streamed():
+    server, recorder, _ = make_server(lambda r: chat_reply("Plain."))
+    assert server.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, top_p=1, stop=[]).text == "Plain."
+    assert "stream" not in recorder.bodies()[0]
+
+
+def test_a_generation_stopped_by_a_cancel_raises_cancelled_not_a_server_error():
+    generation = Generation("t1", deadline=None)
+    generation.stop(CANCELLED)
+    server, _, _ = make_server(lambda r: sse(delta("never read")))
+    with pytest.raises(Cancelled, match="the server stopped generating"):
+        server.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, top_p=1, stop=[], generation=generation)
+
+
+def test_a_generation_stopped_for_time_is_a_server_timeout():
+    generation = Generation("t1", deadline=None)
+    generation.stop(TIMED_OUT)
+    server, _, _ = make_server(lambda r: sse(delta("never read")))
+    with pytest.raises(ServerTimeout, match="did not finish its answer in time"):
+        server.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, top_p=1, stop=[], generation=generation)
+
+
+def test_an_error_event_in_the_stream_is_a_server_error_with_its_message():
+    server, _, _ = make_server(lambda r: sse(delta("a"), {"error": {"code": 500, "message": "slot crashed"}}, done=False))
+    with pytest.raises(ServerError, match="slot crashed"):
+        server.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, top_p=1, stop=[],
+                    generation=Generation("t1", deadline=None))
+
+
+def test_a_streamed_request_the_server_refuses_is_mapped_like_any_other():
+    server, _, _ = make_server(lambda r: httpx.Response(400, json={"error": {"message": "bad grammar"}}))
+    with pytest.raises(InvalidInput, match="bad grammar"):
+        server.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, top_p=1, stop=[],
+                    generation=Generation("t1", deadline=None))
+
+
+def test_a_streamed_request_is_retried_while_the_model_loads():
+    replies = iter([httpx.Response(503, json={"error": {"message": "Loading model"}}), sse(delta("ok", finish_reason="stop"))])
+    server, recorder, delays = make_server(lambda r: next(replies))
+    out = server.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, top_p=1, stop=[],
+                      generation=Generation("t1", deadline=None))
+    assert out.text == "ok" and len(recorder.requests) == 2 and len(delays) == 1
