@@ -92,6 +92,15 @@ class AsyncReasonStream:
     async def text(self) -> str:
         return "".join([piece async for piece in self])
 
+    async def cancel(self) -> None:
+        await in_client_thread(self.sync.cancel)
+
+    async def __aenter__(self) -> "AsyncReasonStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await in_client_thread(self.sync.__exit__, *exc)
+
 
 class AsyncAthenaClient:
     def __init__(
@@ -142,8 +151,9 @@ class AsyncAthenaClient:
         purpose: EmbedPurpose = "document",
         dimensions: Optional[int] = None,
         long_text: LongTextPolicy = "fail",
+        deadline: Deadline = KIND_DEFAULT,
     ) -> EmbeddingResult:
-        return await self._call(self.sync.embed, text, purpose=purpose, dimensions=dimensions, long_text=long_text)
+        return await self._call(self.sync.embed, text, purpose=purpose, dimensions=dimensions, long_text=long_text, deadline=deadline)
 
     async def embed_batch(
         self,
@@ -153,9 +163,10 @@ class AsyncAthenaClient:
         purpose: EmbedPurpose = "document",
         dimensions: Optional[int] = None,
         long_text: LongTextPolicy = "fail",
+        deadline: Deadline = KIND_DEFAULT,
     ) -> list[EmbeddingResult]:
         return await self._call(
-            self.sync.embed_batch, texts, batch_size, purpose=purpose, dimensions=dimensions, long_text=long_text
+            self.sync.embed_batch, texts, batch_size, purpose=purpose, dimensions=dimensions, long_text=long_text, deadline=deadline
         )
 
     async def reason(
@@ -168,8 +179,12 @@ class AsyncAthenaClient:
         stop: Sequence[str] = (),
         json_schema: Optional[dict[str, Any]] = None,
         grammar: Optional[str] = None,
+        *,
+        deadline: Deadline = KIND_DEFAULT,
     ) -> ReasoningResult:
-        return await self._call(self.sync.reason, prompt, system, max_tokens, temperature, top_p, stop, json_schema, grammar)
+        return await self._call(
+            self.sync.reason, prompt, system, max_tokens, temperature, top_p, stop, json_schema, grammar, deadline=deadline
+        )
 
     async def reason_stream(
         self,
@@ -196,15 +211,17 @@ class AsyncAthenaClient:
         return AsyncReasonStream(await self._call(self.sync.resume_stream, task_id, after, timeout=timeout))
 
     async def compress_prompt(
-        self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = ""
+        self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = "", *, deadline: Deadline = KIND_DEFAULT
     ) -> CompressionResult:
-        return await self._call(self.sync.compress_prompt, context, instruction, compression_ratio, question)
+        return await self._call(self.sync.compress_prompt, context, instruction, compression_ratio, question, deadline=deadline)
 
-    async def consolidate(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> list[Pattern]:
-        return await self._call(self.sync.consolidate, events, **options)
+    async def consolidate(self, events: Sequence[EpisodicEvent | dict], *, deadline: Deadline = KIND_DEFAULT, **options: Any) -> list[Pattern]:
+        return await self._call(self.sync.consolidate, events, deadline=deadline, **options)
 
-    async def consolidation(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> ConsolidationResult:
-        return await self._call(self.sync.consolidation, events, **options)
+    async def consolidation(
+        self, events: Sequence[EpisodicEvent | dict], *, deadline: Deadline = KIND_DEFAULT, **options: Any
+    ) -> ConsolidationResult:
+        return await self._call(self.sync.consolidation, events, deadline=deadline, **options)
 
     async def consolidate_with_reasoning(
         self, events_text: str, task_description: str = DEFAULT_TASK_DESCRIPTION

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from athena_client.contract.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, EpisodicEvent, Pattern
 from athena_client.contract.errors import ServerTimeout
-from athena_client.contract.health import HealthReport, QueueHealth, ServerHealth
+from athena_client.contract.health import HEALTH_COMMAND, HealthReport, QueueHealth, ServerHealth
 from athena_client.contract.jobs import ItemError, JobState, JsonlSource, PostgresSource, ReembedJobRef, ReembedRequest
 from athena_client.contract.payloads import (
     CompressionResult,
@@ -125,13 +125,14 @@ class AthenaClient:
         purpose: EmbedPurpose = "document",
         dimensions: Optional[int] = None,
         long_text: LongTextPolicy = "fail",
+        deadline: Deadline = KIND_DEFAULT,
     ) -> EmbeddingResult:
         """`text`'s vector. `purpose` is "document" for what is stored and "query"
         for what is searched with: the worker adds the prefix its model was
         trained with (nomic's `search_document: ` / `search_query: `).
         `dimensions` cuts the vector to a shorter size its Matryoshka model allows."""
         fields = {"text": text, "purpose": purpose, "dimensions": dimensions, "long_text": long_text}
-        return self.call(TaskName.EMBED, parse(EmbedRequest, fields))
+        return self.call(TaskName.EMBED, parse(EmbedRequest, fields), deadline=deadline)
 
     def embed_batch(
         self,
@@ -141,11 +142,15 @@ class AthenaClient:
         purpose: EmbedPurpose = "document",
         dimensions: Optional[int] = None,
         long_text: LongTextPolicy = "fail",
+        deadline: Deadline = KIND_DEFAULT,
     ) -> list[EmbeddingResult]:
         """One result per text, as Athena expects; batches run in parallel, one server request each."""
         batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
         fields = {"purpose": purpose, "dimensions": dimensions, "long_text": long_text}
-        ids = [self.submit(TaskName.EMBED_BATCH, parse(EmbedBatchRequest, {"texts": batch, **fields})) for batch in batches]
+        ids = [
+            self.submit(TaskName.EMBED_BATCH, parse(EmbedBatchRequest, {"texts": batch, **fields}), deadline=deadline)
+            for batch in batches
+        ]
         results: list[EmbeddingResult] = []
         for task_id in ids:
             batch: EmbeddingBatchResult = self.result(TaskName.EMBED_BATCH, task_id)
@@ -166,13 +171,15 @@ class AthenaClient:
         stop: Sequence[str] = (),
         json_schema: Optional[dict[str, Any]] = None,
         grammar: Optional[str] = None,
+        *,
+        deadline: Deadline = KIND_DEFAULT,
     ) -> ReasoningResult:
         """Athena's `reason`; with `json_schema` or a GBNF `grammar`, the answer is held to it."""
         fields = dict(
             prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
             json_schema=json_schema, grammar=grammar,
         )
-        return self.call(TaskName.REASON, parse(ReasonRequest, fields))
+        return self.call(TaskName.REASON, parse(ReasonRequest, fields), deadline=deadline)
 
     def reason_stream(
         self,
@@ -207,7 +214,7 @@ class AthenaClient:
         except BaseException:
             self.transport.waiter.release(ticket)
             raise
-        return ReasonStream(self.transport, self._piece_streams(), task_id, ticket, timeout=wait)
+        return ReasonStream(self.transport, self._piece_streams(), task_id, ticket, timeout=wait, cancel=self.canceller.cancel_sent)
 
     def resume_stream(self, task_id: str, after: str = START, *, timeout: Optional[float] = None) -> ReasonStream:
         """A streamed generation again, from the piece after stream id `after`
@@ -216,7 +223,8 @@ class AthenaClient:
         if not streams.exists(task_id) and self.canceller.where(task_id) is None:
             raise UnknownTask(f"no streamed generation {task_id} is on record (never sent, or its pieces expired)")
         ticket = self.transport.waiter.expect(task_id)
-        return ReasonStream(self.transport, streams, task_id, ticket, timeout=self.timeout if timeout is None else timeout, after=after)
+        wait = self.timeout if timeout is None else timeout
+        return ReasonStream(self.transport, streams, task_id, ticket, timeout=wait, after=after, cancel=self.canceller.cancel_sent)
 
     def _piece_streams(self) -> PieceStreams:
         self._caller_redis()
@@ -224,18 +232,20 @@ class AthenaClient:
         return self._streams
 
     def compress_prompt(
-        self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = ""
+        self, context: str, instruction: str = "", compression_ratio: float = 0.5, question: str = "", *, deadline: Deadline = KIND_DEFAULT
     ) -> CompressionResult:
         fields = dict(context=context, instruction=instruction, question=question, rate=compression_ratio)
-        return self.call(TaskName.COMPRESS_PROMPT, parse(CompressRequest, fields))
+        return self.call(TaskName.COMPRESS_PROMPT, parse(CompressRequest, fields), deadline=deadline)
 
-    def consolidate(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> list[Pattern]:
-        return self.consolidation(events, **options).patterns
+    def consolidate(self, events: Sequence[EpisodicEvent | dict], *, deadline: Deadline = KIND_DEFAULT, **options: Any) -> list[Pattern]:
+        return self.consolidation(events, deadline=deadline, **options).patterns
 
-    def consolidation(self, events: Sequence[EpisodicEvent | dict], **options: Any) -> ConsolidationResult:
+    def consolidation(
+        self, events: Sequence[EpisodicEvent | dict], *, deadline: Deadline = KIND_DEFAULT, **options: Any
+    ) -> ConsolidationResult:
         """The whole result: patterns, what was dropped, and each stage's timing."""
         request = parse(ConsolidateRequest, {"events": list(events), "options": parse(ConsolidateOptions, options)})
-        return self.call(TaskName.CONSOLIDATE, request)
+        return self.call(TaskName.CONSOLIDATE, request, deadline=deadline)
 
     def consolidate_with_reasoning(self, events_text: str, task_description: str = DEFAULT_TASK_DESCRIPTION) -> ReasoningResult:
         """Athena's free-text variant, kept for compatibility; `consolidate` returns validated patterns."""
@@ -292,9 +302,9 @@ class AthenaClient:
                 if queue["name"] in workers:
                     workers[queue["name"]].append(worker)
         report = {q: QueueHealth(queue=q, workers=sorted(w)) for q, w in workers.items()}
-        for queue, task in SERVER_HEALTH.items():
+        for queue in SERVER_HEALTH:
             if workers[queue.value]:
-                report[queue.value] = report[queue.value].with_server(self._server_health(queue, task, timeout))
+                report[queue.value] = report[queue.value].with_server(self._server_health(queue, workers[queue.value], timeout))
         compression = CompressorStatus(ready=False, reason="no compression worker online")
         if workers[Queue.COMPRESSION.value]:
             try:
@@ -306,11 +316,19 @@ class AthenaClient:
     def check_health(self) -> dict[str, bool]:
         return self.health().summary()
 
-    def _server_health(self, queue: Queue, task: TaskName, timeout: float) -> ServerHealth:
-        try:
-            return self.call(task, timeout=timeout)
-        except ServerTimeout:
-            return ServerHealth(ready=False, detail=f"{queue.value} worker did not answer in {timeout:.0f} s")
+    def _server_health(self, queue: Queue, workers: list[str], timeout: float) -> ServerHealth:
+        """The first of the queue's workers to answer about its server. Asked as a
+        remote control command, which a worker's main process answers at once, so
+        the look never waits in the queue behind a long generation."""
+        replies = self.app.control.broadcast(
+            HEALTH_COMMAND, arguments={"queue": queue.value}, destination=workers, reply=True, timeout=timeout, limit=1
+        )
+        for reply in replies or []:
+            for answer in reply.values():
+                if isinstance(answer, dict) and "ready" in answer:
+                    return ServerHealth.model_validate(answer)
+                return ServerHealth(ready=False, detail=f"{queue.value} worker could not look: {answer}")
+        return ServerHealth(ready=False, detail=f"{queue.value} worker did not answer in {timeout:.0f} s")
 
     def close(self) -> None:
         if self._jobs is not None:

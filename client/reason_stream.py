@@ -6,13 +6,16 @@ worker gets them from the server, through the task's Redis stream
 typed `ReasoningResult` as `reason` returns, with its timing, and a failed
 generation raises its error. `last_id` is the stream id of the last piece
 yielded: a reader that lost its connection calls `resume_stream(task_id,
-last_id)` and goes on from the piece after it.
+last_id)` and goes on from the piece after it. Used as a context manager,
+a stream left before its end cancels its generation (a chat whose reader
+went away frees the server's slot); without one, a reader that stops reading
+leaves it running, for another to resume.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from celery import states
 
@@ -38,6 +41,7 @@ class ReasonStream:
         *,
         timeout: float,
         after: str = START,
+        cancel: Optional[Callable[[str], Any]] = None,
     ) -> None:
         self.transport = transport
         self.task_id = task_id
@@ -47,6 +51,8 @@ class ReasonStream:
         self._ticket = ticket
         self._deadline = time.monotonic() + timeout
         self._consumed = False
+        self._ended = False
+        self._cancel = cancel
 
     def __iter__(self) -> Iterator[str]:
         if self._consumed:
@@ -57,7 +63,21 @@ class ReasonStream:
         except BaseException:
             self.transport.waiter.release(self._ticket)
             raise
+        self._ended = True
         self.result = self.transport._read(TaskName.REASON, self.task_id, self._ticket, self._remaining(), keep=False)
+
+    def cancel(self) -> None:
+        """Stop the generation: the server frees its slot, and reading on raises `Cancelled`."""
+        if self._cancel is None:
+            raise RuntimeError("this stream was made without a client to cancel through")
+        self._cancel(self.task_id)
+
+    def __enter__(self) -> "ReasonStream":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if not self._ended and self._cancel is not None:
+            self._cancel(self.task_id)
 
     def text(self) -> str:
         """The rest of the answer, read to its end."""

@@ -122,6 +122,15 @@ LANES: tuple[Lane, ...] = (
         time_limit="reason_time_limit_s",
     ),
     Lane(
+        queue=Queue.REASONING_BACKGROUND,
+        module="athena_inference.tasks.consolidation.stages",
+        # Its worker sends to the reasoning lane's server (one process: one
+        # request at a time), so that server's queue holds at most one of these
+        # in front of an interactive generation.
+        retry_budget="reason_retry_budget_s",
+        time_limit="reason_time_limit_s",
+    ),
+    Lane(
         queue=Queue.COMPRESSION,
         module="athena_inference.tasks.compression",
         time_limit="compression_time_limit_s",

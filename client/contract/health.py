@@ -1,8 +1,10 @@
 """Health, as the workers report it and the client sums it up.
 
 `ServerHealth` is what a server queue's worker answers about its own
-llama-server (the `athena.health.*` tasks); `HealthReport` is the client's
-view of the whole stack, per queue.
+llama-server (the `athena_server_health` remote control command, answered by
+the worker's main process however busy its pool is; the `athena.health.*`
+tasks give the same on the queue); `HealthReport` is the client's view of the
+whole stack, per queue.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pydantic import BaseModel
 from athena_client.contract.payloads import CompressorStatus
 
 
+# The remote control command a worker answers about its queue's server (tasks/health.py).
+HEALTH_COMMAND = "athena_server_health"
 # The queue whose health is its compressor's (routes.py imports this module, so the name is spelled here).
 COMPRESSION_QUEUE = "compression"
 

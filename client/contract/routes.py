@@ -35,6 +35,11 @@ class Queue(str, Enum):
     JOBS = "jobs"
     # Documents ordered by their relevance to a query, on a server of its own.
     RERANK = "rerank"
+    # Generations nobody is waiting on interactively (consolidation's reasoning
+    # stage), with a worker of their own on the reasoning server's slots: an
+    # interactive `reason` never queues behind them, and waits at most for the
+    # one generation of theirs in progress.
+    REASONING_BACKGROUND = "reasoning_background"
 
 
 class TaskName(str, Enum):
@@ -86,7 +91,7 @@ ROUTES: dict[TaskName, Route] = {
     # the deadline is the job's start, and its stages, once started, run.
     TaskName.CONSOLIDATE: Route(Queue.CONSOLIDATION, ConsolidationResult, 3600),
     TaskName.CONSOLIDATE_COMPRESS: Route(Queue.COMPRESSION, None),
-    TaskName.CONSOLIDATE_REASON: Route(Queue.REASONING, None),
+    TaskName.CONSOLIDATE_REASON: Route(Queue.REASONING_BACKGROUND, None),
     TaskName.CONSOLIDATE_EMBED: Route(Queue.EMBEDDINGS, None),
     TaskName.EMBEDDINGS_HEALTH: Route(Queue.EMBEDDINGS, ServerHealth, 30),
     TaskName.REASONING_HEALTH: Route(Queue.REASONING, ServerHealth, 30),

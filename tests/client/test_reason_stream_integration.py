@@ -77,3 +77,12 @@ def test_a_stream_of_a_request_the_worker_refuses_raises_its_error_without_a_pie
     stream = sender.reason_stream(PROMPT, max_tokens=8, grammar="root ::= (")
     with pytest.raises(InvalidInput):
         list(stream)
+
+
+def test_a_stream_left_before_its_end_inside_with_cancels_its_generation(sender):
+    request = endless_generation("Write about a quay.").model_dump()
+    with sender.reason_stream(request["prompt"], max_tokens=request["max_tokens"], grammar=request["grammar"]) as stream:
+        for _ in zip(range(3), stream):
+            pass
+    with pytest.raises(Cancelled):
+        sender.result(TaskName.REASON, stream.task_id, timeout=30)

@@ -87,17 +87,16 @@ def test_a_server_down_past_the_budget_fails_naming_the_server_and_how_long(stac
 
 @pytest.fixture(scope="module")
 def dying(stack):
-    """Prefork reasoning and consolidation workers of their own, in front of the session's
-    reasoning server, whose pool processes get killed."""
+    """Prefork reasoning, background reasoning and consolidation workers of their own, in
+    front of the session's reasoning server, whose pool processes get killed."""
     env = stack.isolated_env()
-    reasoning = stack.worker("reasoning", "dying", env)
-    consolidation = stack.worker("consolidation", "dying", env)
+    workers = {queue: stack.worker(queue, "dying", env) for queue in ("reasoning", "reasoning_background", "consolidation")}
     client = AthenaClient(env["ATHENA_BROKER_URL"], env["ATHENA_RESULT_BACKEND"], timeout=300)
-    stack.wait_for_workers(client, {"reasoning@dying", "consolidation@dying"})
-    yield client, reasoning
+    stack.wait_for_workers(client, {f"{queue}@dying" for queue in workers})
+    yield client, workers
     client.close()
-    consolidation.stop()
-    reasoning.stop()
+    for worker in workers.values():
+        worker.stop()
 
 
 def deliveries(worker: Proc, task: TaskName, task_id: str) -> int:
@@ -106,7 +105,7 @@ def deliveries(worker: Proc, task: TaskName, task_id: str) -> int:
 
 
 def test_tasks_whose_pool_process_is_killed_while_they_run_are_run_again_and_none_is_lost(dying):
-    client, reasoning = dying
+    client, workers = dying
     # Exactly 150 tokens each (a grammar with no end): seconds on the small model, so each is caught running.
     generations = [
         client.submit(TaskName.REASON, ReasonRequest(prompt=f"Say one word for memory {i}.", max_tokens=150, grammar='root ::= "lighthouse " root'))
@@ -119,7 +118,8 @@ def test_tasks_whose_pool_process_is_killed_while_they_run_are_run_again_and_non
     killed: set[int] = set()
     # Each is killed once while it runs, with the others queued behind it or run again meanwhile;
     # a third death would make it a poison message (the next test).
-    for task, task_id in [*((TaskName.REASON, g) for g in generations), (TaskName.CONSOLIDATE_REASON, consolidation)]:
+    # The consolidation's stage first: it runs beside the generations (a worker of its own), and could end before them.
+    for task, task_id in [(TaskName.CONSOLIDATE_REASON, consolidation), *((TaskName.REASON, g) for g in generations)]:
         pid = wait_running(client, task_id, killed, task)
         os.kill(pid, signal.SIGKILL)
         killed.add(pid)
@@ -127,8 +127,8 @@ def test_tasks_whose_pool_process_is_killed_while_they_run_are_run_again_and_non
     patterns = client.result(TaskName.CONSOLIDATE, consolidation).patterns
     assert patterns and all(set(p.source_events) <= {e.id for e in INCIDENT_EVENTS} for p in patterns)
     # Each was run again after its process died: delivered twice, not lost and not duplicated.
-    assert [deliveries(reasoning, TaskName.REASON, task_id) for task_id in generations] == [2] * 3
-    assert deliveries(reasoning, TaskName.CONSOLIDATE_REASON, consolidation) == 2
+    assert [deliveries(workers["reasoning"], TaskName.REASON, task_id) for task_id in generations] == [2] * 3
+    assert deliveries(workers["reasoning_background"], TaskName.CONSOLIDATE_REASON, consolidation) == 2
 
 
 def test_a_task_whose_worker_dies_every_time_fails_typed_after_three_deliveries(dying):
@@ -147,8 +147,8 @@ def wait_running(client: AthenaClient, task_id: str, killed: set[int], name: Tas
     """The pid of the worker process running `task_id` (as task `name`) now, not one already killed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        # Both workers of the lane answer at once: no waiting out the timeout.
-        for tasks in (client.app.control.inspect(timeout=1.0, limit=2).active() or {}).values():
+        # All three workers answer at once: no waiting out the timeout.
+        for tasks in (client.app.control.inspect(timeout=1.0, limit=3).active() or {}).values():
             for task in tasks:
                 if task["id"] == task_id and task["name"] == name.value and task.get("worker_pid") not in killed | {None}:
                     return task["worker_pid"]

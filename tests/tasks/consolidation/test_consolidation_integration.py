@@ -26,7 +26,7 @@ def test_cluster_of_eight_events_yields_valid_patterns_citing_input_ids(sender):
     assert out.dropped_event_ids == []
     assert [s.stage for s in out.stages if s.stage != "repair"] == ["prepare", "reasoning"]
     reasoning = next(s for s in out.stages if s.stage == "reasoning")
-    assert reasoning.queue == "reasoning" and reasoning.queue_wait_ms is not None and reasoning.run_ms > 0
+    assert reasoning.queue == "reasoning_background" and reasoning.queue_wait_ms is not None and reasoning.run_ms > 0
     assert out.model == "SmolLM2-135M-Instruct"
 
 
@@ -35,7 +35,7 @@ def test_cluster_compressed_first_and_patterns_embedded(sender):
     out = consolidate(sender, ConsolidateRequest(events=EVENTS, options=options))
     assert out.compressed
     assert [s.stage for s in out.stages] == ["prepare", "compression", "reasoning", "embedding"]
-    assert [s.queue for s in out.stages] == ["consolidation", "compression", "reasoning", "embeddings"]
+    assert [s.queue for s in out.stages] == ["consolidation", "compression", "reasoning_background", "embeddings"]
     for pattern in out.patterns:
         assert set(pattern.source_events) <= IDS
         assert pattern.embedding is not None and len(pattern.embedding) == 384
