@@ -1,7 +1,8 @@
 """Per-kind call metrics in Redis: the layout both sides share, and reading it.
 
-The workers write (`athena_inference.workers.metrics.MetricsStore`); anyone
-with the Redis URL reads, so the figures cover every worker process. Per kind
+The workers write (`MetricsStore`, through `athena_inference.workers.metrics`),
+and so does Athena's monitor for the calls it records itself; anyone with the
+Redis URL reads, so the figures cover every worker process. Per kind
 (a task name), Redis holds:
 
     athena:metrics:kinds                 the set of kinds recorded
@@ -23,6 +24,7 @@ kept out of the distribution.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -231,3 +233,66 @@ def with_database(url: str, database: int) -> str:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class MetricsStore(MetricsReader):
+    """Reads and writes the metrics (the workers' `MetricsSink`); `client` is any redis-py client (fakeredis in unit tests)."""
+
+    def record(
+        self,
+        kind: str,
+        *,
+        ok: bool,
+        latency_ms: float,
+        prompt_tokens: int = 0,
+        output_tokens: int = 0,
+        tokens_per_second: Optional[float] = None,
+        totals: Optional[dict[str, float]] = None,
+        samples: Optional[dict[str, float]] = None,
+        at: Optional[float] = None,
+        expired: bool = False,
+        cancelled: bool = False,
+    ) -> None:
+        at = time.time() if at is None else at
+        counters = self._key(kind)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.sadd(self._key("kinds"), kind)
+        pipe.hincrby(counters, "count", 1)
+        pipe.hsetnx(counters, "first_at", at)
+        pipe.hset(counters, "last_at", at)
+        if ok:
+            pipe.hincrby(counters, "success", 1)
+            pipe.hincrby(counters, "prompt_tokens", prompt_tokens)
+            pipe.hincrby(counters, "output_tokens", output_tokens)
+            for name, amount in (totals or {}).items():
+                pipe.hincrbyfloat(counters, f"total:{name}", amount)
+            bound = next((b for b in LATENCY_BUCKETS_MS if latency_ms <= b), math.inf)
+            pipe.hincrby(self._key(kind, "histogram"), str(bound), 1)
+            pipe.hincrbyfloat(counters, "latency_sum_ms", latency_ms)
+            self._push(pipe, self._key(kind, "latency"), latency_ms)
+            if tokens_per_second is not None:
+                self._push(pipe, self._key(kind, "tps"), tokens_per_second)
+            for name, value in (samples or {}).items():
+                pipe.sadd(self._key(kind, "samples"), name)
+                self._push(pipe, self._key(kind, f"sample:{name}"), value)
+        else:
+            pipe.hincrby(counters, "failures", 1)
+            if expired:
+                pipe.hincrby(counters, "expired", 1)
+            if cancelled:
+                pipe.hincrby(counters, "cancelled", 1)
+        pipe.execute()
+
+    def _push(self, pipe, key: str, value: float) -> None:
+        pipe.lpush(key, value)
+        pipe.ltrim(key, 0, self._window - 1)
+
+    def reset(self, kinds: Optional[list[str]] = None) -> None:
+        """Forget the figures of `kinds` (default: every kind)."""
+        for kind in kinds if kinds is not None else self.kinds():
+            samples = [self._key(kind, f"sample:{n.decode() if isinstance(n, bytes) else n}") for n in self._redis.smembers(self._key(kind, "samples"))]
+            self._redis.delete(
+                self._key(kind), self._key(kind, "latency"), self._key(kind, "tps"), self._key(kind, "histogram"),
+                self._key(kind, "samples"), *samples,
+            )
+            self._redis.srem(self._key("kinds"), kind)

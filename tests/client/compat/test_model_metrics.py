@@ -1,5 +1,6 @@
 """Athena's performance monitor over the workers' shared metrics: Athena's keys, every
-worker's calls, and a clear_history that leaves the shared figures alone."""
+worker's calls, Athena's own records in every form it writes them, and a
+clear_history that leaves the shared figures alone."""
 
 from __future__ import annotations
 
@@ -89,4 +90,58 @@ def test_athenas_own_records_are_kept_in_this_process_and_returned(store, monito
     metric = monitor.record_reasoning(latency_ms=12.0, prompt_tokens=8, output_tokens=4, temperature=0.5, status="success")
     assert isinstance(metric, ReasoningMetrics) and metric.total_tokens == 12
     assert monitor.reasoning_metrics == [metric]
-    assert monitor.get_reasoning_stats() == {}
+
+
+def test_the_call_athenas_docs_write_is_recorded_and_counted_in_the_stats(monitor):
+    monitor.record_embedding(latency_ms=85.5, dimension=768, tokens=50)
+    stats = monitor.get_all_stats()["embedding"]
+    assert set(stats) == EMBEDDING_KEYS
+    assert (stats["total_operations"], stats["avg_latency_ms"], stats["total_tokens_processed"], stats["avg_dimension"]) == (1, 85.5, 50, 768)
+    assert monitor.embedding_metrics[0].tokens_processed == 50
+
+
+def test_positional_calls_in_athenas_order_are_recorded_for_every_kind(store, monitor):
+    monitor.record_embedding(85.5, 768, 50, "success")
+    monitor.record_reasoning(120.0, 40, 12, 0.5)
+    monitor.record_compression(30.0, 1000, 400)
+    stats = monitor.get_all_stats()
+    assert stats["embedding"]["total_tokens_processed"] == 50
+    reasoning = stats["reasoning"]
+    assert (reasoning["total_prompt_tokens"], reasoning["total_output_tokens"]) == (40, 12)
+    assert reasoning["avg_tokens_per_sec"] == pytest.approx(100.0)
+    compression = stats["compression"]
+    assert (compression["avg_compression_ratio"], compression["total_tokens_saved"]) == (0.4, 600)
+    # Every reader of the shared figures sees them, not this monitor alone.
+    assert ModelPerformanceMonitor(reader=store).get_compression_stats()["total_operations"] == 1
+
+
+def test_the_other_names_athena_writes_are_the_same_arguments(monitor):
+    monitor.record_embedding(latency=10.0, dimension=384, tokens_processed=7)
+    monitor.record_reasoning(latency=50.0, prompt_tokens=3, output_tokens=2)
+    monitor.record_compression(latency=5.0, original_tokens=10, compressed_tokens=5)
+    assert monitor.embedding_metrics[0].latency_ms == 10.0 and monitor.embedding_metrics[0].tokens_processed == 7
+    assert monitor.get_reasoning_stats()["total_operations"] == 1
+
+
+def test_a_failed_call_counts_as_a_failure(monitor):
+    monitor.record_embedding(3.0, 768, 0, "error", "server down")
+    assert monitor.get_embedding_stats() == {"total_operations": 1, "successful": 0, "failed": 1, "success_rate": 0.0}
+
+
+def test_one_argument_under_two_names_or_a_missing_one_is_a_type_error(monitor):
+    with pytest.raises(TypeError, match="tokens and tokens_processed"):
+        monitor.record_embedding(85.5, 768, tokens=1, tokens_processed=2)
+    with pytest.raises(TypeError, match="latency_ms and latency"):
+        monitor.record_reasoning(1.0, 2, 3, latency=4.0)
+    with pytest.raises(TypeError, match="missing its dimension argument"):
+        monitor.record_embedding(latency_ms=85.5, tokens=50)
+    assert monitor.embedding_metrics == []
+
+
+def test_a_metrics_store_that_cannot_be_reached_never_fails_athenas_call(monitor):
+    class Away(MetricsStore):
+        def record(self, *args, **kwargs):
+            raise ConnectionError("Redis is restarting")
+
+    away = ModelPerformanceMonitor(reader=Away(fakeredis.FakeRedis()))
+    assert away.record_embedding(latency_ms=85.5, dimension=768, tokens=50).latency_ms == 85.5
