@@ -39,14 +39,14 @@ from athena_client.contract.payloads import (
 )
 from athena_client.cancelling import Canceller, CancelReport
 from athena_client.contract.errors import UnknownTask
-from athena_client.contract.routes import ROUTES, SERVER_HEALTH, Queue, TaskName
+from athena_client.contract.routes import SERVER_HEALTH, Queue, TaskName
 from athena_client.contract.validation import parse
 from athena_client.reason_stream import ReasonStream
 from athena_client.shared_redis.cancel_requests import CancelRequests
 from athena_client.shared_redis.job_store import JobStore, job_ttl_from_env
 from athena_client.shared_redis.piece_streams import START, PieceStreams
 from athena_client.shared_redis.redis_connect import redis_client
-from athena_client.transport import KIND_DEFAULT, Deadline, TaskTransport
+from athena_client.transport import KIND_DEFAULT, Deadline, TaskTransport, waited_deadline
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6380/0"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6380/1"
@@ -207,10 +207,7 @@ class AthenaClient:
         task_id = str(uuid.uuid4())
         ticket = self.transport.waiter.expect(task_id)
         try:
-            if deadline is KIND_DEFAULT:
-                kind = ROUTES[TaskName.REASON].deadline_s
-                deadline = wait if kind is None else min(kind, wait)
-            self.transport.submit(TaskName.REASON, request, task_id=task_id, deadline=deadline)
+            self.transport.submit(TaskName.REASON, request, task_id=task_id, deadline=waited_deadline(TaskName.REASON, deadline, wait))
         except BaseException:
             self.transport.waiter.release(ticket)
             raise

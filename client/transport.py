@@ -56,6 +56,15 @@ def expiry(task: TaskName, deadline: Deadline) -> Optional[datetime]:
     return at
 
 
+def waited_deadline(task: TaskName, deadline: Deadline, wait: float) -> Deadline:
+    """A waited-for call's deadline: the one given, else the kind's or the wait, whichever
+    is sooner, since the caller has given up by then."""
+    if deadline is not KIND_DEFAULT:
+        return deadline
+    kind = ROUTES[task].deadline_s
+    return wait if kind is None else min(kind, wait)
+
+
 class TaskTransport:
     def __init__(self, app: Celery, *, timeout: float, waiter: Optional[ResultWaiter] = None) -> None:
         self.app = app
@@ -132,9 +141,7 @@ class TaskTransport:
         deadline or this wait, whichever is sooner: the caller has given up by then."""
         assert_will_not_block()
         wait = self.timeout if timeout is None else timeout
-        if deadline is KIND_DEFAULT:
-            kind = ROUTES[task].deadline_s
-            deadline = wait if kind is None else min(kind, wait)
+        deadline = waited_deadline(task, deadline, wait)
         # Listening starts before the task is sent: its result, however fast, finds a subscriber.
         task_id = str(uuid.uuid4())
         ticket = self.waiter.expect(task_id)

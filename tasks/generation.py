@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from athena_client.shared_redis.piece_streams import PieceStreams
 from athena_inference.tasks import seams
 from athena_inference.tasks.base import running_clock
 from athena_inference.workers.llama_server import Completion, LlamaServer
@@ -43,7 +44,7 @@ class TaskGeneration:
 
 
 class _Appender:
-    def __init__(self, streams: Any, task_id: str) -> None:
+    def __init__(self, streams: PieceStreams, task_id: str) -> None:
         self._streams = streams
         self._task_id = task_id
         self._first = True
@@ -52,5 +53,3 @@ class _Appender:
         self._streams.append(self._task_id, text, first=self._first)
         self._first = False
 
-
-__all__ = ["TaskGeneration"]
