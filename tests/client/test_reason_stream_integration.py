@@ -69,7 +69,8 @@ def test_a_streamed_generation_cancelled_mid_answer_ends_its_stream_with_cancell
             seen.append(piece)
             if len(seen) == 5:
                 assert sender.cancel(stream.task_id).state == "running"
-    assert "".join(seen).startswith("lighthouse lighthouse")
+    # Pieces are tokens, not words: what came is a prefix of what the grammar allows.
+    assert len(seen) >= 5 and ("lighthouse " * 200).startswith("".join(seen))
 
 
 def test_a_stream_of_a_request_the_worker_refuses_raises_its_error_without_a_piece(sender):
