@@ -38,6 +38,10 @@ class DeliveryCounter:
         count, _ = pipe.execute()
         return int(count) + 1
 
+    def so_far(self, task_id: str, retries: int) -> int:
+        """How many deliveries have been counted (the first one always is)."""
+        return int(self.redis.get(self._key(task_id, retries)) or 0) + 1
+
     def done(self, task_id: str, retries: int) -> None:
         """A redelivered message's run ended (in success or a typed failure): nothing to count any more."""
         self.redis.delete(self._key(task_id, retries))

@@ -9,6 +9,7 @@ def test_each_delivery_of_a_message_is_counted():
     counter = DeliveryCounter(fakeredis.FakeRedis(), ttl_s=60)
     first = counter.delivered("t1", 0, redelivered=False)
     assert [first] + [counter.delivered("t1", 0, redelivered=True) for _ in range(2)] == [1, 2, 3]
+    assert counter.so_far("t1", 0) == 3 and counter.so_far("t2", 0) == 1
 
 
 def test_a_first_delivery_touches_nothing_in_redis():

@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
+import threading
 import time
 
 import pytest
 
+from athena_client.client import AthenaClient
 from athena_client.compat import connection
 from athena_client.compat.llm_client import LocalLLMClient
 from athena_client.contract.errors import Cancelled, ServerTimeout
-from athena_client.contract.payloads import ReasonRequest
 from athena_client.contract.routes import Queue, TaskName
+from tests.harness import endless_generation
 
 
 def test_only_the_reasoning_task_stores_a_started_state():
@@ -30,17 +32,17 @@ def test_only_the_reasoning_task_stores_a_started_state():
 
 # --- LocalLLMClient against a real reasoning worker with one slot ---
 
-# A generation under a grammar with no end runs until max_tokens: it holds the
-# worker's one slot for 6 s or more (SmolLM2 makes at most 80 tokens/s on one
-# thread), longer than the 3 s the generation behind it is given.
-BLOCKER = ReasonRequest(prompt="Say one word, again and again.", max_tokens=500, grammar='root ::= "lighthouse " root')
+# A generation under a grammar with no end holds the worker's one slot until it
+# is cancelled: as long as a test needs, on a fast machine or a slow one.
+BLOCKER = endless_generation("Say one word, again and again.")
 
 
 @pytest.fixture(scope="module")
 def reasoning(stack):
     """One reasoning worker of its own (one slot, as the session's reasoning server has), on Redis databases of its own."""
     with stack.side_lane(Queue.REASONING, "timeouts", ATHENA_REASONING_SLOTS="1") as side:
-        yield side.env, side.client
+        with AthenaClient(side.env["ATHENA_BROKER_URL"], side.env["ATHENA_RESULT_BACKEND"]) as client:
+            yield side.env, client
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def athena(reasoning, monkeypatch):
 
 @pytest.fixture
 def busy_worker(reasoning):
-    """The worker's one slot taken by a long generation; yields its task id once it has started."""
+    """The worker's one slot taken by an endless generation; yields a function that cancels it, once it has started."""
     _, client = reasoning
     waiter = client.transport.waiter
     task_id = client.submit(TaskName.REASON, BLOCKER)
@@ -66,18 +68,21 @@ def busy_worker(reasoning):
         assert waiter.wait_started(ticket, 120), "the blocking generation never started"
     finally:
         waiter.release(ticket)
-    yield task_id
-    assert client.result(TaskName.REASON, task_id, timeout=300).tokens == BLOCKER.max_tokens
+    yield lambda: client.cancel(task_id)
+    client.cancel(task_id)
+    with pytest.raises(Cancelled):
+        client.result(TaskName.REASON, task_id, timeout=60)
 
 
 def test_time_in_the_queue_behind_another_generation_is_not_charged_to_this_one(athena, busy_worker):
     # Three seconds for the generation itself, which waits longer than that for the slot.
     client = athena(timeout_seconds=3.0, min_tokens_per_second=1000.0)
     assert client.generation_timeout(8) == 3.0
+    threading.Timer(4.0, busy_worker).start()
     began = time.monotonic()
     out = asyncio.run(client.reason("Say hello.", max_tokens=8, temperature=0.0))
     assert out.text and 0 < out.tokens <= 8
-    assert time.monotonic() - began > 3.0, "the generation did not wait behind the other: the test proves nothing"
+    assert time.monotonic() - began > 4.0, "the generation did not wait behind the other: the test proves nothing"
 
 
 def test_a_generation_no_worker_takes_in_time_ends_with_a_clear_error_and_never_runs(athena, busy_worker, reasoning):
@@ -89,6 +94,7 @@ def test_a_generation_no_worker_takes_in_time_ends_with_a_clear_error_and_never_
     assert time.monotonic() - began < 10
     task_id = re.search(r"athena\.reason (\S+) waited", str(caught.value)).group(1)
     # Once the slot is free the worker drops it, without running it.
+    busy_worker()
     with pytest.raises(Cancelled, match="cancelled before it started; no worker ran it"):
         sender.result(TaskName.REASON, task_id, timeout=300)
 

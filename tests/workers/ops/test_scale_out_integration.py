@@ -16,7 +16,7 @@ def test_a_second_pair_takes_its_share_of_the_embeddings_queue(sender, stack):
 
     before = served(sender)
     texts = [f"memory {i} about the garden and the weekly report" for i in range(64)]
-    sent = [sender.send(TaskName.EMBED_BATCH, EmbedBatchRequest(texts=texts)) for _ in range(24)]
+    sent = [sender.send(TaskName.EMBED_BATCH, EmbedBatchRequest(texts=texts)) for _ in range(8)]
     for result in sent:
         assert len(sender.wait(TaskName.EMBED_BATCH, result, 300).embeddings) == 64
     after = served(sender)

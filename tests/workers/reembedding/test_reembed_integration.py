@@ -103,7 +103,7 @@ def test_killed_runner_resumes_and_every_row_gets_the_new_model(lane, postgres_d
 
 
 def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
-    texts = memories(600, prefix="jsonl memory")
+    texts = memories(320, prefix="jsonl memory")
     source = tmp_path / "memories.jsonl"
     source.write_text("".join(json.dumps({"id": f"m{i}", "content": t}) + "\n" for i, t in enumerate(texts)))
     spec = JsonlSource(path=str(source), output=str(tmp_path / "vectors.npy"))
@@ -112,20 +112,20 @@ def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
     # after 5 s rather than the lane's 30 s (which a 130-window memory needs): the killed worker's come back sooner.
     runner = lane.start("bulk-kill-runner", [*CLI, "reembed", "resume", job.job_id], {"ATHENA_JOB_BATCH_TIMEOUT_S": "5"})
     job_id = job.job_id
-    wait_until_done(lane, job_id, 100, runner=runner)
+    wait_until_done(lane, job_id, 64, runner=runner)
     [worker] = [p for p in lane.procs if p.name == "embeddings_bulk-worker-w1" and p.popen.poll() is None]
     worker.stop(signal.SIGKILL)
     lane.worker("embeddings_bulk", "w1")
 
     state = wait_terminal(lane, job_id)
     assert state.status is JobStatus.COMPLETED, state.error
-    assert state.counts.completed == 600
+    assert state.counts.completed == 320
     assert runner.popen.wait(timeout=60) == 0
     # The kill did take batches with it: the runner sent them again.
     assert "sending it again" in runner.log_path.read_text(errors="replace")
     matrix = np.load(tmp_path / "vectors.npy")
     ids = [json.loads(line)["id"] for line in (tmp_path / "vectors.ids.jsonl").read_text().splitlines()]
-    assert ids == [f"m{i}" for i in range(600)]
+    assert ids == [f"m{i}" for i in range(320)]
     np.testing.assert_allclose(matrix, direct_vectors(lane, texts), atol=2e-4)
 
 
