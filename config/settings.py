@@ -113,11 +113,13 @@ class _Settings(BaseSettings):
 
     # --- embedded default stack ---
     llama_server_bin: Optional[Path] = None
-    # The default llama.cpp build (GGML_NATIVE=ON) dies with "Illegal instruction" on
-    # VMs whose CPUs advertise AMX the hypervisor does not allow; this portable AVX2
-    # build runs there and lost nothing measurable. On your own hardware, a native build may be faster.
+    # Runtime CPU dispatch: one build carries a CPU library per instruction-set level
+    # (AVX2, AVX-512 with VNNI/BF16, ...), and llama-server loads the best one this CPU
+    # has. llama.cpp's native build (GGML_NATIVE=ON) instead dies with "Illegal
+    # instruction" on VMs whose CPUs advertise AMX the hypervisor does not allow; here
+    # the AMX variant is set aside on such a machine (workers/ops/cpu_variants.py).
     llama_cmake_args: str = (
-        "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
+        "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON "
         "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF"
     )
     cache_dir: Path = Path("~/.cache/athena-inference").expanduser()

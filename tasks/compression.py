@@ -8,7 +8,7 @@ from athena_client.contract.payloads import CompressionResult, CompressorStatus,
 from athena_client.contract.routes import TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
-from athena_inference.tasks import seams
+from athena_inference.tasks import compression_gate, seams
 from athena_inference.tasks.base import AthenaTask, task_timing
 from athena_inference.workers.compressor import TOKENIZER, Compression, Compressor, join_prompt
 
@@ -21,6 +21,9 @@ def compress_prompt(request: CompressRequest) -> CompressionResult:
     compressor = seams.compressor()
     status = compressor.status
     out, hit = _compressed(compressor, request) if status.ready else (_uncompressed(compressor, request), False)
+    if status.ready and not hit:
+        chars = len(request.context) + len(request.instruction) + len(request.question)
+        compression_gate.note_compressor_run(seams.metrics(), TaskName.COMPRESS_PROMPT.value, chars, (time.perf_counter() - started) * 1000)
     saved = out.original_tokens - out.compressed_tokens
     return CompressionResult(
         compressed_prompt=out.prompt,

@@ -57,6 +57,14 @@ class MetricsSink(Protocol):
         cancelled: bool = False,
     ) -> None: ...
 
+    def sample(self, kind: str, name: str, value: float) -> None:
+        """One value of a kind's sample, apart from a call's record."""
+        ...
+
+    def recent(self, kind: str, sample: str, count: int) -> list[float]:
+        """The last `count` values of a kind's sample, newest first."""
+        ...
+
 
 @runtime_checkable
 class AddsTotals(Protocol):

@@ -13,7 +13,7 @@ import hashlib
 import re
 from datetime import datetime
 from difflib import SequenceMatcher
-from typing import Annotated, Any, Callable, Iterable, Literal, Optional, TypeVar
+from typing import Annotated, Any, Callable, Iterable, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -85,7 +85,10 @@ def athena_event_fields(event: dict[str, Any]) -> dict[str, Any]:
 class ConsolidateOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    compress: bool = False
+    # True: compress the events before reasoning, always; False: never. "auto": only
+    # when the compressor's expected time is less than the reasoning prompt time it
+    # saves, both as measured on this stack (`CompressionGate`, in the prepare stage's timing).
+    compress: Union[bool, Literal["auto"]] = "auto"
     max_patterns: int = Field(default=5, ge=1, le=20)
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     embed_patterns: bool = False
@@ -168,11 +171,35 @@ def merge_near_duplicates(items: Iterable[Described], join: Callable[[Described,
     return merged
 
 
+class CompressionGate(BaseModel):
+    """Whether a consolidation's events were compressed before reasoning, and the figures it was decided on.
+
+    Compressing pays when the compressor takes less time than the reasoning
+    server would spend reading the tokens it removes. Both rates are medians of
+    the stack's own recent runs (metrics samples), so the decision follows the
+    models and the hardware actually serving.
+    """
+
+    asked: Union[bool, Literal["auto"]]
+    compress: bool
+    event_chars: int
+    event_tokens: int
+    # The compressor's time per 1,000 characters of input; None before it has run on this stack.
+    compressor_ms_per_kchar: Optional[float] = None
+    # The reasoning server's time per prompt token it had to read (not cached).
+    prompt_ms_per_token: Optional[float] = None
+    expected_compress_ms: Optional[float] = None
+    saved_prompt_ms: Optional[float] = None
+    reason: str
+
+
 class StageTiming(BaseModel):
     stage: Literal["prepare", "compression", "reasoning", "repair", "embedding"]
     queue: str
     queue_wait_ms: Optional[float] = None
     run_ms: float
+    # On the prepare stage: whether the events go to the compressor first, and why.
+    compression_gate: Optional[CompressionGate] = None
 
 
 class ConsolidationResult(BaseModel):
@@ -181,6 +208,8 @@ class ConsolidationResult(BaseModel):
     dropped_event_ids: list[str] = []
     repaired: bool = False
     compressed: bool = False
+    # Of the events' tokens, the share the compressor kept (COMPRESSION_RATE is asked), when it ran.
+    compression_ratio: Optional[float] = None
     model: str
     # What made the patterns' embeddings, when they were asked for (embed_patterns).
     embedding_origin: Optional[VectorOrigin] = None

@@ -144,6 +144,10 @@ class MetricsReader:
     def stats(self, kind: str) -> KindStats:
         return self.combined(kind, [kind])
 
+    def recent(self, kind: str, sample: str, count: int) -> list[float]:
+        """The last `count` values of one of a kind's samples, newest first: one round trip, however long the window."""
+        return [float(v) for v in self._redis.lrange(self._key(kind, f"sample:{sample}"), 0, count - 1)]
+
     def snapshot(self, kinds: Sequence[str]) -> dict[str, dict[str, float]]:
         """The counters of `kinds` now, for figures `since` this moment (see `combined`)."""
         return {kind: self._raw(kind)["counters"] for kind in kinds}
@@ -281,6 +285,13 @@ class MetricsStore(MetricsReader):
                 pipe.hincrby(counters, "expired", 1)
             if cancelled:
                 pipe.hincrby(counters, "cancelled", 1)
+        pipe.execute()
+
+    def sample(self, kind: str, name: str, value: float) -> None:
+        """One value of a kind's sample, apart from a call's record (a stage measuring part of its work)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sadd(self._key(kind, "samples"), name)
+        self._push(pipe, self._key(kind, f"sample:{name}"), value)
         pipe.execute()
 
     def _push(self, pipe, key: str, value: float) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from athena_client.contract.consolidation import ConsolidateOptions, Pattern, merge_near_duplicates
 from athena_client.contract.errors import ModelOutputInvalid
+from athena_client.contract.payloads import ServerTiming
 from athena_inference.tasks.consolidation import prompt
 from athena_inference.tasks.consolidation.schema import parse_patterns, response_format
 from athena_inference.workers.llama_server import Completion
@@ -31,6 +32,8 @@ class Extraction(BaseModel):
     patterns: list[Pattern]
     model: str
     repaired: bool
+    # The first answer's, whose prompt is the events' (the repair's is longer).
+    timing: ServerTiming
 
 
 def extract_patterns(server: Chats, event_text: str, event_ids: list[str], options: ConsolidateOptions) -> Extraction:
@@ -43,14 +46,14 @@ def extract_patterns(server: Chats, event_text: str, event_ids: list[str], optio
     )
     out = server.chat(prompt.messages(event_text, options.max_patterns), **ask)
     try:
-        return Extraction(patterns=merge_near_duplicates(parse_patterns(out.text, event_ids)), model=out.model, repaired=False)
+        return Extraction(patterns=merge_near_duplicates(parse_patterns(out.text, event_ids)), model=out.model, repaired=False, timing=out.timing)
     except ValueError as first:
         if out.finish_reason == "length":
             first = ValueError(f"{first}; the answer was cut at max_tokens")
         problems = str(first)
     retry = server.chat(prompt.repair_messages(event_text, options.max_patterns, out.text, problems), **ask)
     try:
-        return Extraction(patterns=merge_near_duplicates(parse_patterns(retry.text, event_ids)), model=retry.model, repaired=True)
+        return Extraction(patterns=merge_near_duplicates(parse_patterns(retry.text, event_ids)), model=retry.model, repaired=True, timing=out.timing)
     except ValueError as second:
         raise ModelOutputInvalid(
             f"patterns failed validation twice ({problems}; after repair: {second}); raw answer: {retry.text}"

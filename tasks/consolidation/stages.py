@@ -15,14 +15,21 @@ from typing import Annotated, Literal, Optional
 from celery import Task
 from pydantic import BaseModel, ConfigDict, Field
 
-from athena_client.contract.consolidation import ConsolidateOptions, ConsolidateRequest, ConsolidationResult, Pattern, StageTiming
+from athena_client.contract.consolidation import (
+    CompressionGate,
+    ConsolidateOptions,
+    ConsolidateRequest,
+    ConsolidationResult,
+    Pattern,
+    StageTiming,
+)
 from athena_client.contract.errors import InvalidInput
 from athena_client.contract.limits import capped
 from athena_client.contract.payloads import NonBlankText, ShortText, VectorOrigin
 from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
-from athena_inference.tasks import seams
+from athena_inference.tasks import compression_gate, seams
 from athena_inference.tasks.base import AthenaTask, running_clock
 from athena_inference.tasks.consolidation import prompt
 from athena_inference.tasks.consolidation.answer import extract_patterns
@@ -48,6 +55,7 @@ class ConsolidationState(BaseModel):
     event_text: Annotated[NonBlankText, capped("context_chars")]
     dropped_event_ids: EventIds
     compressed: bool = False
+    compression_ratio: Optional[float] = Field(default=None, ge=0)
     repaired: bool = False
     model: ShortText = ""
     patterns: list[Pattern] = Field(default_factory=list, max_length=20)
@@ -58,10 +66,13 @@ class ConsolidationState(BaseModel):
     started_at: float = Field(gt=0)
 
 
-def hand_on(task: Task, state: ConsolidationState, stage: Stage) -> ConsolidationResult:
+def hand_on(task: Task, state: ConsolidationState, stage: Stage, gate: Optional[CompressionGate] = None) -> ConsolidationResult:
     """Record this stage's timing, then replace the task with the next stage, or end the job."""
     clock = running_clock()
-    timing = StageTiming(stage=stage, queue=TASK_QUEUES[TaskName(task.name)].value, queue_wait_ms=clock.queue_wait_ms, run_ms=clock.elapsed_ms())
+    timing = StageTiming(
+        stage=stage, queue=TASK_QUEUES[TaskName(task.name)].value, queue_wait_ms=clock.queue_wait_ms, run_ms=clock.elapsed_ms(),
+        compression_gate=gate,
+    )
     state = state.model_copy(update={"stages": [*state.stages, timing]})
     if state.remaining:
         following = state.model_copy(update={"remaining": state.remaining[1:]})
@@ -72,6 +83,7 @@ def hand_on(task: Task, state: ConsolidationState, stage: Stage) -> Consolidatio
         dropped_event_ids=state.dropped_event_ids,
         repaired=state.repaired,
         compressed=state.compressed,
+        compression_ratio=state.compression_ratio,
         model=state.model,
         embedding_origin=state.embedding_origin,
         stages=state.stages,
@@ -88,19 +100,27 @@ def consolidate(self: Task, request: ConsolidateRequest) -> ConsolidationResult:
     kept, dropped = prompt.fit_events(list(request.events), budget, lambda text: len(reasoning.tokenize(text)))
     if not kept:
         raise InvalidInput(f"no event fits the reasoning model's context ({budget} tokens for events)")
-    stages = [TaskName.CONSOLIDATE_COMPRESS] if options.compress else []
+    event_text = "\n".join(prompt.render_event(e) for e in kept)
+    gate = compression_gate.decide(
+        options.compress,
+        event_chars=len(event_text),
+        event_tokens=len(reasoning.tokenize(event_text)) if options.compress is not False else 0,
+        rate=COMPRESSION_RATE,
+        metrics=seams.metrics(),
+    )
+    stages = [TaskName.CONSOLIDATE_COMPRESS] if gate.compress else []
     stages.append(TaskName.CONSOLIDATE_REASON)
     if options.embed_patterns:
         stages.append(TaskName.CONSOLIDATE_EMBED)
     state = ConsolidationState(
         options=options,
         event_ids=[e.id for e in kept],
-        event_text="\n".join(prompt.render_event(e) for e in kept),
+        event_text=event_text,
         dropped_event_ids=dropped,
         remaining=stages,
         started_at=running_clock().started_at,
     )
-    return hand_on(self, state, "prepare")
+    return hand_on(self, state, "prepare", gate)
 
 
 @app.task(name=TaskName.CONSOLIDATE_COMPRESS.value, base=AthenaTask, bind=True, job_kind=TaskName.CONSOLIDATE)
@@ -108,8 +128,11 @@ def compress_stage(self: Task, state: ConsolidationState) -> ConsolidationResult
     """Shrink the events' text; each event's [id] is kept whole, or the patterns could not cite it."""
     compressor = seams.compressor()
     if compressor.status.ready:
+        started = time.perf_counter()
         out = compressor.compress(state.event_text, rate=COMPRESSION_RATE, force_tokens=[f"[{i}]" for i in state.event_ids])
-        state = state.model_copy(update={"event_text": out.prompt, "compressed": True})
+        compression_gate.note_compressor_run(seams.metrics(), self.name, len(state.event_text), (time.perf_counter() - started) * 1000)
+        ratio = out.compressed_tokens / max(out.original_tokens, 1)
+        state = state.model_copy(update={"event_text": out.prompt, "compressed": True, "compression_ratio": ratio})
     return hand_on(self, state, "compression")
 
 
@@ -117,6 +140,7 @@ def compress_stage(self: Task, state: ConsolidationState) -> ConsolidationResult
 def reason_stage(self: Task, state: ConsolidationState) -> ConsolidationResult:
     """Patterns from the reasoning model, schema-constrained and validated (one repair at most)."""
     found = extract_patterns(TaskGeneration(seams.llama(Queue.REASONING)), state.event_text, state.event_ids, state.options)
+    compression_gate.note_prompt(seams.metrics(), self.name, found.timing)
     state = state.model_copy(update={"patterns": found.patterns, "model": found.model, "repaired": found.repaired})
     return hand_on(self, state, "reasoning")
 

@@ -83,6 +83,9 @@ def demo(sender: TaskSender, timeout: float = 300) -> None:
     for pattern in consolidated.patterns:
         print(f"    {pattern.type} ({pattern.confidence:.2f}, from {', '.join(pattern.source_events)}): {pattern.description[:100]}")
     print(f"    {stages}; end to end {consolidated.total_ms:.0f} ms", flush=True)
+    gate = consolidated.stages[0].compression_gate
+    if gate is not None:
+        print(f"    compression gate: {'compressed' if gate.compress else 'not compressed'}, {gate.reason}", flush=True)
 
 
 # The queues the demo sends its own jobs to (the bulk lane through the re-embedding job).

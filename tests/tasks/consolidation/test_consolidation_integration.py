@@ -17,6 +17,20 @@ def consolidate(sender, request: ConsolidateRequest, timeout: float = 600) -> Co
     return ConsolidationResult.model_validate(pending.get(timeout=timeout))
 
 
+def test_cluster_compressed_first_and_patterns_embedded(sender):
+    options = ConsolidateOptions(max_patterns=2, compress=True, embed_patterns=True, temperature=0.0)
+    out = consolidate(sender, ConsolidateRequest(events=EVENTS, options=options))
+    assert out.compressed
+    gate = out.stages[0].compression_gate
+    assert gate.asked is True and gate.compress and "as asked" in gate.reason
+    assert 0 < out.compression_ratio < 1
+    assert [s.stage for s in out.stages] == ["prepare", "compression", "reasoning", "embedding"]
+    assert [s.queue for s in out.stages] == ["consolidation", "compression", "reasoning_background", "embeddings"]
+    for pattern in out.patterns:
+        assert set(pattern.source_events) <= IDS
+        assert pattern.embedding is not None and len(pattern.embedding) == 384
+
+
 def test_cluster_of_eight_events_yields_valid_patterns_citing_input_ids(sender):
     out = consolidate(sender, ConsolidateRequest(events=EVENTS, options=ConsolidateOptions(max_patterns=3, temperature=0.0)))
     assert 1 <= len(out.patterns) <= 3
@@ -24,21 +38,15 @@ def test_cluster_of_eight_events_yields_valid_patterns_citing_input_ids(sender):
         assert pattern.description.strip() and 0 <= pattern.confidence <= 1
         assert set(pattern.source_events) <= IDS
     assert out.dropped_event_ids == []
-    assert [s.stage for s in out.stages if s.stage != "repair"] == ["prepare", "reasoning"]
+    # The default gate, with the figures the compressed run above left in the metrics: the compressor's
+    # time against the prompt time it would save (on these small models it does not pay).
+    gate = out.stages[0].compression_gate
+    assert gate.asked == "auto" and gate.compressor_ms_per_kchar and gate.prompt_ms_per_token
+    assert gate.compress == (gate.expected_compress_ms < gate.saved_prompt_ms) == out.compressed
+    assert [s.stage for s in out.stages if s.stage != "repair"] == ["prepare", *(["compression"] if gate.compress else []), "reasoning"]
     reasoning = next(s for s in out.stages if s.stage == "reasoning")
     assert reasoning.queue == "reasoning_background" and reasoning.queue_wait_ms is not None and reasoning.run_ms > 0
     assert out.model == "SmolLM2-135M-Instruct"
-
-
-def test_cluster_compressed_first_and_patterns_embedded(sender):
-    options = ConsolidateOptions(max_patterns=2, compress=True, embed_patterns=True, temperature=0.0)
-    out = consolidate(sender, ConsolidateRequest(events=EVENTS, options=options))
-    assert out.compressed
-    assert [s.stage for s in out.stages] == ["prepare", "compression", "reasoning", "embedding"]
-    assert [s.queue for s in out.stages] == ["consolidation", "compression", "reasoning_background", "embeddings"]
-    for pattern in out.patterns:
-        assert set(pattern.source_events) <= IDS
-        assert pattern.embedding is not None and len(pattern.embedding) == 384
 
 
 @pytest.mark.parametrize(
