@@ -18,21 +18,19 @@ import statistics
 from typing import Literal, Optional, Union
 
 from athena_client.contract.consolidation import CompressionGate
-from athena_client.contract.payloads import ServerTiming
+from athena_client.contract.payloads import PROMPT_MS_PER_TOKEN, ServerTiming
 from athena_client.contract.routes import TaskName
 from athena_inference.workers.metrics import MetricsSink
 
 log = logging.getLogger(__name__)
 
 COMPRESSOR_SAMPLE = "compressor_ms_per_kchar"
-PROMPT_SAMPLE = "prompt_ms_per_token"
+PROMPT_SAMPLE = PROMPT_MS_PER_TOKEN
 COMPRESSOR_KINDS = (TaskName.COMPRESS_PROMPT.value, TaskName.CONSOLIDATE_COMPRESS.value)
 PROMPT_KINDS = (TaskName.REASON.value, TaskName.CONSOLIDATE_REASON.value)
 # The median of the last runs of each kind: recent enough to follow a model
 # swap, many enough that one run on a busy machine does not swing it.
 RECENT_RUNS = 20
-# A prompt mostly served from the server's cache says little about its rate.
-MIN_UNCACHED_TOKENS = 16
 # A short text's compression is mostly the model's fixed cost per call: its time
 # per character would overstate a cluster's many times over (seen: 172 s
 # expected for 20 events after one 80-character warm-up).
@@ -50,12 +48,14 @@ def note_compressor_run(metrics: MetricsSink, kind: str, input_chars: int, elaps
 
 
 def note_prompt(metrics: MetricsSink, kind: str, timing: ServerTiming) -> None:
-    """One generation's prompt rate at the reasoning server, for the gate."""
-    uncached = timing.prompt_tokens - (timing.cached_tokens or 0)
-    if timing.prompt_ms is None or uncached < MIN_UNCACHED_TOKENS:
+    """One generation's prompt rate at the reasoning server, for the gate: for a
+    consolidation's stage, whose call is recorded as handed over, without a result.
+    `athena.reason` carries it in its own record (`ReasoningResult.metric_samples`)."""
+    rate = timing.prompt_ms_per_token()
+    if rate is None:
         return
     try:
-        metrics.sample(kind, PROMPT_SAMPLE, timing.prompt_ms / uncached)
+        metrics.sample(kind, PROMPT_SAMPLE, rate)
     except Exception:  # noqa: BLE001 - a side channel
         log.warning("could not record the prompt rate for %s", kind, exc_info=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from athena_client.contract.payloads import ReasoningResult, ReasonRequest
 from athena_client.contract.routes import Queue, TaskName
 from athena_inference.config.celery import app
-from athena_inference.tasks import compression_gate, seams
+from athena_inference.tasks import seams
 from athena_inference.tasks.base import AthenaTask, task_timing
 from athena_inference.tasks.generation import TaskGeneration
 
@@ -33,7 +33,6 @@ def reason(request: ReasonRequest) -> ReasoningResult:
         ),
         grammar=request.grammar,
     )
-    compression_gate.note_prompt(seams.metrics(), TaskName.REASON.value, out.timing)
     return ReasoningResult(
         text=out.text,
         finish_reason=out.finish_reason,

@@ -9,7 +9,7 @@ request. Results are what the worker stored in Redis, rebuilt with
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import json
 
@@ -19,6 +19,8 @@ from athena_client.contract.limits import DEFAULT_LIMITS, capped
 
 # A batch bigger than this is a bulk job, which belongs to the re-embed runner.
 MAX_BATCH_TEXTS = DEFAULT_LIMITS.batch_texts
+# The metrics sample a generation's prompt rate is kept under, for the compression gate.
+PROMPT_MS_PER_TOKEN = "prompt_ms_per_token"
 
 
 
@@ -188,6 +190,17 @@ class ServerTiming(BaseModel):
     batch_texts: Optional[int] = None
     wait_ms: Optional[float] = None
 
+    # A prompt mostly served from the server's cache says little about its rate.
+    MIN_UNCACHED_TOKENS: ClassVar[int] = 16
+
+    def prompt_ms_per_token(self) -> Optional[float]:
+        """The server's time per prompt token it had to read (not from its cache);
+        None where the server gave no prompt time or read too few tokens to tell."""
+        uncached = self.prompt_tokens - (self.cached_tokens or 0)
+        if self.prompt_ms is None or uncached < self.MIN_UNCACHED_TOKENS:
+            return None
+        return self.prompt_ms / uncached
+
 
 class TaskTiming(BaseModel):
     task: str
@@ -279,6 +292,11 @@ class ReasoningResult(_Timed):
     def tokens(self) -> int:
         """Generated tokens, as the server counted them."""
         return self.timing.server.generated_tokens if self.timing.server else 0
+
+    def metric_samples(self) -> dict[str, float]:
+        # The compression gate's prompt rate (tasks/compression_gate.py), in the call's own record.
+        rate = self.timing.server.prompt_ms_per_token() if self.timing.server else None
+        return {} if rate is None else {PROMPT_MS_PER_TOKEN: rate}
 
 
 class CompressionResult(BaseModel):

@@ -4,10 +4,14 @@ time is less than the reasoning prompt time it saves, both measured (metrics in 
 from __future__ import annotations
 
 import fakeredis
+import httpx
 import pytest
 
 from athena_client.contract.payloads import ServerTiming
-from athena_inference.tasks import compression_gate
+from athena_client.contract.routes import Queue
+from athena_inference.tasks import compression_gate, seams
+from athena_inference.tasks.reasoning import reason
+from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.tasks.compression_gate import COMPRESSOR_SAMPLE, PROMPT_SAMPLE, decide, note_compressor_run, note_prompt
 from athena_inference.workers.metrics import MetricsStore
 
@@ -89,3 +93,21 @@ def test_a_metrics_store_that_fails_never_fails_the_task(caplog):
     note_compressor_run(Broken(), "athena.compress_prompt", input_chars=2_000, elapsed_ms=1)
     note_prompt(Broken(), "athena.reason", ServerTiming(prompt_tokens=100, prompt_ms=50, request_ms=60))
     assert [r.message.split(" for ")[0] for r in caplog.records] == ["could not record the compressor's rate", "could not record the prompt rate"]
+
+
+def test_a_reasoning_call_carries_its_prompt_rate_in_its_own_record(metrics):
+    # In the one pipelined write of the call's metrics, not a second round trip to Redis.
+    timings = {"prompt_n": 400, "prompt_ms": 800.0, "predicted_n": 3, "predicted_ms": 30.0, "cache_n": 100}
+    reply = {
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "timings": timings,
+        "usage": {"prompt_tokens": 500, "completion_tokens": 3},
+    }
+    seams.use_llama(Queue.REASONING, LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(lambda r: httpx.Response(200, json=reply))))
+    reason(prompt="Why?", max_tokens=3)
+    assert metrics.recent("athena.reason", PROMPT_SAMPLE, 5) == [2.0]
+    # A prompt the server read from its cache leaves no rate, and nothing else is written for it.
+    reply["usage"]["prompt_tokens"] = 105
+    reason(prompt="Why?", max_tokens=3)
+    assert metrics.recent("athena.reason", PROMPT_SAMPLE, 5) == [2.0]
