@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 from celery import Celery, states
-from celery.result import assert_will_not_block
+from celery.result import AsyncResult, assert_will_not_block
 from pydantic import BaseModel
 
 from athena_client.contract.errors import AthenaError, Cancelled, Expired, InvalidInput, ServerTimeout
@@ -65,6 +65,29 @@ def waited_deadline(task: TaskName, deadline: Deadline, wait: float) -> Deadline
     return wait if kind is None else min(kind, wait)
 
 
+class _WaiterCelery(Celery):
+    """The client's Celery app. Its `ResultWaiter` listens for every result on one
+    connection, so Celery's own result consumer must not subscribe to each sent
+    task's channel as well (and unsubscribe when its AsyncResult goes): two Redis
+    commands a call, and the CPU to send and parse them, for nothing."""
+
+    def _get_backend(self):
+        backend = super()._get_backend()
+        backend.on_task_call = _not_subscribing
+        return backend
+
+
+def _not_subscribing(producer: Any, task_id: str) -> None:
+    pass
+
+
+class _Sent(AsyncResult):
+    """What `send_task` hands back here: nothing was subscribed for it, so nothing is cancelled when it goes."""
+
+    def __del__(self) -> None:
+        pass
+
+
 class TaskTransport:
     def __init__(self, app: Celery, *, timeout: float, waiter: Optional[ResultWaiter] = None) -> None:
         self.app = app
@@ -77,7 +100,7 @@ class TaskTransport:
 
     @classmethod
     def connect(cls, broker_url: str, result_backend: str, *, timeout: float) -> "TaskTransport":
-        app = Celery("athena-client", broker=broker_url, backend=result_backend, set_as_current=False)
+        app = _WaiterCelery("athena-client", broker=broker_url, backend=result_backend, set_as_current=False)
         app.conf.update(
             JSON_ONLY, **RESULT_RETRIES, broker_connection_retry_on_startup=True, task_publish_retry_policy=PUBLISH_RETRY_POLICY
         )
@@ -115,6 +138,7 @@ class TaskTransport:
             headers={ENQUEUED_AT_HEADER: time.time()},
             task_id=task_id,
             expires=expiry(task, deadline),
+            result_cls=_Sent,
         )
         return sent.id
 

@@ -61,7 +61,8 @@ def celery_config(settings: Settings) -> dict:
         # task events, not from stored results, and nothing else reads them.
         # No task_track_started: it writes a STARTED state to the result backend
         # before every task (and wakes the waiting client) on the interactive
-        # path; Flower and `health` see a task start from its task-started event.
+        # path; Flower and `health` see a task start from its task-started event
+        # (on the lanes that send one: config/registry.py, Lane.started_events).
         # athena.reason alone sets it on itself (tasks/reasoning.py): one write
         # against seconds of generation, and its caller times the run from it.
         "task_send_sent_event": True,

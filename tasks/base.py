@@ -75,6 +75,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TaskPredicate
 from celery.signals import task_revoked
+from celery.worker.request import Request
 from pydantic import BaseModel, ValidationError
 
 from athena_client.contract.errors import (
@@ -89,7 +90,7 @@ from athena_client.contract.errors import (
 from athena_client.contract.payloads import ServerTiming, TaskTiming
 from athena_client.contract.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
 from athena_client.contract.validation import parse
-from athena_inference.config.registry import Lane, lane_of
+from athena_inference.config.registry import LANES, Lane, lane_of
 from athena_inference.config.settings import env_name, get_settings
 from athena_inference.tasks import seams
 from athena_inference.workers.metrics import AddsSamples, AddsTotals, MetricsSink
@@ -168,6 +169,19 @@ def task_timing(model: str, server: Optional[ServerTiming] = None) -> TaskTiming
     return running_clock().finish(model, server)
 
 
+# Tasks whose lane sends no task-started event (config/registry.py: Lane.started_events).
+_QUIET_START = frozenset(task.value for lane in LANES if not lane.started_events for task in lane.tasks)
+
+
+class AthenaRequest(Request):
+    """A worker's request for one of our tasks: Celery's, less the events its lane does without."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-started" and self.name in _QUIET_START:
+            return
+        super().send_event(type, **fields)
+
+
 @dataclass
 class _Call:
     """One call of a task, as the base follows it from its start to its bookkeeping."""
@@ -192,6 +206,11 @@ class AthenaTask(Task):
     max_retries = None
     # Set on a stage of a multi-task job: the metrics kind the whole job is recorded under.
     job_kind: Optional[TaskName] = None
+    Request = AthenaRequest
+    # The result's repr in the task-succeeded event (Flower's "Result" column; Celery's
+    # default is 1024 characters): enough to show what came back, not 1 KB of a vector
+    # made, encoded, stored and decoded by the worker, Redis and Flower for every task.
+    resultrepr_maxsize = 200
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Not Task.__call__: it would push a request without the message's

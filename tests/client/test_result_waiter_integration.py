@@ -15,7 +15,10 @@ from celery import Celery, states
 
 from athena_client import result_waiter
 from athena_client.contract.errors import InvalidInput
+from athena_client.contract.payloads import EmbedRequest
+from athena_client.contract.routes import TaskName
 from athena_client.result_waiter import ResultWaiter, WaitTimedOut
+from athena_client.transport import TaskTransport
 from athena_inference.workers.ops.provision import redis_server_binary
 from tests.harness import free_port, wait_for
 
@@ -240,3 +243,29 @@ def test_a_task_that_never_starts_is_reported_after_the_time_given(waiter):
     assert not waiter.wait_started(ticket, timeout=0.4)
     assert time.monotonic() - began >= 0.4
     waiter.release(ticket)
+
+
+def pubsub_commands(server) -> int:
+    stats = server.client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("subscribe", "unsubscribe"))
+
+
+def test_the_transport_subscribes_once_per_call_through_the_waiter_not_also_through_celery(server):
+    # Celery's own result consumer subscribed to every sent task's channel as well, and
+    # unsubscribed when its AsyncResult went: two Redis commands a call for nothing.
+    url = f"redis://127.0.0.1:{server.port}"
+    transport = TaskTransport.connect(f"{url}/0", f"{url}/1", timeout=10)
+    try:
+        backend = transport.app.backend
+        before = pubsub_commands(server)
+        submitted = transport.submit(TaskName.EMBED, EmbedRequest(text="a lighthouse"))
+        assert server.client.llen("embeddings") == 1
+        assert pubsub_commands(server) == before
+        ticket = transport.waiter.expect(submitted)
+        wait_for(lambda: subscribers(backend, submitted) == 1, "the waiter's subscription", 10)
+        backend.mark_as_failure(submitted, InvalidInput("the worker refused it"))
+        with pytest.raises(InvalidInput, match="refused"):
+            transport._read(TaskName.EMBED, submitted, ticket, 10, keep=False)
+        assert subscribers(backend, submitted) == 0
+    finally:
+        transport.close()

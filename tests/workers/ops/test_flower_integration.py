@@ -283,3 +283,32 @@ def test_a_finished_task_shows_its_result_and_timing(flower, browser, sender):
     page = browser.page_source
     assert f"{result.timing.run_ms}"[:6] in page
     assert "embeddings@main" in page
+
+
+def flower_task(flower: str, task_id: str) -> dict:
+    seen: dict = {}
+
+    def finished() -> bool:
+        response = httpx.get(f"{flower}/api/task/info/{task_id}", auth=LOGIN, timeout=5)
+        seen.update(response.json() if response.status_code == 200 else {})
+        return seen.get("state") == "SUCCESS"
+
+    wait_for(finished, f"Flower seeing {task_id} done", 60)
+    return seen
+
+
+def test_an_embed_shows_in_flower_received_then_done_with_its_runtime_and_a_short_result(flower, seen_task):
+    # The embeddings lane sends no task-started event (config/registry.py: started_events).
+    shown = flower_task(flower, seen_task)
+    assert shown["name"] == TaskName.EMBED.value
+    assert shown["received"] and shown["succeeded"] and shown["runtime"] > 0
+    assert shown["started"] is None
+    assert "'embedding'" in shown["result"] or "'timing'" in shown["result"]
+    assert len(shown["result"]) < 300  # Celery's default would be over 1,000 characters of the vector
+
+
+def test_a_generation_still_shows_in_flower_when_it_started(flower, sender):
+    sent = sender.send(TaskName.REASON, ReasonRequest(prompt="Name a colour.", max_tokens=4))
+    sender.wait(TaskName.REASON, sent)
+    shown = flower_task(flower, sent.id)
+    assert shown["started"] is not None and shown["started"] >= shown["received"]
