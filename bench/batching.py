@@ -82,6 +82,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def role(args: str, env: dict[str, str]) -> str:
     """What a process of the stack is, from its command line."""
+    if "honcho" in args or args.startswith("/bin/sh -c "):
+        # Honcho's own processes name every process of the Procfile; the shells it starts name theirs.
+        return "up, honcho, wrappers"
     if "llama-server" in args:
         ports = {env[k].rsplit(":", 1)[1]: k for k in ("LLAMACPP_EMBEDDINGS_URL", "LLAMACPP_REASONING_URL", "ATHENA_EMBEDDINGS_BULK_URL")}
         port = args.split("--port", 1)[1].split()[0] if "--port" in args else ""

@@ -5,18 +5,22 @@ runs the bulk lane), sends it the same generated memories in batched requests
 and reports texts/s. The peer is what a user would write instead: the same
 all-MiniLM-L6-v2 checkpoint in torch, in this process, mean pooling over
 length-sorted batches of 64 (sentence-transformers' recipe), with the same
-thread count. Each server row carries its ratio to the peer on as many threads.
+thread count. Each server row carries its ratio to the peer on as many threads,
+and the mean and lowest cosine of its vectors to the peer's.
 
-Rows: the stack's default first (one thread, -b = -ub 512, one slot, 128
-texts a request, F16), then one knob changed per row: every core, as one
-server's threads or as one single-thread server per core; physical
-batch -b = -ub (256 .. 2048); slots (-np); request size; model file type
-(Q8_0, F32). The three thread rows run again with one core kept busy at nice 10
-(a busy loop pinned to the last CPU, as a generation on the reasoning
-server's core would be): the bulk server runs at nice 19, so that is what
-"takes only CPU nothing else wants" costs it.
+Rows: the stack's default first (one thread, -b = -ub 512, --parallel
+ATHENA_EMBEDDING_TEXTS_PER_PASS, 128 texts a request, the default model file,
+the best CPU kernels this build has here), then one knob changed per row:
+every core, as one server's threads or as one single-thread server per core;
+the CPU kernels (the AMX variant set aside, where the machine runs it);
+flash attention off; physical batch -b = -ub (256 .. 2048); texts read in one
+pass (-np); request size; model file type (F16, BF16, F32). The three thread
+rows run again with one core kept busy at nice 10 (a busy loop pinned to the
+last CPU, as a generation on the reasoning server's core would be): the bulk
+server runs at nice 19, so that is what "takes only CPU nothing else wants"
+costs it.
 
-    .venv/bin/python -m bench.bulk_lane [--texts 2000] [--only cores,busy] [--json out.json]
+    .venv/bin/python -m bench.bulk_lane [--texts 2000] [--only cores,kernels,busy] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,19 +37,24 @@ from pydantic import BaseModel
 
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops.local_stack import free_port, wait_for
-from athena_inference.workers.ops.provision import embedding_model_as, embedding_source_model, provision
+from athena_inference.workers.ops import cpu_variants
+from athena_inference.workers.ops.provision import EMBEDDING_OUTTYPE, embedding_model_as, embedding_source_model, provision
 
 from bench.direct import direct_texts_per_s
 from bench.reembed import memories
-from bench.torch_peer import CPUS, TorchPeer, mean_cosine
+from bench.torch_peer import CPUS, TorchPeer, cosines_to
 
 
 class Config(BaseModel):
     threads: int = 1
     ubatch: int = 512
-    slots: int = 1
+    # llama-server's --parallel: the texts it reads in one pass.
+    slots: int = load_settings().embedding_texts_per_pass
     request: int = 128
-    outtype: str = "f16"
+    outtype: str = EMBEDDING_OUTTYPE
+    # False: the AMX variant is set aside, so the server loads the AVX-512 one.
+    amx: bool = True
+    flash_attn: str = "auto"
     # Copies of the server, each on its own port with these settings, fed side by side.
     servers: int = 1
     busy_core: bool = False
@@ -57,7 +66,10 @@ class Config(BaseModel):
     def label(self) -> str:
         copies = f"{self.servers} servers of " if self.servers > 1 else ""
         busy = ", one core busy" if self.busy_core else ""
-        return f"{copies}-t {self.threads} -b/-ub {self.ubatch} -np {self.slots}, {self.request}/request, {self.outtype.upper()}{busy}"
+        kernels = "" if self.amx else ", AMX set aside"
+        attention = "" if self.flash_attn == "auto" else f", -fa {self.flash_attn}"
+        return (f"{copies}-t {self.threads} -b/-ub {self.ubatch} -np {self.slots}, {self.request}/request, "
+                f"{self.outtype.upper()}{kernels}{attention}{busy}")
 
 
 def sweep() -> list[tuple[str, Config]]:
@@ -65,10 +77,14 @@ def sweep() -> list[tuple[str, Config]]:
     base = Config()
     cores = [("cores", base), ("cores", base.model_copy(update={"threads": CPUS})), ("cores", base.model_copy(update={"servers": CPUS}))]
     rows = list(cores)
+    rows += [("kernels", base.model_copy(update={"amx": False})), ("kernels", base.model_copy(update={"amx": False, "servers": CPUS}))]
+    rows += [("attention", base.model_copy(update={"flash_attn": "off"}))]
     rows += [("batch", base.model_copy(update={"ubatch": ub})) for ub in (256, 1024, 2048)]
-    rows += [("slots", base.model_copy(update={"slots": np})) for np in (2, 4)]
+    rows += [("slots", base.model_copy(update={"slots": np})) for np in (1, 2, 8) if np != base.slots]
     rows += [("request", base.model_copy(update={"request": n})) for n in (32, 256)]
-    rows += [("file", base.model_copy(update={"outtype": t})) for t in ("q8_0", "f32")]
+    files = [t for t in ("q8_0", "f16", "bf16", "f32") if t != base.outtype]
+    rows += [("file", base.model_copy(update={"outtype": t})) for t in files]
+    rows += [("file", base.model_copy(update={"outtype": t, "amx": False})) for t in files[:1]]
     rows += [("busy", row.model_copy(update={"busy_core": True})) for _, row in cores]
     return rows
 
@@ -93,7 +109,7 @@ class LlamaUnderTest:
         argv = [
             "nice", "-n", "19", str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
             "-t", str(config.threads), "--embedding", "--pooling", "mean", "-np", str(config.slots),
-            "-b", str(config.ubatch), "-ub", str(config.ubatch), "-c", str(config.ubatch * config.slots),
+            "-b", str(config.ubatch), "-ub", str(config.ubatch), "-c", str(config.ubatch * config.slots), "-fa", config.flash_attn,
         ]
         self._log = log.open("w")
         self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
@@ -120,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--only", help="run only the rows of these knobs: cores,batch,slots,request,file,busy")
+    parser.add_argument("--only", help="run only the rows of these knobs: cores,kernels,attention,batch,slots,request,file,busy")
     args = parser.parse_args()
 
     settings = load_settings()
@@ -138,7 +154,11 @@ def main() -> None:
         if args.only and knob not in args.only.split(","):
             continue
         model = embedding_model_as(settings, config.outtype)
+        with_amx = cpu_variants.loaded_amx(binary.parent)
+        cpu_variants.fit_to_this_cpu(binary.parent, amx=with_amx and config.amx)
         servers = [LlamaUnderTest(binary, model, config, logs / f"bulk-lane-{i}.log") for i in range(config.servers)]
+        kernels = cpu_variants.loaded_variant(servers[0].popen.pid)
+        cpu_variants.fit_to_this_cpu(binary.parent, amx=with_amx)
         try:
             # With a core busy a server that yields can crawl: two minutes at most.
             with BusyCore() if config.busy_core else contextlib.nullcontext():
@@ -148,18 +168,21 @@ def main() -> None:
         finally:
             for server in servers:
                 server.stop()
+        cosines = cosines_to(vectors, reference[: len(vectors)]) if vectors else None
         rows.append({
-            "config": config.label() + (" (stopped after 120 s)" if stopped else ""), "texts_per_s": round(rate, 1),
+            "config": config.label() + (" (stopped after 120 s)" if stopped else ""), "kernels": kernels, "texts_per_s": round(rate, 1),
             "vs_torch_same_threads": round(rate / peers[config.threads_in_all], 2),
-            "cosine_to_torch": round(mean_cosine(vectors, reference[: len(vectors)]), 5) if vectors else None,
+            "cosine_to_torch": round(float(cosines.mean()), 5) if cosines is not None else None,
+            "lowest_cosine_to_torch": round(float(cosines.min()), 5) if cosines is not None else None,
         })
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{args.texts} memories of 8-60 words; {CPUS} CPUs ({_cpu_model()})")
     print("| torch in-process | " + " | ".join(f"{t} thread(s): {r:.0f} texts/s" for t, r in peers.items()) + " |\n")
-    print("| bulk llama-server | texts/s | vs torch on as many threads | mean cosine to torch |")
-    print("|---|---|---|---|")
+    print("| bulk llama-server | CPU kernels | texts/s | vs torch on as many threads | cosine to torch, mean (lowest) |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['config']} | {row['texts_per_s']:.0f} | {row['vs_torch_same_threads']:.2f}x | {row['cosine_to_torch']} |")
+        print(f"| {row['config']} | {row['kernels']} | {row['texts_per_s']:.0f} | {row['vs_torch_same_threads']:.2f}x "
+              f"| {row['cosine_to_torch']} ({row['lowest_cosine_to_torch']}) |")
     if args.json:
         args.json.write_text(json.dumps({"torch": peers, "rows": rows}, indent=2))
 

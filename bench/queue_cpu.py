@@ -1,17 +1,24 @@
 """The queue's CPU per embed, process by process, against a bare Celery task making the same HTTP call.
 
-    .venv/bin/python -m bench.queue_cpu [--embeds 300] [--json out.json]
+    .venv/bin/python -m bench.queue_cpu [--embeds 300] [--at-once 1] [--idle-s 5] [--json out.json]
 
 Starts the stack as `athena-inference up` does (its Redis, servers, one worker
 per queue, Flower, the exporter), on free ports, and beside it a bare Celery
 worker (`bench/bare_celery.py`: the same thread pool and concurrency, acks_late,
 no events) on other databases of the same Redis, in front of the same
-embeddings llama-server. Then, one at a time, `--embeds` distinct short
-memories go through `AthenaClient.embed`, and as many through the bare task
-(`delay(...).get()`), and every process's CPU time is added up over each run:
-the client (this process), the worker, Flower, redis-server, the model server,
-and the stack's idle processes. The figure that matters is the sum outside the
-model server, per embed, and its ratio to the bare task's.
+embeddings llama-server. Then `--embeds` distinct short memories go through
+`AthenaClient.embed`, and as many through the bare task (`delay(...).get()`),
+`--at-once` at a time (1: one after the other, the latency path; 32: a burst
+as Athena's `asyncio.gather` sends one), and every process's CPU time is added
+up over each run: the client (this process), the worker, Flower, redis-server,
+the model server, and the stack's idle processes.
+
+A process's CPU over a run includes what it spends with nothing to do
+(Flower's and the workers' timers and heartbeats). So before the runs each
+process's CPU is also read over `--idle-s` quiet seconds, and the tables give
+each figure twice: as measured, and less that idle rate over the run's length
+(what the embeds themselves cost). The figure that matters is the sum outside
+the model server, per embed, and its ratio to the bare task's.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from athena_client import AthenaClient
@@ -36,6 +44,7 @@ from bench.batching import EVENTS, SUBJECTS, TICKS, role
 from bench.output import emit
 
 MODEL = "embeddings llama-server"
+CLIENT = "client (this process)"
 
 
 def process_cpu(pids: set[int]) -> float:
@@ -50,7 +59,7 @@ def process_cpu(pids: set[int]) -> float:
 
 
 def cpu_by_role(up: UpStack, bare_pid: int) -> dict[str, float]:
-    seconds: dict[str, float] = {"client (this process)": time.process_time()}
+    seconds: dict[str, float] = {CLIENT: time.process_time()}
     for pid in descendants(up.popen.pid):
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -59,38 +68,79 @@ def cpu_by_role(up: UpStack, bare_pid: int) -> dict[str, float]:
         name = role(args, up.env)
         name = {"embeddings worker": "worker", "other workers (idle)": "the stack's idle processes",
                 "other llama-servers": "the stack's idle processes", "exporter": "the stack's idle processes",
-                "up, honcho, wrappers": "the stack's idle processes"}.get(name, name)
+                "up, honcho, wrappers": "honcho (relays every process's log lines)"}.get(name, name)
         seconds[name] = seconds.get(name, 0.0) + process_cpu({pid})
     seconds["worker (bare Celery)"] = process_cpu({bare_pid, *descendants(bare_pid)})
     return seconds
+
+
+def idle_rates(up: UpStack, bare_pid: int, seconds: float) -> dict[str, float]:
+    """CPU seconds per second of each role with nothing sent (this process sleeps, so it has none)."""
+    before = cpu_by_role(up, bare_pid)
+    time.sleep(seconds)
+    after = cpu_by_role(up, bare_pid)
+    rates = {name: max(0.0, after[name] - before.get(name, 0.0)) / seconds for name in after}
+    rates[CLIENT] = 0.0
+    return rates
+
+
+def settled_cpu(up: UpStack, bare_pid: int, idle: dict[str, float], step_s: float = 0.25, longest_s: float = 20.0) -> dict[str, float]:
+    """Every role's CPU once no process spends more than its idle rate (plus 2 ms) over a step."""
+    last = cpu_by_role(up, bare_pid)
+    deadline = time.monotonic() + longest_s
+    while time.monotonic() < deadline:
+        time.sleep(step_s)
+        now = cpu_by_role(up, bare_pid)
+        if all(now[name] - last.get(name, 0.0) <= idle.get(name, 0.0) * step_s + 0.002 for name in now if name != CLIENT):
+            return now
+        last = now
+    return last
 
 
 def texts(count: int, tag: str) -> list[str]:
     return [f"{SUBJECTS[i % len(SUBJECTS)]} {EVENTS[i % len(EVENTS)]} ({tag} memory {i})" for i in range(count)]
 
 
-def run(label: str, call, items: list[str], up: UpStack, bare_pid: int) -> dict:
-    before = cpu_by_role(up, bare_pid)
-    latencies = []
-    for text in items:
+def run(label: str, call, items: list[str], at_once: int, up: UpStack, bare_pid: int, idle: dict[str, float]) -> dict:
+    latencies: list[float] = []
+
+    def timed(text: str) -> None:
         started = time.perf_counter()
         call(text)
         latencies.append((time.perf_counter() - started) * 1000)
-    after = cpu_by_role(up, bare_pid)
-    per_embed = {name: (after[name] - before.get(name, 0.0)) * 1000 / len(items) for name in after}
-    outside = sum(ms for name, ms in per_embed.items() if name != MODEL)
-    print(f"[bench] {label}: {len(items)} embeds, p50 {statistics.median(latencies):.2f} ms, "
-          f"{outside:.2f} CPU-ms an embed outside the model server", flush=True)
-    return {"label": label, "p50_ms": statistics.median(latencies), "cpu_ms_per_embed": per_embed, "outside_model_ms": outside}
+
+    before, began = cpu_by_role(up, bare_pid), time.perf_counter()
+    if at_once == 1:
+        for text in items:
+            timed(text)
+    else:
+        with ThreadPoolExecutor(at_once) as pool:
+            for start in range(0, len(items), at_once):
+                list(pool.map(timed, items[start : start + at_once]))
+    latency_path_s = time.perf_counter() - began
+    # Flower reads the run's events on its own time: what it spends after the last result is the run's too.
+    after = settled_cpu(up, bare_pid, idle)
+    elapsed = time.perf_counter() - began
+    measured = {name: (after[name] - before.get(name, 0.0)) * 1000 / len(items) for name in after}
+    net = {name: max(0.0, ms - idle.get(name, 0.0) * elapsed * 1000 / len(items)) for name, ms in measured.items()}
+    outside = {kind: sum(ms for name, ms in figures.items() if name != MODEL) for kind, figures in (("measured", measured), ("net", net))}
+    print(f"[bench] {label}: {len(items)} embeds, {at_once} at a time, p50 {statistics.median(latencies):.2f} ms, "
+          f"{outside['measured']:.2f} CPU-ms an embed outside the model server ({outside['net']:.2f} less idle)", flush=True)
+    return {"label": label, "p50_ms": statistics.median(latencies), "seconds": latency_path_s, "cpu_ms_per_embed": measured,
+            "net_cpu_ms_per_embed": net, "outside_model_ms": outside["measured"], "net_outside_model_ms": outside["net"]}
 
 
-def report(athena: dict, bare: dict) -> str:
+def report(athena: dict, bare: dict, at_once: int) -> str:
     names = sorted(set(athena["cpu_ms_per_embed"]) | set(bare["cpu_ms_per_embed"]), key=lambda n: -athena["cpu_ms_per_embed"].get(n, 0.0))
-    lines = ["| process | athena.embed CPU-ms | bare Celery task CPU-ms |", "|---|---|---|"]
+    lines = [f"{at_once} at a time; CPU-ms per embed, as measured (less each process's idle CPU over the run)", "",
+             "| process | athena.embed | bare Celery task |", "|---|---|---|"]
     for name in names:
-        lines.append(f"| {name} | {athena['cpu_ms_per_embed'].get(name, 0.0):.2f} | {bare['cpu_ms_per_embed'].get(name, 0.0):.2f} |")
-    lines.append(f"| **outside the model server** | **{athena['outside_model_ms']:.2f}** | **{bare['outside_model_ms']:.2f}** |")
-    lines.append(f"\nratio outside the model server: {athena['outside_model_ms'] / bare['outside_model_ms']:.2f}x; "
+        cells = [f"{run['cpu_ms_per_embed'].get(name, 0.0):.2f} ({run['net_cpu_ms_per_embed'].get(name, 0.0):.2f})" for run in (athena, bare)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    lines.append(f"| **outside the model server** | **{athena['outside_model_ms']:.2f} ({athena['net_outside_model_ms']:.2f})** "
+                 f"| **{bare['outside_model_ms']:.2f} ({bare['net_outside_model_ms']:.2f})** |")
+    lines.append(f"\nratio outside the model server: {athena['outside_model_ms'] / bare['outside_model_ms']:.2f}x as measured, "
+                 f"{athena['net_outside_model_ms'] / bare['net_outside_model_ms']:.2f}x less idle; "
                  f"p50 {athena['p50_ms']:.2f} ms against {bare['p50_ms']:.2f} ms")
     return "\n".join(lines)
 
@@ -98,6 +148,8 @@ def report(athena: dict, bare: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embeds", type=int, default=300)
+    parser.add_argument("--at-once", type=int, default=1)
+    parser.add_argument("--idle-s", type=float, default=5.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     provision(load_settings())
@@ -123,9 +175,11 @@ def main() -> int:
             for text in texts(20, "warm-up"):
                 client.embed(text)
                 bare_celery.embed.delay(text).get(timeout=60)
-            athena = run("athena.embed", client.embed, texts(args.embeds, "athena"), up, bare.pid)
-            peer = run("bare Celery task", lambda text: bare_celery.embed.delay(text).get(timeout=60), texts(args.embeds, "bare"), up, bare.pid)
-        emit("\n" + report(athena, peer), {"athena": athena, "bare": peer}, args.json)
+            idle = idle_rates(up, bare.pid, args.idle_s)
+            athena = run("athena.embed", client.embed, texts(args.embeds, "athena"), args.at_once, up, bare.pid, idle)
+            peer = run("bare Celery task", lambda text: bare_celery.embed.delay(text).get(timeout=60), texts(args.embeds, "bare"),
+                       args.at_once, up, bare.pid, idle)
+        emit("\n" + report(athena, peer, args.at_once), {"athena": athena, "bare": peer, "idle_cpu_s_per_s": idle}, args.json)
     finally:
         if bare is not None:
             bare.terminate()

@@ -45,10 +45,11 @@ class TorchPeer:
             return torch.nn.functional.normalize(pooled, dim=1).tolist()
 
 
-def mean_cosine(a: list[list[float]], b: list[list[float]]) -> float:
+def cosines_to(a: list[list[float]], b: list[list[float]]):
+    """The cosine between each vector of `a` and the vector of `b` in the same place."""
     import numpy as np
 
     x, y = np.asarray(a), np.asarray(b)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y /= np.linalg.norm(y, axis=1, keepdims=True)
-    return float((x * y).sum(1).mean())
+    return (x * y).sum(1)

@@ -14,7 +14,6 @@ raises its `athena_client.contract.errors` class.
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel
@@ -204,8 +203,8 @@ class AthenaClient:
         )
         request = parse(ReasonRequest, fields)
         wait = self.timeout if timeout is None else timeout
-        task_id = str(uuid.uuid4())
-        ticket = self.transport.waiter.expect(task_id)
+        task_id = self.transport.waiter.task_id()
+        ticket = self.transport.waiter.expect(task_id, not_sent_yet=True)
         try:
             self.transport.submit(TaskName.REASON, request, task_id=task_id, deadline=waited_deadline(TaskName.REASON, deadline, wait))
         except BaseException:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
@@ -20,6 +19,7 @@ from pydantic import BaseModel
 
 from athena_client.contract.errors import AthenaError, Cancelled, Expired, InvalidInput, ServerTimeout
 from athena_client.contract.routes import ENQUEUED_AT_HEADER, RESULT_TYPES, ROUTES, TaskName, queue_for
+from athena_client.contract.vectors import WIRE
 from athena_client.result_forgetter import ResultForgetter
 from athena_client.result_waiter import ResultWaiter, Ticket, WaitTimedOut
 from athena_client.shared_redis.celery_options import JSON_ONLY, PUBLISH_RETRY_POLICY, RESULT_RETRIES
@@ -133,7 +133,9 @@ class TaskTransport:
         none; by default the kind's own (`routes.ROUTES`)."""
         sent = self.app.send_task(
             task.value,
-            kwargs=request.model_dump(mode="json") if request is not None else {},
+            # The fields the caller gave, not the contract's defaults, which the worker
+            # fills in again: a smaller message to encode, store, decode and show in Flower.
+            kwargs=request.model_dump(mode="json", exclude_defaults=True, context=WIRE) if request is not None else {},
             queue=queue or queue_for(task.value).value,
             headers={ENQUEUED_AT_HEADER: time.time()},
             task_id=task_id,
@@ -167,8 +169,8 @@ class TaskTransport:
         wait = self.timeout if timeout is None else timeout
         deadline = waited_deadline(task, deadline, wait)
         # Listening starts before the task is sent: its result, however fast, finds a subscriber.
-        task_id = str(uuid.uuid4())
-        ticket = self.waiter.expect(task_id)
+        task_id = self.waiter.task_id()
+        ticket = self.waiter.expect(task_id, not_sent_yet=True)
         try:
             self.submit(task, request, task_id=task_id, deadline=deadline)
         except BaseException:

@@ -59,6 +59,11 @@ class Lane(BaseModel):
     # tasks take milliseconds does without: Flower shows them received, then done, with
     # their runtime, and is spared a third of the events it decodes (bench/queue_cpu.py).
     started_events: bool = True
+    # Its worker's log level. INFO logs two lines a task ("received", "succeeded" with
+    # the result's start): on a lane of millisecond tasks those lines, and `up`'s relaying
+    # of them, cost more CPU than the task's own bookkeeping (bench/queue_cpu.py), and
+    # Flower shows the same. Failures and retries are warnings, logged on every lane.
+    worker_loglevel: Literal["INFO", "WARNING"] = "INFO"
 
     @property
     def tasks(self) -> tuple[TaskName, ...]:
@@ -113,6 +118,7 @@ LANES: tuple[Lane, ...] = (
         time_limit="embed_time_limit_s",
         pool_setting="embeddings_pool",
         started_events=False,
+        worker_loglevel="WARNING",
     ),
     Lane(
         queue=Queue.REASONING,

@@ -108,19 +108,31 @@ class _Settings(BaseSettings):
     # Longest text, in tokens, one embedding input may have: the server runs with
     # -b = -ub = this, and a longer text is refused with InputTooLong.
     embedding_max_tokens: int = Field(512, ge=8, le=131072)
+    # Texts an embedding llama-server reads in one pass: its --parallel is this, or its
+    # slots where those are more, so the texts of one request are embedded together
+    # instead of one after another. Four read 1.5 to 2 times as many texts a second as
+    # one; eight or more read fewer, each pass's attention spanning all of its texts
+    # (docs/performance.md, bench/bulk_lane.py).
+    embedding_texts_per_pass: int = Field(4, ge=1, le=64)
     # Context per reasoning slot.
     reasoning_ctx: int = Field(4096, ge=256, le=1048576)
 
     # --- embedded default stack ---
     llama_server_bin: Optional[Path] = None
     # Runtime CPU dispatch: one build carries a CPU library per instruction-set level
-    # (AVX2, AVX-512 with VNNI/BF16, ...), and llama-server loads the best one this CPU
-    # has. llama.cpp's native build (GGML_NATIVE=ON) instead dies with "Illegal
+    # (AVX2, AVX-512 with VNNI/BF16, AMX, ...), and llama-server loads the best one this
+    # CPU has. llama.cpp's native build (GGML_NATIVE=ON) instead dies with "Illegal
     # instruction" on VMs whose CPUs advertise AMX the hypervisor does not allow; here
     # the AMX variant is set aside on such a machine, and wherever this build's AMX kernels
     # crash on a quantised model (workers/ops/cpu_variants.py).
+    # No dead-store elimination: GCC 12's `_tile_loadconfig` tells the compiler it reads
+    # 8 bytes of the 64-byte tile configuration, so GCC drops the stores of every tile's
+    # rows and columns, and the AMX kernels die of SIGILL at their first tile load
+    # (docs/troubleshooting.md). Kept, the AMX kernels embed about twice as fast as the
+    # AVX-512 ones on a quantised model (docs/performance.md).
     llama_cmake_args: str = (
         "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON "
+        "'-DCMAKE_C_FLAGS=-fno-dse -fno-tree-dse' '-DCMAKE_CXX_FLAGS=-fno-dse -fno-tree-dse' "
         "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF"
     )
     cache_dir: Path = Path("~/.cache/athena-inference").expanduser()
@@ -176,6 +188,9 @@ class _Settings(BaseSettings):
     # The metrics store. Default: the result backend's Redis, database 2 (beside the caches, apart from the broker).
     metrics_url: Optional[str] = None
     metrics_window: int = Field(10000, ge=10, le=1_000_000)
+    # How long a worker process holds its calls' figures before writing them to the
+    # metrics store together (workers/metrics.py: MetricsBuffer); 0 writes each call at once.
+    metrics_flush_s: float = Field(0.25, ge=0, le=60)
     # A waiting caller reads its result within milliseconds and the client then
     # deletes it; an hour is for fire-and-forget callers that fetch later.
     result_expires_s: int = Field(3600, ge=60)

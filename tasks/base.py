@@ -90,6 +90,7 @@ from athena_client.contract.errors import (
 from athena_client.contract.payloads import ServerTiming, TaskTiming
 from athena_client.contract.routes import ENQUEUED_AT_HEADER, TASK_QUEUES, TaskName
 from athena_client.contract.validation import parse
+from athena_client.contract.vectors import WIRE
 from athena_inference.config.registry import LANES, Lane, lane_of
 from athena_inference.config.settings import env_name, get_settings
 from athena_inference.tasks import seams
@@ -208,8 +209,9 @@ class AthenaTask(Task):
     job_kind: Optional[TaskName] = None
     Request = AthenaRequest
     # The result's repr in the task-succeeded event (Flower's "Result" column; Celery's
-    # default is 1024 characters): enough to show what came back, not 1 KB of a vector
-    # made, encoded, stored and decoded by the worker, Redis and Flower for every task.
+    # default is 1024 characters): the timing, which the stored result carries first
+    # (`stored_form`), not 1 KB of a vector made, encoded, stored and decoded by the
+    # worker, Redis and Flower for every task.
     resultrepr_maxsize = 200
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -225,7 +227,7 @@ class AthenaTask(Task):
             call.request = self._validate(args, kwargs)
             call.result = self.run(call.request)
             call.outcome = Outcome.SUCCESS
-            return call.result.model_dump(mode="json")
+            return stored_form(call.result)
         except BaseException as exc:
             call.outcome, call.raised = self._settle(exc, call.clock)
             if call.raised is exc:
@@ -365,6 +367,25 @@ class AthenaTask(Task):
                 sink.record(self.job_kind.value, ok=call.outcome is Outcome.SUCCESS, latency_ms=(time.time() - started) * 1000)
         except Exception:  # noqa: BLE001 - see above
             log.warning("could not record metrics for %s", self.name, exc_info=True)
+
+
+# What an operator reads first in Flower's result column, which is cut at `resultrepr_maxsize`.
+_TIMING_FIRST = ("queue_wait_ms", "run_ms", "server")
+
+
+def stored_form(result: BaseModel) -> dict[str, Any]:
+    """The result as Celery stores it and Flower shows it: JSON-ready, its vectors in
+    the wire's compact form (client/contract/vectors.py), with the timing first and the
+    durations first within it. Flower's result column is the
+    start of this dict's repr, and that start should be the queue wait, run time and
+    server figures, not the first numbers of a vector. (The client reads the fields
+    by name, so their order is for the reader alone.)"""
+    dumped = result.model_dump(mode="json", context=WIRE)
+    timing = dumped.pop("timing", None)
+    if not isinstance(timing, dict):
+        return dumped if timing is None else {"timing": timing, **dumped}
+    first = {key: timing[key] for key in _TIMING_FIRST if key in timing}
+    return {"timing": first | timing, **dumped}
 
 
 def map_foreign_error(task: str, exc: Exception, *, soft_time_limit: Optional[float] = None) -> AthenaError:

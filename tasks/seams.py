@@ -16,7 +16,7 @@ from typing import Optional
 import httpx
 import redis
 from billiard.process import current_process
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 from athena_client.contract.routes import Queue
 from athena_client.shared_redis.cancel_requests import CancelRequests
@@ -34,7 +34,7 @@ from athena_inference.workers.generation_watch import GenerationWatch
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.server_pool import ServerPool
-from athena_inference.workers.metrics import MetricsStore
+from athena_inference.workers.metrics import MetricsBuffer, MetricsSink, MetricsStore
 
 # httpx logs every request at INFO, which would bury the worker's own log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 _pools: dict[Queue, ServerPool] = {}
 _embedders: dict[tuple[Queue, bool], Embedder] = {}
-_metrics: Optional[MetricsStore] = None
+_metrics: Optional[MetricsSink] = None
 _compressor: Optional[Compressor] = None
 _compressor_loaded = threading.Event()
 _compressor_lock = threading.Lock()
@@ -173,12 +173,13 @@ def embedder(queue: Queue, *, coalesced: bool = False) -> Embedder:
         return _embedders[key]
 
 
-def metrics() -> MetricsStore:
+def metrics() -> MetricsSink:
     global _metrics
     with _making:
         if _metrics is None:
             settings = get_settings()
-            _metrics = MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window)
+            store = MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window)
+            _metrics = MetricsBuffer(store, flush_s=settings.metrics_flush_s)
         return _metrics
 
 
@@ -232,9 +233,9 @@ def use_llama(queue: Queue, *servers: LlamaServer) -> None:
     _embedders.clear()
 
 
-def use_metrics(store: MetricsStore) -> None:
+def use_metrics(sink: MetricsSink) -> None:
     global _metrics
-    _metrics = store
+    _metrics = sink
 
 
 def reset() -> None:
@@ -245,6 +246,8 @@ def reset() -> None:
         pool.close()
     _pools.clear()
     _embedders.clear()
+    if isinstance(_metrics, MetricsBuffer):
+        _metrics.close()
     _metrics = None
     _compressor = None
     _compression_cache = None
@@ -267,3 +270,10 @@ def _load_at_start(**_):
 @worker_process_shutdown.connect
 def _close(**_):
     reset()
+
+
+@worker_shutdown.connect
+def _write_held_metrics(**_):
+    # A threads pool runs its tasks in the main process, which no worker_process_shutdown reaches.
+    if isinstance(_metrics, MetricsBuffer):
+        _metrics.flush()

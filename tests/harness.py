@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from athena_inference.workers.ops.local_stack import (  # noqa: F401 - the names tests import from here
     ALL_QUEUES,
@@ -108,3 +108,16 @@ def pgvector_server(data_dir: Path) -> Iterator[str]:
         yield dsn
     finally:
         server.cleanup()
+
+
+def recorded(reader, kind: str, done: Callable[[Any], bool], timeout: float = 10.0):
+    """A kind's figures once `done(stats)` holds: the workers write theirs a moment
+    after each call (ATHENA_METRICS_FLUSH_S), never as part of it."""
+    latest: list = []
+
+    def check() -> bool:
+        latest[:] = [reader.stats(kind)]
+        return done(latest[0])
+
+    wait_for(check, f"the metrics of {kind}", timeout)
+    return latest[0]

@@ -5,6 +5,7 @@
     compression_cache.py  its answers, cached in Redis
     metrics.py            per-kind call metrics in Redis
     broker.py             queue depth, on Redis or RabbitMQ
+    task_events.py        Flower's task events, sent a batch at a time
 
 Two rooms of their own sit below: `reembedding/` (the job runner with its
 stores, lane and lease) and `ops/` (the operator's commands).

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Dict, List, Optional
 
@@ -315,7 +314,7 @@ class LocalLLMClient:
         """`_generate` awaited. An awaitable Athena cancels (`asyncio.Task.cancel`,
         `wait_for` timing out) cancels its task too: queued, it never runs;
         running, its generation stops at the server, and the slot goes to the next."""
-        task_id = str(uuid.uuid4())
+        task_id = self._client.transport.waiter.task_id()
         try:
             return await in_client_thread(self._generate, request, task_id)
         except asyncio.CancelledError:
@@ -334,7 +333,7 @@ class LocalLLMClient:
         `generation_timeout` for its answer. Blocking; runs in a client thread."""
         client = self._client
         waiter = client.transport.waiter
-        ticket = waiter.expect(task_id)
+        ticket = waiter.expect(task_id, not_sent_yet=True)
         try:
             client.transport.submit(TaskName.REASON, request, task_id=task_id)
         except BaseException:

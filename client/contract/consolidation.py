@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from athena_client.contract.limits import DEFAULT_LIMITS, capped
 from athena_client.contract.payloads import NonBlankText, ShortText, TaskTiming, VectorOrigin
+from athena_client.contract.vectors import Vector
 
 # A cluster is what a consolidation pass looks at together; more than this is a
 # batch job, not a cluster, and is refused rather than silently cut.
@@ -123,7 +124,7 @@ class Pattern(BaseModel):
     evidence: Annotated[list[ShortText], capped("list_items")] = Field(default_factory=list)
     source_events: Annotated[list[ShortText], Field(min_length=1), capped("events")]
     # Filled when the caller asked for embedded patterns.
-    embedding: Optional[list[float]] = None
+    embedding: Optional[Vector] = None
 
     def athena_dict(self, events_by_id: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Athena's Pattern shape: `evidence` as one string, and `source_events` as the

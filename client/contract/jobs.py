@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from athena_client.contract.limits import DEFAULT_LIMITS, capped
 from athena_client.contract.payloads import EmbedDimensions, EmbedPurpose, LongTextPolicy, ShortText, VectorNote, VectorOrigin, _Timed
+from athena_client.contract.vectors import Vector
 
 # A SQL identifier we are willing to quote into DDL: plain lower-case names only.
 SqlName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
@@ -234,7 +235,7 @@ class EmbedBulkResult(VectorOrigin, _Timed):
     """`embeddings[i]` is None exactly when `errors[i]` says why text i got no vector."""
 
     # `timing` comes first (its base is last), so that Flower's shortened view of the result still shows it.
-    embeddings: list[Optional[list[float]]]
+    embeddings: list[Optional[Vector]]
     errors: list[Optional[ItemError]]
     # notes[i] says how vector i was made when not from the whole text; empty when every one was.
     notes: list[Optional[VectorNote]] = []

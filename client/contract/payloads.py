@@ -16,6 +16,7 @@ import json
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from athena_client.contract.limits import DEFAULT_LIMITS, capped
+from athena_client.contract.vectors import Vector
 
 # A batch bigger than this is a bulk job, which belongs to the re-embed runner.
 MAX_BATCH_TEXTS = DEFAULT_LIMITS.batch_texts
@@ -251,7 +252,7 @@ class VectorOrigin(BaseModel):
 
 
 class EmbeddingResult(VectorOrigin, _Timed):
-    embedding: list[float]
+    embedding: Vector
     note: Optional[VectorNote] = None
 
     def metric_samples(self) -> dict[str, float]:
@@ -259,7 +260,7 @@ class EmbeddingResult(VectorOrigin, _Timed):
 
 
 class EmbeddingBatchResult(VectorOrigin, _Timed):
-    embeddings: list[list[float]]
+    embeddings: list[Vector]
     # notes[i] says how vector i was made when not from the whole text; empty when every one was.
     notes: list[Optional[VectorNote]] = []
 

@@ -229,6 +229,14 @@ def _after(raw: dict[str, Any], baseline: Optional[dict[str, float]]) -> dict[st
     }
 
 
+def _summed(parts) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for part in parts:
+        for name, amount in part.items():
+            sums[name] = sums.get(name, 0.0) + amount
+    return sums
+
+
 def with_database(url: str, database: int) -> str:
     """A redis:// URL with its database number replaced."""
     parts = urlsplit(url)
@@ -237,6 +245,25 @@ def with_database(url: str, database: int) -> str:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class CallRecord(BaseModel):
+    """One call of a kind, as it is recorded: its outcome and latency, and on success its
+    tokens, its rate and the kind's own sums and samples. A failure may be a call whose
+    deadline passed before it started (`expired`) or one a caller cancelled (`cancelled`)."""
+
+    kind: str
+    ok: bool
+    latency_ms: float
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    tokens_per_second: Optional[float] = None
+    totals: dict[str, float] = {}
+    samples: dict[str, float] = {}
+    # When it ended (epoch seconds).
+    at: float
+    expired: bool = False
+    cancelled: bool = False
 
 
 class MetricsStore(MetricsReader):
@@ -257,45 +284,73 @@ class MetricsStore(MetricsReader):
         expired: bool = False,
         cancelled: bool = False,
     ) -> None:
-        at = time.time() if at is None else at
-        counters = self._key(kind)
+        self.record_many([
+            CallRecord(
+                kind=kind, ok=ok, latency_ms=latency_ms, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                tokens_per_second=tokens_per_second, totals=totals or {}, samples=samples or {},
+                at=time.time() if at is None else at, expired=expired, cancelled=cancelled,
+            )
+        ])
+
+    def record_many(self, calls: Sequence[CallRecord]) -> None:
+        """Calls of any kinds, oldest first, in one round trip: the same figures as
+        recording each alone, each counter raised once by their sum."""
+        if not calls:
+            return
+        by_kind: dict[str, list[CallRecord]] = {}
+        for call in calls:
+            by_kind.setdefault(call.kind, []).append(call)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.sadd(self._key("kinds"), kind)
-        pipe.hincrby(counters, "count", 1)
-        pipe.hsetnx(counters, "first_at", at)
-        pipe.hset(counters, "last_at", at)
-        if ok:
-            pipe.hincrby(counters, "success", 1)
-            pipe.hincrby(counters, "prompt_tokens", prompt_tokens)
-            pipe.hincrby(counters, "output_tokens", output_tokens)
-            for name, amount in (totals or {}).items():
-                pipe.hincrbyfloat(counters, f"total:{name}", amount)
-            bound = next((b for b in LATENCY_BUCKETS_MS if latency_ms <= b), math.inf)
-            pipe.hincrby(self._key(kind, "histogram"), str(bound), 1)
-            pipe.hincrbyfloat(counters, "latency_sum_ms", latency_ms)
-            self._push(pipe, self._key(kind, "latency"), latency_ms)
-            if tokens_per_second is not None:
-                self._push(pipe, self._key(kind, "tps"), tokens_per_second)
-            for name, value in (samples or {}).items():
-                pipe.sadd(self._key(kind, "samples"), name)
-                self._push(pipe, self._key(kind, f"sample:{name}"), value)
-        else:
-            pipe.hincrby(counters, "failures", 1)
-            if expired:
-                pipe.hincrby(counters, "expired", 1)
-            if cancelled:
-                pipe.hincrby(counters, "cancelled", 1)
+        pipe.sadd(self._key("kinds"), *by_kind)
+        for kind, kind_calls in by_kind.items():
+            self._add(pipe, kind, kind_calls)
         pipe.execute()
+
+    def _add(self, pipe, kind: str, calls: list[CallRecord]) -> None:
+        counters = self._key(kind)
+        pipe.hincrby(counters, "count", len(calls))
+        pipe.hsetnx(counters, "first_at", min(call.at for call in calls))
+        pipe.hset(counters, "last_at", max(call.at for call in calls))
+        ok = [call for call in calls if call.ok]
+        if ok:
+            pipe.hincrby(counters, "success", len(ok))
+            pipe.hincrby(counters, "prompt_tokens", sum(call.prompt_tokens for call in ok))
+            pipe.hincrby(counters, "output_tokens", sum(call.output_tokens for call in ok))
+            for name, amount in _summed(call.totals for call in ok).items():
+                pipe.hincrbyfloat(counters, f"total:{name}", amount)
+            buckets: dict[float, int] = {}
+            for call in ok:
+                bound = next((b for b in LATENCY_BUCKETS_MS if call.latency_ms <= b), math.inf)
+                buckets[bound] = buckets.get(bound, 0) + 1
+            for bound, count in buckets.items():
+                pipe.hincrby(self._key(kind, "histogram"), str(bound), count)
+            pipe.hincrbyfloat(counters, "latency_sum_ms", sum(call.latency_ms for call in ok))
+            self._push(pipe, self._key(kind, "latency"), [call.latency_ms for call in ok])
+            rates = [call.tokens_per_second for call in ok if call.tokens_per_second is not None]
+            if rates:
+                self._push(pipe, self._key(kind, "tps"), rates)
+            names = list(dict.fromkeys(name for call in ok for name in call.samples))
+            for name in names:
+                pipe.sadd(self._key(kind, "samples"), name)
+                self._push(pipe, self._key(kind, f"sample:{name}"), [call.samples[name] for call in ok if name in call.samples])
+        failed = [call for call in calls if not call.ok]
+        if failed:
+            pipe.hincrby(counters, "failures", len(failed))
+            if expired := sum(call.expired for call in failed):
+                pipe.hincrby(counters, "expired", expired)
+            if cancelled := sum(call.cancelled for call in failed):
+                pipe.hincrby(counters, "cancelled", cancelled)
 
     def sample(self, kind: str, name: str, value: float) -> None:
         """One value of a kind's sample, apart from a call's record (a stage measuring part of its work)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.sadd(self._key(kind, "samples"), name)
-        self._push(pipe, self._key(kind, f"sample:{name}"), value)
+        self._push(pipe, self._key(kind, f"sample:{name}"), [value])
         pipe.execute()
 
-    def _push(self, pipe, key: str, value: float) -> None:
-        pipe.lpush(key, value)
+    def _push(self, pipe, key: str, values: list[float]) -> None:
+        """Oldest first: the window keeps the newest at its head."""
+        pipe.lpush(key, *values)
         pipe.ltrim(key, 0, self._window - 1)
 
     def reset(self, kinds: Optional[list[str]] = None) -> None:

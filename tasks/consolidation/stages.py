@@ -27,6 +27,7 @@ from athena_client.contract.errors import InvalidInput
 from athena_client.contract.limits import capped
 from athena_client.contract.payloads import NonBlankText, ShortText, VectorOrigin
 from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName
+from athena_client.contract.vectors import WIRE
 from athena_inference.config.celery import app
 from athena_inference.config.settings import get_settings
 from athena_inference.tasks import compression_gate, seams
@@ -77,7 +78,7 @@ def hand_on(task: Task, state: ConsolidationState, stage: Stage, gate: Optional[
     if state.remaining:
         following = state.model_copy(update={"remaining": state.remaining[1:]})
         # Raises Ignore: this task ends here, and its id lives on in the next stage.
-        task.replace(app.signature(state.remaining[0].value, kwargs=following.model_dump(mode="json")))
+        task.replace(app.signature(state.remaining[0].value, kwargs=following.model_dump(mode="json", context=WIRE)))
     return ConsolidationResult(
         patterns=state.patterns,
         dropped_event_ids=state.dropped_event_ids,

@@ -27,7 +27,7 @@ from athena_client.sender import TaskSender
 from athena_client.shared_redis.metrics import MetricsReader
 from athena_inference.config.settings import load_settings
 from athena_inference.workers.ops import processes
-from tests.harness import endless_generation, wait_for
+from tests.harness import endless_generation, recorded, wait_for
 
 # The bound: from the cancel call to the slot seen free.
 SLOT_FREE_WITHIN_S = 0.25
@@ -98,8 +98,8 @@ def test_a_running_generation_cancelled_frees_its_slot_within_250_ms_and_stops_d
         client.result(TaskName.REASON, task_id, timeout=30)
     # The freed slot serves the next generation.
     assert client.call(TaskName.REASON, ReasonRequest(prompt="Say hello.", max_tokens=4), timeout=60).text
-    stats = MetricsReader.from_url(reasoning.env["ATHENA_METRICS_URL"]).stats(TaskName.REASON.value)
-    assert stats.cancelled >= 1 and stats.success >= 1
+    recorded(MetricsReader.from_url(reasoning.env["ATHENA_METRICS_URL"]), TaskName.REASON.value,
+             lambda stats: stats.cancelled >= 1 and stats.success >= 1)
 
 
 def test_a_generation_queued_behind_a_running_one_is_cancelled_unrun(reasoning):
@@ -132,7 +132,7 @@ def test_a_task_cancelled_while_no_worker_was_up_does_not_run_when_one_starts(st
         with pytest.raises(Cancelled, match="cancelled before it started"):
             client.result(TaskName.EMBED, task_id, timeout=60)
         assert prompt_tokens_served(server) == served
-        stats = MetricsReader.from_url(env["ATHENA_METRICS_URL"]).stats(TaskName.EMBED.value)
+        stats = recorded(MetricsReader.from_url(env["ATHENA_METRICS_URL"]), TaskName.EMBED.value, lambda stats: stats.count >= 1)
         assert (stats.failures, stats.cancelled) == (1, 1)
         worker.stop()
     finally:

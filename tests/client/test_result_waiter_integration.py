@@ -142,9 +142,65 @@ def test_two_waiters_on_one_task_both_get_it(backend, waiter):
         assert [m["result"] for m in pool.map(lambda t: waiter.wait(t, timeout=5), tickets)] == ["shared", "shared"]
 
 
-def wait_in_background(waiter: ResultWaiter, task_id: str) -> tuple[threading.Thread, dict]:
+def key_commands(server) -> dict[str, int]:
+    stats = server.client.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("subscribe", "unsubscribe", "get")}
+
+
+def test_the_tasks_this_process_sends_are_heard_through_one_pattern_without_a_command_each(server, backend, waiter):
+    first = waiter.task_id()
+    threading.Timer(0.1, backend.store_result, (first, "first", states.SUCCESS)).start()
+    assert waiter.wait(waiter.expect(first, not_sent_yet=True), timeout=5)["result"] == "first"
+    before = key_commands(server)
+    ids = [waiter.task_id() for _ in range(50)]
+    tickets = [waiter.expect(task_id, not_sent_yet=True) for task_id in ids]
+    for i, task_id in enumerate(ids):
+        backend.store_result(task_id, i, states.SUCCESS)
+    assert [waiter.wait(ticket, timeout=5)["result"] for ticket in tickets] == list(range(50))
+    after = key_commands(server)
+    assert (after["subscribe"], after["unsubscribe"]) == (before["subscribe"], before["unsubscribe"])
+    # Celery's backend reads each key once before storing it; the waiter read none.
+    assert after["get"] - before["get"] == 50
+    prefix = "-".join(ids[0].split("-")[:2]) + "-"
+    assert prefix.startswith("athena-") and all(task_id.startswith(prefix) for task_id in ids)
+
+
+def test_an_own_id_whose_result_came_before_the_wait_is_read_from_its_key(backend, waiter):
+    # Fire and forget, fetched later: the result was published while nobody waited for it.
+    waiter.release(waiter.expect(new_id()))
+    task_id = waiter.task_id()
+    backend.store_result(task_id, "stored first", states.SUCCESS)
+    assert waiter.wait(waiter.expect(task_id), timeout=5)["result"] == "stored first"
+
+
+def test_an_own_result_published_while_the_waiter_was_cut_off_is_read_after_redis_restarts(server, backend, waiter):
+    task_id = waiter.task_id()
+    waiting, outcome = wait_in_background(waiter, task_id, not_sent_yet=True)
+    time.sleep(0.3)
+    backend.client.set(backend.get_key_for_task(task_id), backend.encode(
+        {"status": states.SUCCESS, "result": "kept", "traceback": None, "children": [], "task_id": task_id}))
+    server.restart_with_data(down_s=1.5)
+    waiting.join(30)
+    assert outcome["meta"]["result"] == "kept"
+
+
+def test_a_forked_child_gets_ids_of_its_own(waiter):
+    import os
+
+    reader, writer = os.pipe()
+    parent_id = waiter.task_id()
+    child = os.fork()
+    if child == 0:
+        os.write(writer, waiter.task_id().encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    child_id = os.read(reader, 200).decode()
+    assert child_id.split("-")[1] != parent_id.split("-")[1]
+
+
+def wait_in_background(waiter: ResultWaiter, task_id: str, *, not_sent_yet: bool = False) -> tuple[threading.Thread, dict]:
     """A thread waiting on `task_id`'s result, and where its meta lands."""
-    ticket = waiter.expect(task_id)
+    ticket = waiter.expect(task_id, not_sent_yet=not_sent_yet)
     outcome: dict = {}
     waiting = threading.Thread(target=lambda: outcome.update(meta=waiter.wait(ticket, timeout=60)))
     waiting.start()

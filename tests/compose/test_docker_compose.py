@@ -31,8 +31,8 @@ NOMIC = "nomic-embed-text-v1.5"
 # The context nomic's GGUF is served with when llama.cpp is given no RoPE scaling
 # flags (its model card: 2048 by default, 8192 with YaRN scaling).
 NOMIC_GGUF_CONTEXT = 2048
-# The flags that decide what a server accepts: slots, batch sizes, context, pooling.
-SHAPE_FLAGS = ("-np", "-b", "-ub", "-c", "--pooling")
+# The flags that decide what a server accepts (slots, batch sizes, context, pooling) and what it logs.
+SHAPE_FLAGS = ("-np", "-b", "-ub", "-c", "--pooling", "--log-verbosity")
 LLAMA_CPP_IMAGE = re.compile(r"ghcr\.io/ggml-org/llama\.cpp:server(?P<cuda>-cuda)?-b(?P<build>\d+)")
 
 
@@ -85,7 +85,8 @@ def test_a_worker_waits_for_its_healthy_server_at_the_address_it_listens_on(comp
     port = flag(server["command"], "--port")
     assert worker["environment"][URL_SETTING[queue]] == f"http://{SERVER_OF[queue]}:{port}"
     assert server["healthcheck"]["test"] == ["CMD", "curl", "-fsS", f"http://localhost:{port}/health"]
-    assert worker["environment"][SLOTS_SETTING[queue]] == flag(server["command"], "-np")
+    # The worker never has more requests out than the server has slots: the backlog waits in the broker.
+    assert int(worker["environment"][SLOTS_SETTING[queue]]) <= int(flag(server["command"], "-np"))
 
 
 def test_servers_use_the_official_llama_cpp_image_and_the_production_models(compose):

@@ -8,9 +8,10 @@ from datetime import timezone
 import httpx
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.saferepr import saferepr
 
 from athena_client.contract.errors import InternalError, InvalidInput, ServerTimeout, ServerUnavailable
-from athena_client.contract.payloads import ServerTiming
+from athena_client.contract.payloads import EmbeddingResult, ServerTiming
 from athena_client.contract.routes import TASK_QUEUES, Queue, TaskName
 from athena_inference.config.celery import TASK_MODULES, app
 from athena_inference.tasks import seams
@@ -204,6 +205,17 @@ def test_a_result_is_timed_by_the_base_from_what_the_body_knows(tasks):
     assert timing["server"]["prompt_tokens"] == 1
     assert 500 <= timing["queue_wait_ms"] < 5000
     assert timing["started_at"] <= timing["finished_at"] and timing["run_ms"] >= 0
+
+
+def test_the_start_of_a_stored_result_is_its_timing_so_flower_shows_it(tasks):
+    answer_with_words()
+    embed = tasks["athena.embed"]
+    stored = embed(text="alpha " * 40)
+    # Flower's result column: Celery's saferepr of the stored result, cut at the task's limit.
+    shown = saferepr(stored, embed.resultrepr_maxsize)
+    assert list(stored)[0] == "timing" and list(stored["timing"])[:3] == ["queue_wait_ms", "run_ms", "server"]
+    assert "'run_ms'" in shown and "'prompt_tokens'" in shown and "'embedding'" not in shown
+    assert EmbeddingResult.model_validate(stored).dimension == len(EmbeddingResult.model_validate(stored).embedding) == 384
 
 
 def test_task_timing_outside_a_running_task_says_so():

@@ -162,4 +162,4 @@ def test_consolidation_says_what_made_its_pattern_embeddings(metrics):
     use_word_server(Queue.EMBEDDINGS)
     out = embed_stage(**consolidation_state())
     assert out["embedding_origin"] == {"model": "fake", "profile": "all-MiniLM-L6-v2", "purpose": "document", "prefix": "", "dimension": 384}
-    assert len(out["patterns"][0]["embedding"]) == 384
+    assert len(Pattern.model_validate(out["patterns"][0]).embedding) == 384

@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 
 from athena_client.contract.errors import DimensionMismatch, InputTooLong, InvalidInput
-from athena_client.contract.routes import Queue
+from athena_client.contract.routes import RESULT_TYPES, Queue, TaskName
 from athena_inference.tasks import seams
 from athena_inference.workers import long_texts
 from athena_inference.tasks.embeddings import embed, embed_batch, embed_bulk
 from athena_inference.workers.llama_server import LlamaServer
 from tests.embedding_fakes import WordServer
+
+
+def read(task, **fields) -> dict:
+    """What a caller reads: the task's stored result through its result type, vectors as lists."""
+    return RESULT_TYPES[TaskName(task.name)].model_validate(task(**fields)).model_dump(mode="json")
 
 
 def serve_vectors(dimension: int):
@@ -34,7 +39,7 @@ def use_server(dimension: int) -> None:
 
 def test_embed_batch_returns_vectors_with_timing_and_records_metrics(metrics):
     use_server(384)
-    out = embed_batch(texts=["a", "b"])
+    out = read(embed_batch, texts=["a", "b"])
     assert out["dimension"] == 384 and len(out["embeddings"]) == 2
     assert out["timing"]["server"]["prompt_tokens"] == 6
     assert metrics.stats("athena.embed_batch").success == 1
@@ -73,7 +78,7 @@ def refuse_long_texts(limit_chars: int):
 def test_embed_bulk_fails_bad_texts_one_by_one_and_embeds_the_rest(metrics):
     server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(refuse_long_texts(10)))
     seams.use_llama(Queue.EMBEDDINGS_BULK, server)
-    out = embed_bulk(texts=["short", "", "x" * 50, "tiny", "y" * 11])
+    out = read(embed_bulk, texts=["short", "", "x" * 50, "tiny", "y" * 11])
     assert [e and e["error"] for e in out["errors"]] == [None, "InvalidInput", "InputTooLong", None, "InputTooLong"]
     assert [v and v[0] for v in out["embeddings"]] == [5.0, None, None, 4.0, None]
     assert out["model"] == "fake" and out["dimension"] == 384
@@ -82,7 +87,7 @@ def test_embed_bulk_fails_bad_texts_one_by_one_and_embeds_the_rest(metrics):
 def test_embed_bulk_with_nothing_embeddable_still_answers(metrics):
     server = LlamaServer("http://fake", timeout=httpx.Timeout(1.0), transport=httpx.MockTransport(refuse_long_texts(10)))
     seams.use_llama(Queue.EMBEDDINGS_BULK, server)
-    out = embed_bulk(texts=[" ", "z" * 20])
+    out = read(embed_bulk, texts=[" ", "z" * 20])
     assert out["embeddings"] == [None, None]
     assert [e["error"] for e in out["errors"]] == ["InvalidInput", "InputTooLong"]
 
@@ -114,7 +119,7 @@ def unit(vector):
 @pytest.mark.parametrize("policy", ["fail", "truncate", "chunk"])
 def test_a_batch_that_fits_is_one_server_request_under_every_policy(metrics, policy):
     fake = use_word_server()
-    out = embed_batch(texts=["alpha beta", "gamma"], long_text=policy)
+    out = read(embed_batch, texts=["alpha beta", "gamma"], long_text=policy)
     assert fake.paths() == ["/v1/embeddings"]
     assert out["notes"] == []
 
@@ -133,7 +138,7 @@ def test_fail_is_the_default_policy(metrics):
 
 def test_truncate_embeds_the_first_window_of_tokens_that_fits(metrics):
     fake = use_word_server()
-    out = embed(text=LONG, long_text="truncate")
+    out = read(embed, text=LONG, long_text="truncate")
     assert fake.embedded()[-1] == [" " + " ".join(["alpha"] * 8)]
     assert out["note"] == "truncated"
     assert out["embedding"][:3] == pytest.approx([1.0, 0.0, 0.0])
@@ -141,7 +146,7 @@ def test_truncate_embeds_the_first_window_of_tokens_that_fits(metrics):
 
 def test_chunk_gives_the_token_weighted_mean_of_the_windows_unit_vectors_made_unit_again(metrics):
     use_word_server()
-    out = embed(text=LONG, long_text="chunk")
+    out = read(embed, text=LONG, long_text="chunk")
     # Window 1: eight "alpha" -> unit [1, 0], weight 8; window 2: two "alpha", four "beta" -> unit [2, 4]/|.|, weight 6.
     expected = unit(8 * np.array([1.0, 0.0]) + 6 * np.array(unit([2.0, 4.0])))
     assert out["embedding"][:2] == pytest.approx(expected)
@@ -151,7 +156,7 @@ def test_chunk_gives_the_token_weighted_mean_of_the_windows_unit_vectors_made_un
 
 def test_chunk_sends_the_windows_and_the_other_texts_in_one_request(metrics):
     fake = use_word_server()
-    out = embed_batch(texts=["gamma", LONG, "beta"], long_text="chunk")
+    out = read(embed_batch, texts=["gamma", LONG, "beta"], long_text="chunk")
     refused, served = fake.embedded()
     assert refused == ["gamma", LONG, "beta"]
     assert served == ["gamma", " " + " ".join(["alpha"] * 8), " alpha alpha beta beta beta beta", "beta"]
@@ -173,7 +178,7 @@ def test_a_window_that_re_tokenizes_longer_than_the_limit_is_made_shorter(metric
     fake = use_word_server()
     # "x_y" is one token but detokenizes to two words.
     text = " ".join(["alpha"] * 7 + ["x_y"] + ["beta"] * 6)
-    out = embed(text=text, long_text="chunk")
+    out = read(embed, text=text, long_text="chunk")
     served = fake.embedded()[-1]
     assert all(len(window.split()) + 2 <= 10 for window in served)
     assert " ".join(served).split() == " ".join(["alpha"] * 7 + ["x", "y"] + ["beta"] * 6).split()
@@ -203,7 +208,7 @@ def test_window_vectors_of_the_wrong_size_fail_with_dimension_mismatch(metrics):
 
 def test_embed_bulk_chunks_an_over_long_text_and_notes_it_among_the_others(metrics):
     fake = use_word_server(queue=Queue.EMBEDDINGS_BULK)
-    out = embed_bulk(texts=["gamma", " ", LONG, "beta"], long_text="chunk")
+    out = read(embed_bulk, texts=["gamma", " ", LONG, "beta"], long_text="chunk")
     assert out["errors"] == [None, {"id": 1, "error": "InvalidInput", "message": "text is empty or only whitespace"}, None, None]
     assert out["notes"] == [None, None, "chunked", None]
     assert [v is not None for v in out["embeddings"]] == [True, False, True, True]
@@ -212,14 +217,14 @@ def test_embed_bulk_chunks_an_over_long_text_and_notes_it_among_the_others(metri
 
 def test_embed_bulk_truncates_when_asked(metrics):
     use_word_server(queue=Queue.EMBEDDINGS_BULK)
-    out = embed_bulk(texts=[LONG, "gamma"], long_text="truncate")
+    out = read(embed_bulk, texts=[LONG, "gamma"], long_text="truncate")
     assert out["notes"] == ["truncated", None]
     assert out["embeddings"][0][:3] == pytest.approx([1.0, 0.0, 0.0])
 
 
 def test_embed_bulk_gives_a_text_that_cannot_be_cut_its_own_error(metrics):
     use_word_server(queue=Queue.EMBEDDINGS_BULK)
-    out = embed_bulk(texts=[LONG, " ".join(["alpha"] * 12 + ["boom"]), "gamma"], long_text="chunk")
+    out = read(embed_bulk, texts=[LONG, " ".join(["alpha"] * 12 + ["boom"]), "gamma"], long_text="chunk")
     assert [e and e["error"] for e in out["errors"]] == [None, "InputTooLong", None]
     assert "could not be cut" in out["errors"][1]["message"]
     assert out["notes"] == ["chunked", None, None]

@@ -41,7 +41,8 @@ def test_documents_come_back_best_first_with_the_models_own_scores(sender, refer
     assert [r.index for r in out.results] == list(np.argsort(-reference_scores, kind="stable"))
     assert out.results[0].index == 1
     for ranked in out.results:
-        assert ranked.score == pytest.approx(reference_scores[ranked.index], abs=2e-3)
+        # The served file is Q8_0, the reference the float checkpoint: their cosines differ in the third decimal.
+        assert ranked.score == pytest.approx(reference_scores[ranked.index], abs=5e-3)
     assert (out.model, out.profile, out.method) == ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "bi-encoder")
     assert out.timing.server.prompt_tokens > 0
 

@@ -25,6 +25,7 @@ from athena_inference.tasks.consolidation.stages import ConsolidationState
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.long_texts import cut, pooled
 from tests.harness import Stack, local_stack_env, redis_port
+from tests.minilm_reference import SAME_TEXT_COSINE
 
 DOCUMENT, QUERY = "passage for storage: ", "question to search with: "
 PROFILES = {
@@ -77,8 +78,9 @@ def test_each_purpose_reaches_the_server_with_its_prefix(prefixed, sender):
     searched = prefixed.call(TaskName.EMBED, EmbedRequest(text=TEXT, purpose="query"))
     # The plain lane (no prefixes) embedding the prefixed texts gives the same vectors.
     by_hand = sender.call(TaskName.EMBED_BATCH, EmbedBatchRequest(texts=[DOCUMENT + TEXT, QUERY + TEXT, TEXT]))
-    assert cosine(stored.embedding, by_hand.embeddings[0]) > 0.9999
-    assert cosine(searched.embedding, by_hand.embeddings[1]) > 0.9999
+    # Alone or in a batch of three, one text's vectors agree to SAME_TEXT_COSINE (a Q8_0 model); without its prefix, far less.
+    assert cosine(stored.embedding, by_hand.embeddings[0]) > SAME_TEXT_COSINE
+    assert cosine(searched.embedding, by_hand.embeddings[1]) > SAME_TEXT_COSINE
     assert cosine(stored.embedding, by_hand.embeddings[2]) < 0.99
     assert (stored.profile, stored.purpose, stored.prefix, stored.dimension) == ("minilm-prefixed", "document", DOCUMENT, 384)
     assert searched.prefix == QUERY and stored.space == "all-MiniLM-L6-v2 [minilm-prefixed, 384-d]"
@@ -92,7 +94,7 @@ def test_every_window_of_a_chunked_text_carries_the_prefix(prefixed, server):
     windows = cut(server, long_text, "chunk", limit=512, prefix=QUERY)
     assert len(windows) >= 2
     expected = pooled(server.embed([QUERY + w.text for w in windows]).vectors, [w.tokens for w in windows])
-    assert cosine(out.embedding, expected) > 0.9999
+    assert cosine(out.embedding, expected) > SAME_TEXT_COSINE
     # Without the prefix on every window the vector differs.
     unprefixed = pooled(server.embed([w.text for w in windows]).vectors, [w.tokens for w in windows])
     assert cosine(out.embedding, unprefixed) < 0.999

@@ -1,9 +1,13 @@
-"""MetricsStore on fakeredis, and the pure percentile / latency_stats helpers."""
+"""MetricsStore on fakeredis, the buffer the workers record into, and the pure percentile / latency_stats helpers."""
+
+import time
 
 import fakeredis
 import pytest
+import redis
 
-from athena_inference.workers.metrics import LatencyStats, MetricsStore, latency_stats, percentile
+from athena_inference.workers.metrics import CallRecord, LatencyStats, MetricsBuffer, MetricsStore, latency_stats, percentile
+from athena_inference.workers.ops.polling import poll_until
 
 KIND = "athena.embed"
 
@@ -261,3 +265,90 @@ def test_reset_of_some_kinds_keeps_the_others(store):
     store.reset(["athena.embed"])
     assert store.kinds() == ["athena.reason"]
     assert store.stats("athena.embed").count == 0 and store.stats("athena.embed").samples == {}
+
+
+# --- many calls in one write ---
+
+
+def some_calls(at: float = 1_700_000_000.0) -> list[CallRecord]:
+    return [
+        CallRecord(kind=KIND, ok=True, latency_ms=4.0, prompt_tokens=7, samples={"dimension": 384}, at=at),
+        CallRecord(kind="athena.reason", ok=True, latency_ms=900.0, prompt_tokens=40, output_tokens=20, tokens_per_second=55.0, at=at + 1),
+        CallRecord(kind=KIND, ok=False, latency_ms=1.0, expired=True, at=at + 2),
+        CallRecord(kind=KIND, ok=True, latency_ms=30.0, prompt_tokens=3, totals={"texts": 2}, samples={"dimension": 256}, at=at + 3),
+        CallRecord(kind=KIND, ok=False, latency_ms=2.0, cancelled=True, at=at + 4),
+    ]
+
+
+def test_calls_written_together_read_back_as_if_written_one_by_one():
+    alone, together = (MetricsStore(fakeredis.FakeRedis(server=fakeredis.FakeServer()), window=1000) for _ in range(2))
+    for call in some_calls():
+        alone.record(**call.model_dump())
+    together.record_many(some_calls())
+    for kind in (KIND, "athena.reason"):
+        assert together.stats(kind) == alone.stats(kind)
+        assert together.histogram(kind) == alone.histogram(kind)
+    assert together.recent(KIND, "dimension", 5) == alone.recent(KIND, "dimension", 5) == [256.0, 384.0]
+
+
+def test_a_buffer_writes_nothing_until_its_interval_then_everything_in_one_go(redis_client):
+    store = MetricsStore(redis_client, window=1000)
+    buffer = MetricsBuffer(store, flush_s=0.2)
+    for call in some_calls(at=time.time()):
+        buffer.record(**call.model_dump(exclude={"kind"}), kind=call.kind)
+    assert store.kinds() == []
+    assert poll_until(lambda: store.stats(KIND).count == 4, 5.0)
+    assert store.stats("athena.reason").success == 1
+    buffer.close()
+
+
+def test_a_closed_buffer_has_written_what_it_held(store):
+    buffer = MetricsBuffer(store, flush_s=60)
+    buffer.record(KIND, ok=True, latency_ms=3.0)
+    buffer.close()
+    assert store.stats(KIND).success == 1
+
+
+def test_a_buffer_reading_recent_samples_sees_its_own_calls_first(store):
+    buffer = MetricsBuffer(store, flush_s=60)
+    buffer.record(KIND, ok=True, latency_ms=3.0, samples={"dimension": 384})
+    assert buffer.recent(KIND, "dimension", 1) == [384.0]
+    buffer.close()
+
+
+def test_a_buffer_with_no_interval_writes_each_call_at_once(store):
+    MetricsBuffer(store, flush_s=0).record(KIND, ok=False, latency_ms=1.0)
+    assert store.stats(KIND).failures == 1
+
+
+def test_a_buffer_that_cannot_reach_redis_drops_its_calls_and_goes_on(caplog):
+    unreachable = MetricsStore(redis.Redis(port=1, socket_connect_timeout=0.2))
+    buffer = MetricsBuffer(unreachable, flush_s=60)
+    buffer.record(KIND, ok=True, latency_ms=3.0)
+    buffer.flush()
+    assert "could not write the metrics of 1 calls" in caplog.text
+    buffer.flush()  # nothing held any more
+
+
+def test_the_workers_sink_is_a_buffer_over_the_store(monkeypatch):
+    from athena_inference.tasks import seams
+
+    seams.reset()
+    monkeypatch.setenv("ATHENA_METRICS_FLUSH_S", "0.5")
+    from athena_inference.config.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        sink = seams.metrics()
+        assert isinstance(sink, MetricsBuffer) and sink.flush_s == 0.5
+    finally:
+        seams.reset()
+        get_settings.cache_clear()
+
+
+def test_the_buffer_takes_a_call_as_every_metrics_sink_does():
+    import inspect
+
+    from athena_inference.workers.metrics import MetricsSink
+
+    assert inspect.signature(MetricsBuffer.record) == inspect.signature(MetricsSink.record)

@@ -7,15 +7,17 @@ CPUID advertises (AVX-512 with VNNI and BF16 where the CPU has them, AVX2
 elsewhere). CPUID is not the whole story in a VM: a hypervisor can advertise
 AMX and still not let a guest use it, and the AMX variant then dies with
 "Illegal instruction" at the first tile instruction. And the build itself
-can be at fault: the pinned llama.cpp's AMX kernels load a tile configuration
-the compiler emptied (every tile zero rows; llama.cpp pull request 26954), so
-on a CPU that does allow AMX the first quantised matrix product dies of
-SIGILL in `tinygemm_kernel_amx` (seen on a 2 vCPU Intel Xeon, Sapphire
-Rapids class). So before a server starts, each AMX variant is kept only if a
-tile instruction runs here (a child process that may die of it) and then the
+can be at fault: GCC 12's `_tile_loadconfig` says it reads 8 bytes of the
+64-byte tile configuration, so with dead-store elimination on, GCC drops the
+stores of every tile's rows and columns, and on a CPU that does allow AMX the
+first quantised matrix product dies of SIGILL in `tinygemm_kernel_amx` (seen
+on a 2 vCPU Intel Xeon, Sapphire Rapids class). The default build flags turn
+that elimination off (config/settings.py); other flags or compilers may not.
+So before a server starts, each AMX variant is kept only if a tile
+instruction runs here (a child process that may die of it) and then the
 build's own AMX kernels run a quantised model: a llama-server started on it
 must get through its warm-up decode. The second verdict is kept beside the
-build, per CPU and model, so it costs a server start once.
+build, per CPU, model and AMX library, so it costs a server start once.
 """
 
 from __future__ import annotations
@@ -130,9 +132,12 @@ VERDICTS = "athena-amx-verdicts"
 def amx_kernels_run(binary: Path, quantised_model: Path, flags: set[str], *, timeout_s: float = 120) -> bool:
     """True when `binary`, with its AMX variant loadable, serves `quantised_model`
     (its weights go to the AMX kernels) through the warm-up decode llama-server runs
-    before it answers /health. The verdict is kept in the build's folder, per CPU flags
-    and model, so only the first start on a machine pays for it."""
-    key = hashlib.sha256(" ".join(sorted(flags)).encode() + b"|" + str(quantised_model.resolve()).encode()).hexdigest()[:16]
+    before it answers /health. The verdict is kept in the build's folder, per CPU flags,
+    model and AMX library (a reinstalled build leaves the file behind, and its verdict
+    must not speak for the next build), so only the first start on a machine pays for it."""
+    key = hashlib.sha256(
+        " ".join(sorted(flags)).encode() + b"|" + str(quantised_model.resolve()).encode() + b"|" + _amx_library_digest(binary.parent)
+    ).hexdigest()[:16]
     kept = binary.parent / VERDICTS
     try:
         for line in kept.read_text().splitlines():
@@ -151,6 +156,15 @@ def amx_kernels_run(binary: Path, quantised_model: Path, flags: set[str], *, tim
     return runs
 
 
+def _amx_library_digest(bin_dir: Path) -> bytes:
+    digest = hashlib.sha256()
+    for name in AMX_VARIANTS:
+        for path in (bin_dir / f"{PREFIX}{name}.so", bin_dir / f"{PREFIX}{name}.so{SET_ASIDE}"):
+            if path.is_file():
+                digest.update(path.read_bytes())
+    return digest.digest()
+
+
 def _serves(binary: Path, model: Path, timeout_s: float) -> bool:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,7 +177,7 @@ def _serves(binary: Path, model: Path, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                return False  # died in the warm-up: SIGILL (-4) on the build of pull request 26954
+                return False  # died in the warm-up: SIGILL (-4) where the tile configuration's stores were dropped
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     return True
@@ -180,6 +194,11 @@ def variants(bin_dir: Path) -> list[str]:
     """The CPU variants in a llama-server folder, loadable or set aside."""
     names = {p.name.split(".so", 1)[0][len(PREFIX):] for p in bin_dir.glob(f"{PREFIX}*.so*")}
     return sorted(names)
+
+
+def loaded_amx(bin_dir: Path) -> bool:
+    """True when an AMX variant in `bin_dir` is in place for ggml to load (not set aside)."""
+    return any((bin_dir / f"{PREFIX}{name}.so").exists() for name in AMX_VARIANTS)
 
 
 def fit_to_this_cpu(bin_dir: Path, amx: bool) -> list[str]:

@@ -36,12 +36,24 @@ def llama_server_argv(queue: Queue, settings: Settings, binary: Path, model: Pat
         argv += ["--alias", server.alias]
     if server.embeds:
         batch = settings.embedding_max_tokens
-        # Each input must fit one physical batch, so -b = -ub = the longest text allowed.
-        argv += ["--embedding", "--pooling", server.profile.pooling, "-np", str(server.slots), "-b", str(batch), "-ub", str(batch)]
-        argv += ["-c", str(batch * server.slots)]
+        sequences = embedding_sequences(server.slots, settings)
+        # Each input must fit one physical batch, so -b = -ub = the longest text allowed,
+        # and each sequence's share of the context too.
+        argv += ["--embedding", "--pooling", server.profile.pooling, "-np", str(sequences), "-b", str(batch), "-ub", str(batch)]
+        argv += ["-c", str(batch * sequences)]
+        # Warnings and errors only: at its default, llama-server logs two lines for each
+        # text it embeds, which `up` then relays (bench/queue_cpu.py).
+        argv += ["--log-verbosity", "2"]
     else:
         argv += ["-np", str(server.slots), "-c", str(settings.reasoning_ctx * server.slots)]
     return argv
+
+
+def embedding_sequences(slots: int, settings: Settings) -> int:
+    """An embedding server's --parallel: a slot for each request its worker sends at
+    once, and at least ATHENA_EMBEDDING_TEXTS_PER_PASS, so that one request's texts
+    are read together."""
+    return max(slots, settings.embedding_texts_per_pass)
 
 
 def server_cpus(queue: Queue, settings: Settings, available: list[int]) -> set[int]:
@@ -84,7 +96,7 @@ def worker_argv(queue: Queue, settings: Settings, *, node_suffix: str = "%h") ->
         "-n", f"{queue.value}@{node_suffix}",
         # Task events, so Flower shows each queue's tasks.
         "-E",
-        "--loglevel", "INFO",
+        "--loglevel", lane(queue).worker_loglevel,
         "--without-gossip", "--without-mingle",
     ]
     if pool == "prefork":

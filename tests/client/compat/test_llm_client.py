@@ -123,7 +123,10 @@ class FakeWaiter:
         self.waited: list[float] = []
         self.released: list[object] = []
 
-    def expect(self, task_id: str) -> Ticket:
+    def task_id(self) -> str:
+        return f"athena-fake-{len(self.waited)}"
+
+    def expect(self, task_id: str, *, not_sent_yet: bool = False) -> Ticket:
         ticket = Ticket(f"celery-task-meta-{task_id}")
         if self.finished:
             ticket.done.set()

@@ -27,6 +27,13 @@ def test_the_amx_variant_is_set_aside_where_amx_cannot_run_and_comes_back_where_
     assert cpu_variants.fit_to_this_cpu(bin_dir, amx=True) == sorted(VARIANTS)
 
 
+def test_whether_the_amx_variant_is_in_place_follows_setting_it_aside(tmp_path):
+    bin_dir = folder(tmp_path)
+    assert cpu_variants.loaded_amx(bin_dir)
+    cpu_variants.fit_to_this_cpu(bin_dir, amx=False)
+    assert not cpu_variants.loaded_amx(bin_dir)
+
+
 def test_a_cpu_that_does_not_list_amx_is_not_probed():
     assert cpu_variants.runs_amx({"avx2", "avx512f"}, probe="raise SystemExit('the probe ran')") is False
 
@@ -107,6 +114,17 @@ def test_amx_kernels_that_die_in_the_warm_up_are_judged_once_per_cpu(tmp_path):
     assert starts.read_text().count("started") == 1
     # Another CPU (the venv moved) is tried afresh.
     assert cpu_variants.amx_kernels_run(binary, model, flags | {"avx512f"}, timeout_s=30) is False
+    assert starts.read_text().count("started") == 2
+
+
+def test_a_verdict_on_one_builds_amx_kernels_does_not_speak_for_the_next_build(tmp_path):
+    binary, model, starts = server(tmp_path, DIES)
+    flags = {"avx2", "amx_tile", "amx_int8"}
+    assert cpu_variants.amx_kernels_run(binary, model, flags, timeout_s=30) is False
+    # A reinstall replaces the library and leaves the verdicts file behind.
+    cpu_variants.fit_to_this_cpu(binary.parent, amx=True)
+    (binary.parent / "libggml-cpu-sapphirerapids.so").write_bytes(b"\x7fELF rebuilt with the stores kept")
+    cpu_variants.amx_kernels_run(binary, model, flags, timeout_s=30)
     assert starts.read_text().count("started") == 2
 
 

@@ -29,3 +29,13 @@ def test_the_kept_variants_get_a_quantised_model_through_its_warm_up():
     settings = load_settings()
     binary = llama_server_binary(settings)
     assert cpu_variants._serves(binary, smollm2_gguf(settings), timeout_s=120)
+
+
+def test_the_default_builds_amx_kernels_serve_a_quantised_model_where_the_cpu_runs_amx():
+    # GCC 12 drops the stores of the tile configuration unless dead-store elimination is off
+    # (config/settings.py: llama_cmake_args); the AMX variant then dies of SIGILL in this warm-up.
+    flags = cpu_variants.cpu_flags()
+    if not cpu_variants.runs_amx(flags):
+        pytest.skip("this CPU (or its VM) runs no AMX tile instruction")
+    settings = load_settings()
+    assert "sapphirerapids" in fit_cpu_variants(llama_server_binary(settings), settings, flags)

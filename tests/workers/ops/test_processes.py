@@ -8,7 +8,7 @@ import pytest
 
 from athena_client.contract.routes import Queue
 from athena_inference.config.settings import load_settings
-from athena_inference.config.servers import MODEL_ALIASES
+from athena_inference.config.servers import MODEL_ALIASES, server_config
 from athena_inference.workers.ops.processes import (
     flower_argv,
     host_port,
@@ -82,6 +82,21 @@ def test_embeddings_server_slots_threads_and_context(settings):
     assert value_after(argv, "-np") == "4"
     assert value_after(argv, "-t") == "3"
     assert value_after(argv, "-c") == str(256 * 4)
+
+
+@pytest.mark.parametrize("queue", [Queue.EMBEDDINGS_BULK, Queue.RERANK])
+def test_an_embedding_server_with_one_slot_still_reads_texts_per_pass_texts_together(queue):
+    one_request_at_a_time = load_settings(embedding_texts_per_pass=4, embedding_max_tokens=512)
+    argv = llama_server_argv(queue, one_request_at_a_time, BINARY, MODEL)
+    assert (value_after(argv, "-np"), value_after(argv, "-c")) == ("4", str(512 * 4))
+    # The worker still sends one request per slot: the backlog waits in the broker.
+    server = server_config(queue, one_request_at_a_time)
+    assert worker_concurrency(queue, one_request_at_a_time) == server.slots * server.copies == server.copies
+
+
+def test_a_reasoning_server_has_exactly_its_slots_whatever_texts_per_pass_says():
+    argv = llama_server_argv(Queue.REASONING, load_settings(reasoning_slots=1, embedding_texts_per_pass=8), BINARY, MODEL)
+    assert value_after(argv, "-np") == "1"
 
 
 def test_embeddings_server_listens_on_port_from_llamacpp_embeddings_url(settings):
@@ -291,11 +306,11 @@ def test_explicit_cpu_lists_and_none_are_honoured():
 
 def test_the_bulk_server_serves_the_embedding_model_under_the_same_name(settings, monkeypatch):
     monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_URL", "http://127.0.0.1:9103")
-    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_SLOTS", "3")
+    monkeypatch.setenv("ATHENA_EMBEDDINGS_BULK_SLOTS", "6")
     bulk = llama_server_argv(Queue.EMBEDDINGS_BULK, load_settings(), Path("/bin/llama-server"), Path("/m.gguf"))
     interactive = llama_server_argv(Queue.EMBEDDINGS, load_settings(), Path("/bin/llama-server"), Path("/m.gguf"))
     assert bulk[bulk.index("--port") + 1] == "9103"
-    assert bulk[bulk.index("-np") + 1] == "3"
+    assert bulk[bulk.index("-np") + 1] == "6"
     assert bulk[bulk.index("--alias") + 1] == interactive[interactive.index("--alias") + 1]
     assert "--embedding" in bulk
 
@@ -317,3 +332,16 @@ def test_the_bulk_worker_runs_a_task_per_slot_of_every_copy(settings):
     lane = settings.model_copy(update={"embeddings_bulk_servers": 3, "embeddings_bulk_slots": 2})
     assert worker_concurrency(Queue.EMBEDDINGS_BULK, lane) == 6
     assert value_after(worker_argv(Queue.EMBEDDINGS_BULK, lane), "-c") == "6"
+
+
+def test_the_embeddings_worker_logs_no_line_per_task_and_the_slower_lanes_do():
+    settings = load_settings()
+    assert value_after(worker_argv(Queue.EMBEDDINGS, settings), "--loglevel") == "WARNING"
+    assert value_after(worker_argv(Queue.REASONING, settings), "--loglevel") == "INFO"
+    assert value_after(worker_argv(Queue.EMBEDDINGS_BULK, settings), "--loglevel") == "INFO"
+
+
+@pytest.mark.parametrize("queue", [Queue.EMBEDDINGS, Queue.EMBEDDINGS_BULK, Queue.RERANK])
+def test_an_embedding_server_logs_warnings_and_errors_only(queue):
+    assert value_after(llama_server_argv(queue, load_settings(), BINARY, MODEL), "--log-verbosity") == "2"
+    assert "--log-verbosity" not in llama_server_argv(Queue.REASONING, load_settings(), BINARY, MODEL)

@@ -20,6 +20,7 @@ from athena_client.contract.payloads import vector_space
 from athena_inference.workers.reembedding.stores import content_sha256
 from athena_inference.workers.reembedding.stores.postgres import side_table_name
 from tests.harness import CLI, Stack, wait_for
+from tests.minilm_reference import assert_same_vectors
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def assert_table_matches_direct(lane: Stack, dsn: str, table: str, job: JobState
     assert {row[2] for row in rows} == {job.space}
     assert all(row[3] == content_sha256(row[0]) for row in rows)
     got = np.array([row[1] for row in rows], dtype=np.float32)
-    np.testing.assert_allclose(got, direct_vectors(lane, [row[0] for row in rows]), atol=2e-4)
+    assert_same_vectors(got, direct_vectors(lane, [row[0] for row in rows]))
 
 
 def fetch_ids(dsn: str, table: str) -> list[int]:
@@ -126,7 +127,7 @@ def test_killed_bulk_worker_loses_no_batch(lane, tmp_path):
     matrix = np.load(tmp_path / "vectors.npy")
     ids = [json.loads(line)["id"] for line in (tmp_path / "vectors.ids.jsonl").read_text().splitlines()]
     assert ids == [f"m{i}" for i in range(320)]
-    np.testing.assert_allclose(matrix, direct_vectors(lane, texts), atol=2e-4)
+    assert_same_vectors(matrix, direct_vectors(lane, texts))
 
 
 def test_bad_rows_are_reported_and_the_rest_embedded_through_the_real_server(lane, tmp_path):
@@ -146,9 +147,7 @@ def test_bad_rows_are_reported_and_the_rest_embedded_through_the_real_server(lan
     assert "3: InputTooLong" in done.stdout
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [w["id"] for w in written] == [1, 4, 5]
-    np.testing.assert_allclose(
-        [w["embedding"] for w in written], direct_vectors(lane, [rows[0]["content"], rows[3]["content"], rows[4]["content"]]), atol=2e-4
-    )
+    assert_same_vectors([w["embedding"] for w in written], direct_vectors(lane, [rows[0]["content"], rows[3]["content"], rows[4]["content"]]))
 
 
 def test_cancel_leaves_a_consistent_table(lane, postgres_dsn):
@@ -165,7 +164,7 @@ def test_cancel_leaves_a_consistent_table(lane, postgres_dsn):
     assert 0 < len(new) < 3000 and len(new) == state.counts.completed
     assert all(row[1] == [0.0, 1.0] for row in rows)  # the old column is untouched
     assert all(row[2] is None for row in rows if row[3] is None)
-    np.testing.assert_allclose([row[2] for row in new], direct_vectors(lane, [row[0] for row in new]), atol=2e-4)
+    assert_same_vectors([row[2] for row in new], direct_vectors(lane, [row[0] for row in new]))
 
 
 def test_a_rerun_skips_every_unchanged_row_and_duplicates_are_embedded_once(lane, postgres_dsn):

@@ -23,6 +23,7 @@ from athena_inference.workers.embedder import matryoshka
 from athena_inference.workers.reembedding.stores.jsonl import ids_path, manifest_path, read_npy_output
 from athena_inference.workers.reembedding.stores.postgres import side_table_name
 from tests.harness import Stack
+from tests.minilm_reference import assert_same_vectors
 from tests.workers.reembedding.test_postgres_store import table_fingerprint
 from tests.workers.reembedding.test_reembed_integration import cli, direct_vectors, make_table, memories
 
@@ -161,7 +162,7 @@ class TestALaneRestartedOnAnotherProfile:
             ).fetchall()
         assert {row[2] for row in rows} == {PASSAGE_SPACE}
         got = np.array([row[1] for row in rows], dtype=np.float32)
-        np.testing.assert_allclose(got, direct_vectors(lane, [f"passage: {row[0]}" for row in rows]), atol=2e-4)
+        assert_same_vectors(got, direct_vectors(lane, [f"passage: {row[0]}" for row in rows]))
         # The first space's vectors of the same texts were in the cache: none came from there.
         assert np.abs(got - direct_vectors(lane, [row[0] for row in rows])).max() > 1e-2
 
@@ -173,7 +174,7 @@ class TestALaneRestartedOnAnotherProfile:
             rows = conn.execute(f"SELECT t.content, s.embedding, s.model FROM {places.side_table} t JOIN {side} s ON s.row_id = t.id ORDER BY t.id").fetchall()
         assert len(rows) == 40 and {row[2] for row in rows} == {vector_space(MODEL, PASSAGE, 128)}
         full = direct_vectors(lane, [f"passage: {row[0]}" for row in rows])
-        np.testing.assert_allclose([row[1] for row in rows], [matryoshka(list(map(float, v)), 128) for v in full], atol=2e-4)
+        assert_same_vectors([row[1] for row in rows], [matryoshka(list(map(float, v)), 128) for v in full])
 
     def test_a_size_the_profile_does_not_allow_is_refused_with_the_sizes_it_does(self, lane, places):
         done = cli(lane, "start", "--postgres", places.dsn, "--table", places.side_table, "--dimensions", "100", "--side-table", "never_made")
