@@ -64,6 +64,9 @@ class Lane(BaseModel):
     # of them, cost more CPU than the task's own bookkeeping (bench/queue_cpu.py), and
     # Flower shows the same. Failures and retries are warnings, logged on every lane.
     worker_loglevel: Literal["INFO", "WARNING"] = "INFO"
+    # Its worker's CPU priority (nice). A background lane's worker, like its server, gives way
+    # to the interactive lanes' processes on a busy machine (bench/reembed.py).
+    worker_nice: int = Field(0, ge=0, le=19)
 
     @property
     def tasks(self) -> tuple[TaskName, ...]:
@@ -168,6 +171,7 @@ LANES: tuple[Lane, ...] = (
         embeds=True,
         retry_budget="embed_retry_budget_s",
         time_limit="embed_time_limit_s",
+        worker_nice=10,
     ),
     Lane(
         queue=Queue.RERANK,
@@ -186,7 +190,7 @@ LANES: tuple[Lane, ...] = (
     ),
     # A store's re-embedding runs for hours: no time limit; its lease, not the
     # visibility timeout, keeps a second runner off it.
-    Lane(queue=Queue.JOBS, module="athena_inference.tasks.jobs"),
+    Lane(queue=Queue.JOBS, module="athena_inference.tasks.jobs", worker_nice=10),
 )
 # Modules with tasks of more than one lane, or of none (health answers on each server's lane).
 SHARED_TASK_MODULES = ("athena_inference.tasks.health",)

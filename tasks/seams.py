@@ -34,7 +34,7 @@ from athena_inference.workers.generation_watch import GenerationWatch
 from athena_inference.workers.compressor import Compressor
 from athena_inference.workers.llama_server import LlamaServer
 from athena_inference.workers.server_pool import ServerPool
-from athena_inference.workers.metrics import MetricsBuffer, MetricsSink, MetricsStore
+from athena_inference.workers.metrics import MetricsBuffer, MetricsSink
 
 # httpx logs every request at INFO, which would bury the worker's own log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -178,8 +178,8 @@ def metrics() -> MetricsSink:
     with _making:
         if _metrics is None:
             settings = get_settings()
-            store = MetricsStore.from_url(settings.metrics_redis_url, window=settings.metrics_window)
-            _metrics = MetricsBuffer(store, flush_s=settings.metrics_flush_s)
+            client = redis_client(settings.metrics_redis_url, socket_timeout=5, socket_connect_timeout=5)
+            _metrics = MetricsBuffer(client, window=settings.metrics_window, flush_s=settings.metrics_flush_s)
         return _metrics
 
 

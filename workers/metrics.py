@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from typing import Optional, Protocol, runtime_checkable
+from typing import Optional, Protocol, Sequence, runtime_checkable
+
+import redis
 
 from athena_client.shared_redis.metrics import (
     CallRecord,
@@ -78,9 +79,9 @@ class MetricsSink(Protocol):
 log = logging.getLogger(__name__)
 
 
-class MetricsBuffer:
-    """A worker process's `MetricsSink`: it keeps the calls recorded for up to `flush_s`
-    seconds and writes them in one round trip (`MetricsStore.record_many`).
+class MetricsBuffer(MetricsStore):
+    """A worker process's `MetricsSink`: the store, holding the calls recorded for up to
+    `flush_s` seconds and then writing them in one round trip (`MetricsStore.record_many`).
 
     One record a call was one Redis transaction of a dozen commands, about an eighth of
     an embedding worker's CPU for each embed (bench/queue_cpu.py). Written together, the
@@ -89,8 +90,8 @@ class MetricsBuffer:
     never a task's result. A process that stops normally writes what it holds (`close`).
     With `flush_s` 0 every call is written as it is recorded."""
 
-    def __init__(self, store: MetricsStore, *, flush_s: float) -> None:
-        self.store = store
+    def __init__(self, client: redis.Redis, *, flush_s: float, window: int = 10000) -> None:
+        super().__init__(client, window=window)
         self.flush_s = flush_s
         self._start()
 
@@ -103,44 +104,23 @@ class MetricsBuffer:
         self._closed = threading.Event()
         self._writer: Optional[threading.Thread] = None
 
-    def record(
-        self,
-        kind: str,
-        *,
-        ok: bool,
-        latency_ms: float,
-        prompt_tokens: int = 0,
-        output_tokens: int = 0,
-        tokens_per_second: Optional[float] = None,
-        totals: Optional[dict[str, float]] = None,
-        samples: Optional[dict[str, float]] = None,
-        at: Optional[float] = None,
-        expired: bool = False,
-        cancelled: bool = False,
-    ) -> None:
-        call = CallRecord(
-            kind=kind, ok=ok, latency_ms=latency_ms, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-            tokens_per_second=tokens_per_second, totals=totals or {}, samples=samples or {},
-            at=time.time() if at is None else at, expired=expired, cancelled=cancelled,
-        )
+    def record_many(self, calls: Sequence[CallRecord]) -> None:
+        """Hold `calls`, to be written with the others of this interval."""
         if self.flush_s <= 0:
-            self.store.record_many([call])
+            super().record_many(calls)
             return
         if self._pid != os.getpid():
             self._start()
         with self._lock:
-            self._held.append(call)
+            self._held.extend(calls)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_every_interval, name="metrics-writer", daemon=True)
                 self._writer.start()
 
-    def sample(self, kind: str, name: str, value: float) -> None:
-        self.store.sample(kind, name, value)
-
     def recent(self, kind: str, sample: str, count: int) -> list[float]:
         # This process's own calls first: a stage reads what the one before it recorded.
         self.flush()
-        return self.store.recent(kind, sample, count)
+        return super().recent(kind, sample, count)
 
     def flush(self) -> None:
         """Write every call held now."""
@@ -150,7 +130,7 @@ class MetricsBuffer:
             held, self._held = self._held, []
         if held:
             try:
-                self.store.record_many(held)
+                super().record_many(held)
             except Exception:  # noqa: BLE001 - a side channel: losing figures never fails a task
                 log.warning("could not write the metrics of %d calls", len(held), exc_info=True)
 

@@ -293,7 +293,7 @@ def test_calls_written_together_read_back_as_if_written_one_by_one():
 
 def test_a_buffer_writes_nothing_until_its_interval_then_everything_in_one_go(redis_client):
     store = MetricsStore(redis_client, window=1000)
-    buffer = MetricsBuffer(store, flush_s=0.2)
+    buffer = MetricsBuffer(redis_client, window=1000, flush_s=0.2)
     for call in some_calls(at=time.time()):
         buffer.record(**call.model_dump(exclude={"kind"}), kind=call.kind)
     assert store.kinds() == []
@@ -302,28 +302,27 @@ def test_a_buffer_writes_nothing_until_its_interval_then_everything_in_one_go(re
     buffer.close()
 
 
-def test_a_closed_buffer_has_written_what_it_held(store):
-    buffer = MetricsBuffer(store, flush_s=60)
+def test_a_closed_buffer_has_written_what_it_held(store, redis_client):
+    buffer = MetricsBuffer(redis_client, flush_s=60)
     buffer.record(KIND, ok=True, latency_ms=3.0)
     buffer.close()
     assert store.stats(KIND).success == 1
 
 
-def test_a_buffer_reading_recent_samples_sees_its_own_calls_first(store):
-    buffer = MetricsBuffer(store, flush_s=60)
+def test_a_buffer_reading_recent_samples_sees_its_own_calls_first(redis_client):
+    buffer = MetricsBuffer(redis_client, flush_s=60)
     buffer.record(KIND, ok=True, latency_ms=3.0, samples={"dimension": 384})
     assert buffer.recent(KIND, "dimension", 1) == [384.0]
     buffer.close()
 
 
-def test_a_buffer_with_no_interval_writes_each_call_at_once(store):
-    MetricsBuffer(store, flush_s=0).record(KIND, ok=False, latency_ms=1.0)
+def test_a_buffer_with_no_interval_writes_each_call_at_once(store, redis_client):
+    MetricsBuffer(redis_client, flush_s=0).record(KIND, ok=False, latency_ms=1.0)
     assert store.stats(KIND).failures == 1
 
 
 def test_a_buffer_that_cannot_reach_redis_drops_its_calls_and_goes_on(caplog):
-    unreachable = MetricsStore(redis.Redis(port=1, socket_connect_timeout=0.2))
-    buffer = MetricsBuffer(unreachable, flush_s=60)
+    buffer = MetricsBuffer(redis.Redis(port=1, socket_connect_timeout=0.2), flush_s=60)
     buffer.record(KIND, ok=True, latency_ms=3.0)
     buffer.flush()
     assert "could not write the metrics of 1 calls" in caplog.text
@@ -346,9 +345,5 @@ def test_the_workers_sink_is_a_buffer_over_the_store(monkeypatch):
         get_settings.cache_clear()
 
 
-def test_the_buffer_takes_a_call_as_every_metrics_sink_does():
-    import inspect
-
-    from athena_inference.workers.metrics import MetricsSink
-
-    assert inspect.signature(MetricsBuffer.record) == inspect.signature(MetricsSink.record)
+def test_the_buffer_is_the_store_holding_its_writes():
+    assert issubclass(MetricsBuffer, MetricsStore)

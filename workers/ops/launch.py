@@ -15,7 +15,7 @@ import httpx
 from athena_client.contract.errors import ConfigurationError
 from athena_client.contract.routes import Queue
 from athena_inference.config.celery import WORKER_QUEUE_ENV
-from athena_inference.config.registry import served, servers
+from athena_inference.config.registry import lane, served, servers
 from athena_inference.config.servers import SERVER_QUEUES, server_config
 from athena_inference.config.settings import Settings
 from athena_inference.workers.llama_server import LlamaServer
@@ -81,13 +81,17 @@ def idle_policy() -> None:
 
 
 def run_worker(queue: Queue, settings: Settings, node_suffix: str) -> None:
-    _warn_if_slots_differ(queue, settings)
+    _warn_if_server_has_fewer_slots(queue, settings)
     # The compression worker's processes load their model at start.
     os.environ[WORKER_QUEUE_ENV] = queue.value
+    os.nice(lane(queue).worker_nice)
     _exec(processes.worker_argv(queue, settings, node_suffix=node_suffix))
 
 
-def _warn_if_slots_differ(queue: Queue, settings: Settings) -> None:
+def _warn_if_server_has_fewer_slots(queue: Queue, settings: Settings) -> None:
+    """A server with fewer slots than its worker has requests out keeps the rest in its own
+    queue, unseen. (More is fine: an embedding server reads several texts of one request at
+    once, ATHENA_EMBEDDING_TEXTS_PER_PASS.)"""
     if queue not in SERVER_QUEUES:
         return
     url = server_config(queue, settings).url
@@ -95,11 +99,11 @@ def _warn_if_slots_differ(queue: Queue, settings: Settings) -> None:
     slots = server.slots()
     server.close()
     # A threaded embeddings worker runs more tasks than that, but sends at most this many requests at once.
-    expected = server_config(queue, settings).slots
-    if slots is not None and slots != expected:
+    requests = server_config(queue, settings).slots
+    if slots is not None and slots < requests:
         setting = f"ATHENA_{queue.value.upper()}_SLOTS"
         print(
-            f"warning: {url} has {slots} slots but the {queue.value} worker expects {expected} "
+            f"warning: {url} has {slots} slots but the {queue.value} worker sends up to {requests} requests at once "
             f"({setting}); set {setting}={slots} so the backlog waits in the queue, not in the server",
             file=sys.stderr,
         )

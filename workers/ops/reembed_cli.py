@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Optional
@@ -12,8 +13,10 @@ from tqdm import tqdm
 from athena_client.client import AthenaClient
 from athena_client.contract.errors import InvalidInput
 from athena_client.contract.jobs import JobState, JobStatus, ReembedRequest
+from athena_client.contract.routes import Queue
 from athena_client.contract.validation import parse
 from athena_client.shared_redis.job_store import JobStore, state_json
+from athena_inference.config.registry import lane
 from athena_inference.config.settings import get_settings
 from athena_inference.workers.reembedding.runner import build_runner, iter_progress
 
@@ -67,6 +70,8 @@ def _summary(state: JobState, jobs: JobStore) -> int:
 
 
 def _run_here(job_id: str, wait_for_lease_s: float) -> int:
+    # A runner here is the jobs worker's work done in this shell: it gives way to the interactive lanes as that worker does.
+    os.nice(lane(Queue.JOBS).worker_nice)
     bar = ProgressBar(job_id)
     runner = build_runner(job_id, get_settings(), on_progress=lambda progress: bar.show(progress.state))
     try:

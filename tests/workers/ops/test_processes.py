@@ -345,3 +345,25 @@ def test_the_embeddings_worker_logs_no_line_per_task_and_the_slower_lanes_do():
 def test_an_embedding_server_logs_warnings_and_errors_only(queue):
     assert value_after(llama_server_argv(queue, load_settings(), BINARY, MODEL), "--log-verbosity") == "2"
     assert "--log-verbosity" not in llama_server_argv(Queue.REASONING, load_settings(), BINARY, MODEL)
+
+
+@pytest.mark.parametrize(("server_slots", "warned"), [(4, False), (2, False), (1, True)])
+def test_a_worker_warns_only_when_its_server_has_fewer_slots_than_it_has_requests_out(monkeypatch, capsys, server_slots, warned):
+    from athena_inference.workers.ops import launch
+
+    monkeypatch.setattr(launch.LlamaServer, "slots", lambda self: server_slots)
+    launch._warn_if_server_has_fewer_slots(Queue.EMBEDDINGS, load_settings(embeddings_slots=2))
+    assert ("sends up to 2 requests at once" in capsys.readouterr().err) is warned
+
+
+@pytest.mark.parametrize(("queue", "nice"), [(Queue.EMBEDDINGS, 0), (Queue.REASONING, 0), (Queue.EMBEDDINGS_BULK, 10), (Queue.JOBS, 10)])
+def test_a_background_lanes_worker_gives_way_to_the_interactive_ones(monkeypatch, queue, nice):
+    from athena_inference.workers.ops import launch
+
+    niced: list[int] = []
+    monkeypatch.setattr(launch.os, "nice", niced.append)
+    monkeypatch.setattr(launch, "_exec", lambda argv: None)
+    monkeypatch.setattr(launch, "_warn_if_server_has_fewer_slots", lambda queue, settings: None)
+    monkeypatch.setenv("ATHENA_WORKER_QUEUE", "")
+    launch.run_worker(queue, load_settings(), "test")
+    assert niced == [nice]
