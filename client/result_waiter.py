@@ -112,9 +112,10 @@ class ResultWaiter:
         # subscription racing the last unsubscribe could go unread; with this
         # one there is always one. `close` publishes on it to wake the listener.
         self._own_channel = f"athena-result-waiter:{uuid.uuid4().hex}"
-        # The ids of the tasks this process sends, and the one pattern their channels match.
+        # The ids of the tasks this process sends, their channels' common start, and the one pattern they match.
         self._id_prefix = f"athena-{uuid.uuid4().hex[:12]}-"
-        self._own_results = self._key_for(self._id_prefix) + "*"
+        self._own_channels = self._key_for(self._id_prefix)
+        self._own_results = self._own_channels + "*"
         self._own_results_heard = threading.Event()
 
     def task_id(self) -> str:
@@ -186,7 +187,7 @@ class ResultWaiter:
             if others or ticket.channel not in self._waiting:
                 return
             del self._waiting[ticket.channel]
-            if ticket.channel.startswith(self._own_results[:-1]):
+            if ticket.channel.startswith(self._own_channels):
                 return  # heard through the pattern, which stays
             try:
                 self._pubsub.unsubscribe(ticket.channel)
@@ -244,7 +245,7 @@ class ResultWaiter:
             # Every awaited task of this process, from now on and (after a reconnection) meanwhile.
             self._own_results_heard.set()
             with self._lock:
-                channels = [name for name in self._waiting if name.startswith(self._own_results[:-1])]
+                channels = [name for name in self._waiting if name.startswith(self._own_channels)]
             for name in channels:
                 self._on_subscribed(name)
             return
@@ -276,7 +277,7 @@ class ResultWaiter:
                 pass
             self._pubsub = self._client.pubsub()
             try:
-                self._pubsub.subscribe(self._own_channel, *(name for name in self._waiting if not name.startswith(self._own_results[:-1])))
+                self._pubsub.subscribe(self._own_channel, *(name for name in self._waiting if not name.startswith(self._own_channels)))
                 self._pubsub.psubscribe(self._own_results)
             except REDIS_AWAY:
                 pass  # still away: the next read fails and brings us back here
