@@ -155,10 +155,13 @@ def main() -> None:
             continue
         model = embedding_model_as(settings, config.outtype)
         with_amx = cpu_variants.loaded_amx(binary.parent)
+        # A row without the AMX kernels sets their library aside while its servers load it, and only then.
         cpu_variants.fit_to_this_cpu(binary.parent, amx=with_amx and config.amx)
-        servers = [LlamaUnderTest(binary, model, config, logs / f"bulk-lane-{i}.log") for i in range(config.servers)]
-        kernels = cpu_variants.loaded_variant(servers[0].popen.pid)
-        cpu_variants.fit_to_this_cpu(binary.parent, amx=with_amx)
+        try:
+            servers = [LlamaUnderTest(binary, model, config, logs / f"bulk-lane-{i}.log") for i in range(config.servers)]
+            kernels = cpu_variants.loaded_variant(servers[0].popen.pid)
+        finally:
+            cpu_variants.fit_to_this_cpu(binary.parent, amx=with_amx)
         try:
             # With a core busy a server that yields can crawl: two minutes at most.
             with BusyCore() if config.busy_core else contextlib.nullcontext():
