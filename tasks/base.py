@@ -381,11 +381,11 @@ def stored_form(result: BaseModel) -> dict[str, Any]:
     server figures, not the first numbers of a vector. (The client reads the fields
     by name, so their order is for the reader alone.)"""
     dumped = result.model_dump(mode="json", context=WIRE)
-    timing = dumped.pop("timing", None)
-    if not isinstance(timing, dict):
-        return dumped if timing is None else {"timing": timing, **dumped}
-    first = {key: timing[key] for key in _TIMING_FIRST if key in timing}
-    return {"timing": first | timing, **dumped}
+    timing = dumped.get("timing")
+    if timing is None:
+        return dumped
+    dumped["timing"] = {key: timing[key] for key in _TIMING_FIRST if key in timing} | timing
+    return {"timing": dumped["timing"]} | dumped
 
 
 def map_foreign_error(task: str, exc: Exception, *, soft_time_limit: Optional[float] = None) -> AthenaError:

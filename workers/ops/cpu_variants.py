@@ -157,12 +157,14 @@ def amx_kernels_run(binary: Path, quantised_model: Path, flags: set[str], *, tim
 
 
 def _amx_library_digest(bin_dir: Path) -> bytes:
-    digest = hashlib.sha256()
+    """The AMX libraries' sizes and times: a reinstall writes them anew, setting one aside keeps them."""
+    found = []
     for name in AMX_VARIANTS:
         for path in (bin_dir / f"{PREFIX}{name}.so", bin_dir / f"{PREFIX}{name}.so{SET_ASIDE}"):
             if path.is_file():
-                digest.update(path.read_bytes())
-    return digest.digest()
+                stat = path.stat()
+                found.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return " ".join(found).encode()
 
 
 def _serves(binary: Path, model: Path, timeout_s: float) -> bool:
